@@ -1,0 +1,222 @@
+"""Rust extension of qfcal (built by maturin from rust/qfcal-py)."""
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+DEFAULT_BINS: int
+
+MethodName = Literal["optimal", "greedy", "tf_enhanced", "entropy", "percentile", "minmax"]
+
+class EmptyHistogramError(ValueError):
+    """A search was asked of a histogram that holds no finite value."""
+
+class Histogram:
+    """An exact, order-independent, mergeable histogram with bounded memory.
+
+    Bins lie on a power-of-two grid anchored at zero: bin ``g`` covers ``[g*w, (g+1)*w)`` with
+    ``w = 2**k``. ``k`` is the smallest exponent for which the span of the nonzero finite values
+    fits in ``bins`` bins, so the span always covers at least ``bins // 2`` of them; when new data
+    widens the span, neighbouring bins merge exactly. The same multiset of values, split into
+    batches in any way, fed in any order, through any tree of :meth:`merge` calls, gives a
+    bit-identical histogram. Counts are 64-bit integers.
+
+    Exact zeros (``0.0`` and ``-0.0``) are counted apart (:attr:`zeros`) and never binned. NaN,
+    +Inf and -Inf are never binned either; they are counted in :attr:`nan`, :attr:`pos_inf` and
+    :attr:`neg_inf`.
+
+    Raises:
+        ValueError: ``bins`` is outside ``16..=1048576``.
+    """
+
+    def __init__(self, bins: int = 4096) -> None: ...
+    def update(self, values: npt.ArrayLike) -> None:
+        """Add every value of ``values`` (a numpy array of any shape, or anything numpy reads).
+
+        float32 contiguous arrays are read without copying and split over all cores; float16,
+        float64, strided and byte-swapped arrays are converted chunk by chunk. The GIL is
+        released while the values are read.
+
+        Raises:
+            TypeError: the dtype is not float16, float32 or float64.
+        """
+
+    def merge(self, other: Histogram) -> None:
+        """Add ``other`` into this histogram, exactly.
+
+        Raises:
+            ValueError: the two histograms have different ``bins``.
+        """
+
+    def __add__(self, other: Histogram) -> Histogram: ...
+    def __iadd__(self, other: Histogram) -> Histogram: ...
+    def __eq__(self, other: object) -> bool: ...
+    def copy(self) -> Histogram:
+        """An independent copy."""
+
+    def __copy__(self) -> Histogram: ...
+    def __deepcopy__(self, memo: Any) -> Histogram: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
+    def to_bytes(self) -> bytes:
+        """A versioned, checksummed byte string (see :meth:`from_bytes`)."""
+
+    @staticmethod
+    def from_bytes(data: bytes) -> Histogram:
+        """Read :meth:`to_bytes` output.
+
+        Raises:
+            ValueError: the bytes are corrupted, truncated, not a qfcal histogram, or from a
+                newer format version.
+        """
+
+    def to_numpy(self) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
+        """``(counts, edges)`` with the zeros put back into the bin holding 0 (the grid widened
+        to reach 0 if needed): what ``np.histogram`` gives for the same values and edges."""
+
+    @property
+    def bins(self) -> int:
+        """Configured number of bins."""
+
+    @property
+    def counts(self) -> npt.NDArray[np.uint64]:
+        """Counts of the occupied bins, from the bin of the smallest nonzero value to the bin of
+        the largest (zeros excluded)."""
+
+    @property
+    def edges(self) -> npt.NDArray[np.float64]:
+        """Edges of the occupied bins (``len(counts) + 1`` values, exact multiples of
+        :attr:`bin_width`)."""
+
+    @property
+    def bin_width(self) -> float | None:
+        """``2**k``, or None before the first nonzero finite value."""
+
+    @property
+    def min(self) -> float | None:
+        """Smallest finite value seen (zeros included), or None."""
+
+    @property
+    def max(self) -> float | None:
+        """Largest finite value seen (zeros included), or None."""
+
+    @property
+    def total(self) -> int:
+        """Every value seen, non-finite ones included."""
+
+    @property
+    def finite(self) -> int:
+        """Finite values seen (binned plus zeros)."""
+
+    @property
+    def nonzero(self) -> int:
+        """Nonzero finite values seen (the binned ones)."""
+
+    @property
+    def zeros(self) -> int:
+        """Exact zeros seen."""
+
+    @property
+    def nan(self) -> int:
+        """NaN values seen."""
+
+    @property
+    def pos_inf(self) -> int:
+        """+Inf values seen."""
+
+    @property
+    def neg_inf(self) -> int:
+        """-Inf values seen."""
+
+class SearchResult:
+    """A chosen encoding and what it costs (frozen).
+
+    ``min = (qmin - zero_point) * scale`` and ``max = (qmax - zero_point) * scale`` are exactly
+    representable and zero lies on the grid, so TensorFlow's FakeQuant nudging leaves them alone.
+    ``scale`` is a float32 value.
+    """
+
+    @property
+    def scale(self) -> float:
+        """Step size Δ (a float32 value)."""
+
+    @property
+    def zero_point(self) -> int:
+        """Integer in ``[qmin, qmax]`` that represents 0."""
+
+    @property
+    def qmin(self) -> int: ...
+    @property
+    def qmax(self) -> int: ...
+    @property
+    def min(self) -> float:
+        """Smallest representable value, ``(qmin - zero_point) * scale`` (<= 0)."""
+
+    @property
+    def max(self) -> float:
+        """Largest representable value, ``(qmax - zero_point) * scale`` (>= 0)."""
+
+    @property
+    def loss(self) -> float:
+        """The objective: ``rounding_loss + gamma * clipping_loss``."""
+
+    @property
+    def rounding_loss(self) -> float:
+        """Expected squared rounding error per value (inside ``[min, max]``)."""
+
+    @property
+    def clipping_loss(self) -> float:
+        """Expected squared clipping error per value (outside ``[min, max]``)."""
+
+    @property
+    def mse(self) -> float:
+        """``rounding_loss + clipping_loss``."""
+
+    @property
+    def gamma(self) -> float: ...
+    @property
+    def sqnr_db(self) -> float:
+        """``10*log10(E[x²] / mse)``; inf when there is no error."""
+
+    @property
+    def method(self) -> str: ...
+    def __eq__(self, other: object) -> bool: ...
+
+def search(
+    hist: Histogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
+    *,
+    bits: int = 8,
+    symmetric: bool = False,
+    signed: bool = True,
+    narrow_range: bool = False,
+    qmin: int | None = None,
+    qmax: int | None = None,
+    gamma: float = 1.0,
+    method: MethodName | str = "optimal",
+    percentile: float = 99.99,
+) -> SearchResult:
+    """Choose a scale and zero point for ``hist``.
+
+    Args:
+        hist: a :class:`Histogram`, or ``(counts, edges)`` as from ``np.histogram``, ONNX
+            Runtime's collector or ``torch.histc`` with its edges (uniform density per bin).
+        bits: 2..16; with ``signed`` and ``narrow_range`` it sets ``qmin``/``qmax``.
+        symmetric: fix the zero point (0 for signed grids, the middle for unsigned ones).
+        signed: signed ``[-2**(bits-1), 2**(bits-1)-1]`` or unsigned ``[0, 2**bits-1]``.
+        narrow_range: drop the lowest level (``[-127, 127]`` for signed 8 bits).
+        qmin, qmax: explicit integer range, overriding ``bits``/``signed``/``narrow_range``.
+        gamma: weight of the clipping loss against the rounding loss (> 0).
+        method: ``optimal`` (global minimum of the cost), ``greedy`` (PyTorch/caffe2 walk),
+            ``tf_enhanced`` (AIMET), ``entropy`` (TensorRT KL), ``percentile``, ``minmax``.
+        percentile: for ``method="percentile"``, the percentile kept, in (0, 100].
+
+    Raises:
+        ValueError: an option is out of range, or ``(counts, edges)`` is malformed.
+        EmptyHistogramError: the histogram holds no finite value.
+        TypeError: ``hist`` is neither a Histogram nor a pair.
+    """
+
+def methods() -> list[str]:
+    """The names of the search methods, ``optimal`` first."""

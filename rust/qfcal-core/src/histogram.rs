@@ -1,0 +1,729 @@
+//! An exact, order-independent, mergeable histogram with bounded memory.
+//!
+//! Bins lie on a power-of-two grid anchored at zero: bin `g` covers `[g·w, (g+1)·w)` with
+//! `w = 2^k`. The state is a function of the multiset of values seen, never of how they arrived:
+//! `k` is the smallest exponent (not below `exponent(max|x|) - 52`, where bin edges stop being
+//! exact in f64) for which the nonzero finite span fits in `bins` bins, and the window starts at
+//! the bin of the smallest value. When new data widens the span, neighbouring bin pairs merge
+//! exactly (`g -> g >> 1`) and `k` grows; merging two histograms coarsens both to the union's
+//! `k`. Counts are `u64`. Exact zeros, NaN and ±Inf are counted apart and never binned.
+
+use crate::dist::Dist;
+use crate::error::{invalid, Error, Result};
+
+pub const DEFAULT_BINS: usize = 4096;
+pub const MIN_BINS: usize = 16;
+pub const MAX_BINS: usize = 1 << 20;
+/// Version of the `to_bytes` format.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"QFCALHST";
+/// Values per block: stats and binning run block by block so the data is read from cache once.
+pub const BLOCK: usize = 1 << 14;
+/// Arrays at least this long are split across threads.
+const PAR_MIN: usize = 1 << 18;
+
+/// `2^e` for `-1022 <= e <= 1023`.
+fn pow2(e: i32) -> f64 {
+    debug_assert!((-1022..=1023).contains(&e));
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// `floor(log2 |x|)` for finite nonzero `x`, exactly.
+fn exponent(x: f64) -> i32 {
+    let bits = x.abs().to_bits();
+    let e = (bits >> 52) as i32;
+    if e == 0 {
+        let m = bits & ((1 << 52) - 1);
+        (63 - m.leading_zeros() as i32) - 1074
+    } else {
+        e - 1023
+    }
+}
+
+/// `floor(x / 2^k)`, exactly (a tiny negative `x` whose quotient underflows still gives -1).
+#[inline(always)]
+fn index(x: f64, inv_w: f64) -> i64 {
+    let y = x * inv_w;
+    let f = y.floor();
+    if f == 0.0 && x < 0.0 {
+        -1
+    } else {
+        f as i64
+    }
+}
+
+/// The canonical exponent for nonzero finite values spanning `[mn, mx]` in `bins` bins.
+fn required_k(mn: f64, mx: f64, bins: usize) -> i32 {
+    let max_abs = mn.abs().max(mx.abs());
+    let k_floor = (exponent(max_abs) - 52).max(-1022);
+    let half_span = 0.5 * mx - 0.5 * mn; // cannot overflow
+    let mut k = k_floor;
+    if half_span > 0.0 {
+        let log_bins = usize::BITS as i32 - (bins - 1).leading_zeros() as i32; // ceil(log2 bins)
+        k = k.max(exponent(half_span) + 1 - log_bins - 1);
+    }
+    loop {
+        let inv = pow2(-k);
+        if index(mx, inv) - index(mn, inv) < bins as i64 {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Summary of one block of values (used by [`Sample`] implementations).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockStats {
+    min: f64,
+    max: f64,
+    nonzero: u64,
+    zeros: u64,
+    nan: u64,
+    pos_inf: u64,
+    neg_inf: u64,
+}
+
+/// A float type the histogram reads.
+pub trait Sample: Copy + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    /// Bins a block whose window the histogram already covers (see `Histogram::bin_block`).
+    fn bin_block(block: &[Self], h: &Histogram, sub: &mut SubCounts);
+    fn stats(block: &[Self]) -> BlockStats;
+}
+
+macro_rules! stats_impl {
+    ($t:ty) => {
+        fn stats(block: &[$t]) -> BlockStats {
+            // Lane-parallel accumulators so the loop vectorizes; NaN fails every comparison.
+            const L: usize = 8;
+            let mut mn = [<$t>::INFINITY; L];
+            let mut mx = [<$t>::NEG_INFINITY; L];
+            let mut zeros = [0u32; L];
+            let mut special = [0u32; L];
+            let chunks = block.chunks_exact(L);
+            let rest = chunks.remainder();
+            for c in chunks {
+                for j in 0..L {
+                    let x = c[j];
+                    let a = x.abs();
+                    let finite_nz = a < <$t>::INFINITY && a > 0.0;
+                    mn[j] = if finite_nz && x < mn[j] { x } else { mn[j] };
+                    mx[j] = if finite_nz && x > mx[j] { x } else { mx[j] };
+                    zeros[j] += (a == 0.0) as u32;
+                    special[j] += (!(a < <$t>::INFINITY)) as u32;
+                }
+            }
+            let mut s = BlockStats {
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                nonzero: 0,
+                zeros: zeros.iter().map(|&z| z as u64).sum(),
+                nan: 0,
+                pos_inf: 0,
+                neg_inf: 0,
+            };
+            let mut n_special: u64 = special.iter().map(|&z| z as u64).sum();
+            for j in 0..L {
+                s.min = s.min.min(mn[j] as f64);
+                s.max = s.max.max(mx[j] as f64);
+            }
+            for &x in rest {
+                let a = x.abs();
+                if a == 0.0 {
+                    s.zeros += 1;
+                } else if a < <$t>::INFINITY {
+                    s.min = s.min.min(x as f64);
+                    s.max = s.max.max(x as f64);
+                } else {
+                    n_special += 1;
+                }
+            }
+            if n_special > 0 {
+                for &x in block {
+                    if x.is_nan() {
+                        s.nan += 1;
+                    } else if x == <$t>::INFINITY {
+                        s.pos_inf += 1;
+                    } else if x == <$t>::NEG_INFINITY {
+                        s.neg_inf += 1;
+                    }
+                }
+            }
+            s.nonzero = block.len() as u64 - s.zeros - n_special;
+            s
+        }
+    };
+}
+
+/// Four interleaved `u32` count arrays (plus a sink slot each for skipped values): consecutive
+/// values hitting one bin then update different memory, and no dependency chain forms.
+pub struct SubCounts {
+    stride: usize,
+    data: Vec<u32>,
+    pending: u64,
+}
+
+impl SubCounts {
+    fn new(bins: usize) -> Self {
+        SubCounts { stride: bins + 1, data: vec![0; 4 * (bins + 1)], pending: 0 }
+    }
+}
+
+#[inline(always)]
+fn bin4<F: Fn(usize) -> usize>(n: usize, idx: F, sub: &mut SubCounts) {
+    let stride = sub.stride;
+    let sink = stride - 1;
+    let data = &mut sub.data[..4 * stride];
+    let mut i = 0;
+    while i + 4 <= n {
+        for j in 0..4 {
+            let b = idx(i + j).min(sink);
+            // SAFETY: b <= sink < stride, so j*stride + b < 4*stride == data.len().
+            unsafe { *data.get_unchecked_mut(j * stride + b) += 1 };
+        }
+        i += 4;
+    }
+    while i < n {
+        let b = idx(i).min(sink);
+        data[b] += 1;
+        i += 1;
+    }
+}
+
+impl Sample for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    stats_impl!(f32);
+    fn bin_block(block: &[f32], h: &Histogram, sub: &mut SubCounts) {
+        let sink = h.bins;
+        let (k, lo) = (h.k, h.lo);
+        if (-126..=0).contains(&k) && lo.unsigned_abs() + (h.bins as u64) < (1 << 30) {
+            // float32 fast path: x·2^-k is exact (no underflow since 2^-k >= 1, no overflow in
+            // the window) and so is its floor.
+            let s = pow2(-k) as f32;
+            let lo = lo as i32;
+            bin4(
+                block.len(),
+                |i| {
+                    let x = block[i];
+                    let a = x.abs();
+                    let ok = a > 0.0 && a < f32::INFINITY;
+                    let y = if ok { x * s } else { 0.0 };
+                    if ok {
+                        (y.floor() as i32 - lo) as u32 as usize
+                    } else {
+                        sink
+                    }
+                },
+                sub,
+            );
+        } else {
+            let inv = pow2(-k);
+            bin4(
+                block.len(),
+                |i| {
+                    let x = block[i] as f64;
+                    let a = x.abs();
+                    if a > 0.0 && a < f64::INFINITY {
+                        (index(x, inv) - lo) as usize
+                    } else {
+                        sink
+                    }
+                },
+                sub,
+            );
+        }
+    }
+}
+
+impl Sample for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    stats_impl!(f64);
+    fn bin_block(block: &[f64], h: &Histogram, sub: &mut SubCounts) {
+        let sink = h.bins;
+        let (inv, lo) = (pow2(-h.k), h.lo);
+        bin4(
+            block.len(),
+            |i| {
+                let x = block[i];
+                let a = x.abs();
+                if a > 0.0 && a < f64::INFINITY {
+                    (index(x, inv) - lo) as usize
+                } else {
+                    sink
+                }
+            },
+            sub,
+        );
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    bins: usize,
+    /// Bin width exponent; meaningful while `nonzero > 0`.
+    k: i32,
+    /// Grid index of the first bin of the window.
+    lo: i64,
+    /// `bins` counts while `nonzero > 0`, else empty.
+    counts: Vec<u64>,
+    /// Smallest and largest nonzero finite value (bit patterns, so that `Eq` is exact).
+    min_nz: u64,
+    max_nz: u64,
+    nonzero: u64,
+    zeros: u64,
+    nan: u64,
+    pos_inf: u64,
+    neg_inf: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(DEFAULT_BINS).expect("default bins are valid")
+    }
+}
+
+impl Histogram {
+    /// An empty histogram with `bins` bins (`16..=2^20`; the span always covers at least half).
+    pub fn new(bins: usize) -> Result<Histogram> {
+        if !(MIN_BINS..=MAX_BINS).contains(&bins) {
+            return Err(invalid(format!("bins must be in {MIN_BINS}..={MAX_BINS}, got {bins}")));
+        }
+        Ok(Histogram {
+            bins,
+            k: 0,
+            lo: 0,
+            counts: Vec::new(),
+            min_nz: 0,
+            max_nz: 0,
+            nonzero: 0,
+            zeros: 0,
+            nan: 0,
+            pos_inf: 0,
+            neg_inf: 0,
+        })
+    }
+
+    pub fn bins(&self) -> usize {
+        self.bins
+    }
+    /// Number of nonzero finite values (the binned ones).
+    pub fn nonzero(&self) -> u64 {
+        self.nonzero
+    }
+    pub fn zeros(&self) -> u64 {
+        self.zeros
+    }
+    pub fn nan(&self) -> u64 {
+        self.nan
+    }
+    pub fn pos_inf(&self) -> u64 {
+        self.pos_inf
+    }
+    pub fn neg_inf(&self) -> u64 {
+        self.neg_inf
+    }
+    /// Number of finite values (binned plus zeros).
+    pub fn finite(&self) -> u64 {
+        self.nonzero + self.zeros
+    }
+    /// Every value seen, non-finite ones included.
+    pub fn total(&self) -> u64 {
+        self.finite() + self.nan + self.pos_inf + self.neg_inf
+    }
+    fn min_nz(&self) -> f64 {
+        f64::from_bits(self.min_nz)
+    }
+    fn max_nz(&self) -> f64 {
+        f64::from_bits(self.max_nz)
+    }
+    /// Smallest finite value, zeros included; `None` without finite values.
+    pub fn min(&self) -> Option<f64> {
+        match (self.nonzero > 0, self.zeros > 0) {
+            (true, true) => Some(self.min_nz().min(0.0)),
+            (true, false) => Some(self.min_nz()),
+            (false, true) => Some(0.0),
+            (false, false) => None,
+        }
+    }
+    /// Largest finite value, zeros included; `None` without finite values.
+    pub fn max(&self) -> Option<f64> {
+        match (self.nonzero > 0, self.zeros > 0) {
+            (true, true) => Some(self.max_nz().max(0.0)),
+            (true, false) => Some(self.max_nz()),
+            (false, true) => Some(0.0),
+            (false, false) => None,
+        }
+    }
+    /// Bin width `2^k`, `None` before any nonzero finite value.
+    pub fn bin_width(&self) -> Option<f64> {
+        (self.nonzero > 0).then(|| pow2(self.k))
+    }
+    /// Exponent `k` of the bin width, `None` before any nonzero finite value.
+    pub fn exponent(&self) -> Option<i32> {
+        (self.nonzero > 0).then_some(self.k)
+    }
+
+    /// The occupied bins: grid index of the first, and the counts from the bin of the smallest
+    /// to the bin of the largest nonzero value (zeros not included).
+    pub fn occupied(&self) -> (i64, &[u64]) {
+        if self.nonzero == 0 {
+            return (0, &[]);
+        }
+        let inv = pow2(-self.k);
+        let last = (index(self.max_nz(), inv) - self.lo) as usize;
+        (self.lo, &self.counts[..=last])
+    }
+
+    /// Edges of the occupied bins (`occupied().1.len() + 1` values).
+    pub fn edges(&self) -> Vec<f64> {
+        let (g0, c) = self.occupied();
+        if c.is_empty() {
+            return Vec::new();
+        }
+        let w = pow2(self.k);
+        (0..=c.len()).map(|i| (g0 + i as i64) as f64 * w).collect()
+    }
+
+    /// The density the searches read: occupied bins plus the zeros as a point mass.
+    pub fn to_dist(&self) -> Dist {
+        let (g0, c) = self.occupied();
+        if c.is_empty() {
+            return Dist::uniform(0.0, 1.0, &[], self.zeros);
+        }
+        let w = pow2(self.k);
+        Dist::uniform(g0 as f64 * w, w, c, self.zeros)
+    }
+
+    /// Grows the window (coarsening exactly) so that it covers nonzero values in `[mn, mx]`.
+    fn cover(&mut self, mn: f64, mx: f64) {
+        let (mn, mx) = if self.nonzero == 0 { (mn, mx) } else { (mn.min(self.min_nz()), mx.max(self.max_nz())) };
+        let k = required_k(mn, mx, self.bins);
+        let lo = index(mn, pow2(-k));
+        if self.nonzero == 0 || self.counts.is_empty() {
+            self.counts = vec![0; self.bins];
+        } else if k != self.k || lo != self.lo {
+            debug_assert!(k >= self.k);
+            let shift = (k - self.k) as u32;
+            let mut fresh = vec![0u64; self.bins];
+            for (i, &c) in self.counts.iter().enumerate() {
+                if c != 0 {
+                    let g = self.lo + i as i64;
+                    let g2 = if shift >= 63 { if g < 0 { -1 } else { 0 } } else { g >> shift };
+                    fresh[(g2 - lo) as usize] += c;
+                }
+            }
+            self.counts = fresh;
+        }
+        self.k = k;
+        self.lo = lo;
+        self.min_nz = mn.to_bits();
+        self.max_nz = mx.to_bits();
+    }
+
+    fn flush(&mut self, sub: &mut SubCounts) {
+        if sub.pending == 0 {
+            return;
+        }
+        let stride = sub.stride;
+        for j in 0..4 {
+            let lane = &mut sub.data[j * stride..(j + 1) * stride];
+            for (c, s) in self.counts.iter_mut().zip(lane.iter_mut()) {
+                *c += *s as u64;
+                *s = 0;
+            }
+            lane[stride - 1] = 0;
+        }
+        sub.pending = 0;
+    }
+
+    /// Adds one block (at most `BLOCK` values) through the feeder's sub-counts.
+    fn feed_block<T: Sample>(&mut self, block: &[T], sub: &mut Option<SubCounts>) {
+        let s = T::stats(block);
+        self.zeros += s.zeros;
+        self.nan += s.nan;
+        self.pos_inf += s.pos_inf;
+        self.neg_inf += s.neg_inf;
+        if s.nonzero == 0 {
+            return;
+        }
+        let sub = sub.get_or_insert_with(|| SubCounts::new(self.bins));
+        let grows = self.nonzero == 0 || s.min < self.min_nz() || s.max > self.max_nz();
+        if grows {
+            self.flush(sub);
+            self.cover(s.min, s.max);
+        }
+        // Four lanes of u32 cannot overflow before 2^32 pending values.
+        if sub.pending + block.len() as u64 >= 1 << 32 {
+            self.flush(sub);
+        }
+        T::bin_block(block, self, sub);
+        sub.pending += block.len() as u64;
+        self.nonzero += s.nonzero;
+    }
+
+    /// Adds values on this thread.
+    fn update_serial<T: Sample>(&mut self, values: &[T]) {
+        let mut sub = None;
+        for block in values.chunks(BLOCK) {
+            self.feed_block(block, &mut sub);
+        }
+        if let Some(mut sub) = sub {
+            self.flush(&mut sub);
+        }
+    }
+
+    /// Adds values that arrive in pieces: `fill` refills `buf` and returns `false` when there is
+    /// nothing more (used for strided, byte-swapped or float16 input, converted chunk by chunk).
+    pub fn update_chunked<T: Sample>(&mut self, mut fill: impl FnMut(&mut Vec<T>) -> bool) {
+        let mut sub = None;
+        let mut buf: Vec<T> = Vec::with_capacity(BLOCK);
+        loop {
+            buf.clear();
+            let more = fill(&mut buf);
+            for block in buf.chunks(BLOCK) {
+                self.feed_block(block, &mut sub);
+            }
+            if !more {
+                break;
+            }
+        }
+        if let Some(mut sub) = sub {
+            self.flush(&mut sub);
+        }
+    }
+
+    /// Adds every value of `values`; large arrays are split across `threads` threads (0: all
+    /// available cores). The result does not depend on the split.
+    pub fn update<T: Sample>(&mut self, values: &[T], threads: usize) {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            threads
+        };
+        let parts = threads.min(values.len() / (PAR_MIN / 2)).max(1);
+        if parts <= 1 {
+            self.update_serial(values);
+            return;
+        }
+        let chunk = values.len().div_ceil(parts);
+        let bins = self.bins;
+        let partials: Vec<Histogram> = std::thread::scope(|scope| {
+            let handles: Vec<_> = values
+                .chunks(chunk)
+                .map(|c| {
+                    scope.spawn(move || {
+                        let mut h = Histogram::new(bins).expect("bins already validated");
+                        h.update_serial(c);
+                        h
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("histogram worker panicked")).collect()
+        });
+        for p in &partials {
+            self.merge(p).expect("same bins");
+        }
+    }
+
+    /// Adds `other` into `self`, exactly. Both must have the same `bins`.
+    pub fn merge(&mut self, other: &Histogram) -> Result<()> {
+        if other.bins != self.bins {
+            return Err(Error::Incompatible(format!(
+                "cannot merge histograms with different bins: {} and {}",
+                self.bins, other.bins
+            )));
+        }
+        self.zeros += other.zeros;
+        self.nan += other.nan;
+        self.pos_inf += other.pos_inf;
+        self.neg_inf += other.neg_inf;
+        if other.nonzero == 0 {
+            return Ok(());
+        }
+        self.cover(other.min_nz(), other.max_nz());
+        let shift = (self.k - other.k) as u32;
+        for (i, &c) in other.counts.iter().enumerate() {
+            if c != 0 {
+                let g = other.lo + i as i64;
+                let g2 = if shift >= 63 { if g < 0 { -1 } else { 0 } } else { g >> shift };
+                self.counts[(g2 - self.lo) as usize] += c;
+            }
+        }
+        self.nonzero += other.nonzero;
+        Ok(())
+    }
+
+    /// A self-describing, versioned, checksummed byte string.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let (_, occ) = self.occupied();
+        let mut out = Vec::with_capacity(96 + 8 * occ.len());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.bins as u32).to_le_bytes());
+        out.extend_from_slice(&self.k.to_le_bytes());
+        out.extend_from_slice(&self.lo.to_le_bytes());
+        for v in [self.min_nz, self.max_nz, self.nonzero, self.zeros, self.nan, self.pos_inf, self.neg_inf] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(occ.len() as u32).to_le_bytes());
+        for &c in occ {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        let sum = fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Reads `to_bytes` output; rejects anything corrupted, truncated, foreign or from a newer
+    /// format version, and anything that is not a canonical histogram.
+    pub fn from_bytes(data: &[u8]) -> Result<Histogram> {
+        let bad = |m: &str| Error::Corrupt(format!("not a valid qfcal histogram byte string: {m}"));
+        if data.len() < 12 || &data[..8] != MAGIC {
+            return Err(bad("it does not start with the qfcal histogram header"));
+        }
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        if version != FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "histogram byte string has format version {version}, this qfcal reads version {FORMAT_VERSION}"
+            )));
+        }
+        const HEAD: usize = 8 + 4 + 4 + 4 + 8 + 7 * 8 + 4;
+        if data.len() < HEAD + 8 {
+            return Err(bad(&format!("it is truncated ({} bytes)", data.len())));
+        }
+        let body = &data[..data.len() - 8];
+        let sum = u64::from_le_bytes(data[data.len() - 8..].try_into().unwrap());
+        if fnv1a(body) != sum {
+            return Err(bad("checksum mismatch (corrupted or truncated)"));
+        }
+        let mut pos = 12;
+        let mut take = |n: usize| {
+            let s = &body[pos..pos + n];
+            pos += n;
+            s
+        };
+        let bins = u32::from_le_bytes(take(4).try_into().unwrap()) as usize;
+        let k = i32::from_le_bytes(take(4).try_into().unwrap());
+        let lo = i64::from_le_bytes(take(8).try_into().unwrap());
+        let mut v = [0u64; 7];
+        for x in v.iter_mut() {
+            *x = u64::from_le_bytes(take(8).try_into().unwrap());
+        }
+        let n_occ = u32::from_le_bytes(take(4).try_into().unwrap()) as usize;
+        if body.len() != HEAD + 8 * n_occ {
+            return Err(bad("its length does not match its bin count"));
+        }
+        let occ: Vec<u64> = (0..n_occ).map(|_| u64::from_le_bytes(take(8).try_into().unwrap())).collect();
+        let mut h = Histogram::new(bins).map_err(|e| bad(&e.to_string()))?;
+        let [min_nz, max_nz, nonzero, zeros, nan, pos_inf, neg_inf] = v;
+        h.zeros = zeros;
+        h.nan = nan;
+        h.pos_inf = pos_inf;
+        h.neg_inf = neg_inf;
+        if nonzero == 0 {
+            if n_occ != 0 {
+                return Err(bad("bins are filled but no value is counted"));
+            }
+            return Ok(h);
+        }
+        let (mn, mx) = (f64::from_bits(min_nz), f64::from_bits(max_nz));
+        if !(mn.is_finite() && mx.is_finite() && mn != 0.0 && mx != 0.0 && mn <= mx) {
+            return Err(bad("its minimum and maximum are not nonzero finite values in order"));
+        }
+        let kk = required_k(mn, mx, bins);
+        let inv = pow2(-kk);
+        if kk != k || index(mn, inv) != lo || (index(mx, inv) - lo + 1) as usize != n_occ {
+            return Err(bad("its bin grid does not match its minimum and maximum"));
+        }
+        let total: u128 = occ.iter().map(|&c| c as u128).sum();
+        if total != nonzero as u128 || occ.first() == Some(&0) || occ.last() == Some(&0) {
+            return Err(bad("its counts do not add up to its value count"));
+        }
+        h.k = k;
+        h.lo = lo;
+        h.min_nz = min_nz;
+        h.max_nz = max_nz;
+        h.nonzero = nonzero;
+        h.counts = vec![0; bins];
+        h.counts[..n_occ].copy_from_slice(&occ);
+        Ok(h)
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponent_and_index_are_exact() {
+        assert_eq!(exponent(1.0), 0);
+        assert_eq!(exponent(0.75), -1);
+        assert_eq!(exponent(f64::from_bits(1)), -1074);
+        assert_eq!(exponent(f32::MAX as f64), 127);
+        assert_eq!(index(-1e-300, pow2(-10)), -1);
+        assert_eq!(index(3.0, pow2(1)), 6);
+        assert_eq!(index(-0.25, pow2(2)), -1);
+    }
+
+    #[test]
+    fn counts_specials_apart() {
+        let mut h = Histogram::new(64).unwrap();
+        h.update(&[0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -2.5], 1);
+        assert_eq!((h.zeros(), h.nan(), h.pos_inf(), h.neg_inf(), h.nonzero()), (2, 1, 1, 1, 2));
+        assert_eq!((h.min(), h.max()), (Some(-2.5), Some(1.0)));
+        let (_, c) = h.occupied();
+        assert_eq!(c.iter().sum::<u64>(), 2);
+    }
+
+    #[test]
+    fn span_covers_at_least_half_the_bins() {
+        let mut h = Histogram::new(256).unwrap();
+        h.update(&[-3.0f32, 7.25], 1);
+        let (_, c) = h.occupied();
+        assert!(c.len() >= 128 && c.len() <= 256, "{}", c.len());
+    }
+
+    #[test]
+    fn batching_does_not_matter() {
+        let v: Vec<f32> = (0..100_000).map(|i| ((i * 7919) % 1000) as f32 * 0.37 - 100.0).collect();
+        let mut a = Histogram::new(512).unwrap();
+        a.update(&v, 1);
+        let mut b = Histogram::new(512).unwrap();
+        for c in v.chunks(777).rev() {
+            b.update(c, 1);
+        }
+        let mut c = Histogram::new(512).unwrap();
+        c.update(&v, 2);
+        assert_eq!(a, b);
+        assert_eq!(a, c);
+    }
+
+    #[test]
+    fn bytes_round_trip_and_reject_corruption() {
+        let mut h = Histogram::new(128).unwrap();
+        h.update(&[1.0f64, 2.0, -3.5, 0.0, f64::NAN], 1);
+        let b = h.to_bytes();
+        assert_eq!(Histogram::from_bytes(&b).unwrap(), h);
+        let mut bad = b.clone();
+        bad[40] ^= 1;
+        assert!(Histogram::from_bytes(&bad).is_err());
+        assert!(Histogram::from_bytes(&b[..b.len() - 3]).is_err());
+        let mut future = b.clone();
+        future[8] = 2;
+        assert!(Histogram::from_bytes(&future).unwrap_err().to_string().contains("version 2"));
+    }
+}

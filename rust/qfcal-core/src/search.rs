@@ -1,0 +1,125 @@
+//! `search`: pick a scale and zero point for a histogram with any of the methods.
+
+use crate::cost::{loss, sqnr_db, Loss};
+use crate::dist::Dist;
+use crate::error::{invalid, Result};
+use crate::methods;
+use crate::spec::{Encoding, QuantSpec, SpecOptions};
+use std::fmt;
+use std::str::FromStr;
+
+/// A range-search method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Global minimum of the cost over every scale and zero point (qfcal).
+    Optimal,
+    /// The caffe2 / PyTorch `HistogramObserver` quantile walk.
+    Greedy,
+    /// AIMET's TF-Enhanced 17 x 21 grid, clipping weighted 3x.
+    TfEnhanced,
+    /// TensorRT's KL-divergence threshold (128 levels for 8 bits).
+    Entropy,
+    /// Percentile range (`percentile` option).
+    Percentile,
+    /// The observed minimum and maximum.
+    MinMax,
+}
+
+impl Method {
+    pub const ALL: [Method; 6] =
+        [Method::Optimal, Method::Greedy, Method::TfEnhanced, Method::Entropy, Method::Percentile, Method::MinMax];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Optimal => "optimal",
+            Method::Greedy => "greedy",
+            Method::TfEnhanced => "tf_enhanced",
+            Method::Entropy => "entropy",
+            Method::Percentile => "percentile",
+            Method::MinMax => "minmax",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Method> {
+        Method::ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            invalid(format!("method must be one of {}, got {s:?}", names.join(", ")))
+        })
+    }
+}
+
+/// Everything `search` takes besides the histogram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    pub spec: SpecOptions,
+    /// Weight of the clipping loss against the rounding loss (> 0).
+    pub gamma: f64,
+    pub method: Method,
+    /// For `Method::Percentile`: the percentile kept, in (0, 100].
+    pub percentile: f64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions { spec: SpecOptions::default(), gamma: 1.0, method: Method::Optimal, percentile: 99.99 }
+    }
+}
+
+/// The result of a search: the encoding and what it costs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchResult {
+    pub encoding: Encoding,
+    /// The loss, averaged over all values; `loss.weighted(gamma)` is the objective.
+    pub loss: Loss,
+    pub gamma: f64,
+    pub sqnr_db: f64,
+    pub method: Method,
+}
+
+impl SearchResult {
+    /// The objective value `rounding + gamma * clipping`.
+    pub fn objective(&self) -> f64 {
+        self.loss.weighted(self.gamma)
+    }
+}
+
+fn check_options(o: &SearchOptions) -> Result<QuantSpec> {
+    let spec = QuantSpec::new(&o.spec)?;
+    if !(o.gamma > 0.0 && o.gamma.is_finite()) {
+        return Err(invalid(format!("gamma must be a positive finite number, got {}", o.gamma)));
+    }
+    if !(o.percentile > 0.0 && o.percentile <= 100.0) {
+        return Err(invalid(format!("percentile must be in (0, 100], got {}", o.percentile)));
+    }
+    Ok(spec)
+}
+
+/// Scores an encoding of `dist` as every method's result is scored.
+pub fn evaluate(dist: &Dist, enc: Encoding, gamma: f64, method: Method) -> SearchResult {
+    let l = loss(dist, &enc);
+    SearchResult { encoding: enc, loss: l, gamma, sqnr_db: sqnr_db(dist, &l), method }
+}
+
+/// Finds the encoding of `dist` with the chosen method.
+pub fn search(dist: &Dist, o: &SearchOptions) -> Result<SearchResult> {
+    let spec = check_options(o)?;
+    dist.require_values()?;
+    let enc = match o.method {
+        Method::Optimal => methods::optimal::optimal(dist, &spec, o.gamma),
+        Method::Greedy => methods::greedy::greedy(dist, &spec),
+        Method::TfEnhanced => methods::tf_enhanced::tf_enhanced(dist, &spec),
+        Method::Entropy => methods::entropy::entropy(dist, &spec),
+        Method::Percentile => methods::percentile(dist, &spec, o.percentile),
+        Method::MinMax => methods::minmax(dist, &spec),
+    };
+    Ok(evaluate(dist, enc, o.gamma, o.method))
+}

@@ -1,0 +1,219 @@
+//! The integer grid a quantizer maps to (`qmin..=qmax`) and the encodings on it.
+
+use crate::error::{invalid, Result};
+
+/// Most levels a grid may have (16 bits).
+pub const MAX_LEVELS: i64 = 1 << 16;
+
+/// The integer range and zero-point rule of a quantizer.
+///
+/// Real values are represented as `(q - zero_point) * scale` for integer `q` in `qmin..=qmax`.
+/// The level count is `qmax - qmin + 1`, exactly (narrow ranges have one level fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuantSpec {
+    pub qmin: i64,
+    pub qmax: i64,
+    /// Symmetric: the zero point is fixed at `symmetric_zero_point()`.
+    pub symmetric: bool,
+}
+
+/// The options a user gives, before they are turned into a [`QuantSpec`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpecOptions {
+    pub bits: u32,
+    pub signed: bool,
+    pub symmetric: bool,
+    pub narrow_range: bool,
+    pub qmin: Option<i64>,
+    pub qmax: Option<i64>,
+}
+
+impl Default for SpecOptions {
+    fn default() -> Self {
+        SpecOptions { bits: 8, signed: true, symmetric: false, narrow_range: false, qmin: None, qmax: None }
+    }
+}
+
+impl QuantSpec {
+    /// Builds and validates a spec. Explicit `qmin`/`qmax` override `bits`, `signed` and
+    /// `narrow_range`; the one not given is taken from those.
+    pub fn new(o: &SpecOptions) -> Result<QuantSpec> {
+        if !(2..=16).contains(&o.bits) {
+            return Err(invalid(format!("bits must be in 2..=16, got {}", o.bits)));
+        }
+        let levels = 1i64 << o.bits;
+        let (mut lo, hi) = if o.signed { (-(levels / 2), levels / 2 - 1) } else { (0, levels - 1) };
+        if o.narrow_range {
+            lo += 1;
+        }
+        let qmin = o.qmin.unwrap_or(lo);
+        let qmax = o.qmax.unwrap_or(hi);
+        if qmin >= qmax {
+            return Err(invalid(format!("qmin must be less than qmax, got qmin={qmin}, qmax={qmax}")));
+        }
+        if qmax - qmin + 1 > MAX_LEVELS {
+            return Err(invalid(format!(
+                "qmax - qmin + 1 must be at most {MAX_LEVELS} levels, got qmin={qmin}, qmax={qmax}"
+            )));
+        }
+        if qmin.abs() > MAX_LEVELS || qmax.abs() > MAX_LEVELS {
+            return Err(invalid(format!(
+                "qmin and qmax must lie in -{MAX_LEVELS}..={MAX_LEVELS}, got qmin={qmin}, qmax={qmax}"
+            )));
+        }
+        Ok(QuantSpec { qmin, qmax, symmetric: o.symmetric })
+    }
+
+    /// Number of integer levels, `qmax - qmin + 1`.
+    pub fn levels(&self) -> i64 {
+        self.qmax - self.qmin + 1
+    }
+
+    /// The zero point of a symmetric grid: 0 for signed ranges, the middle for unsigned ones.
+    pub fn symmetric_zero_point(&self) -> i64 {
+        (self.qmin + self.qmax + 1).div_euclid(2)
+    }
+
+    /// The allowed values of `L = qmin - zero_point`, the grid index of the lowest level.
+    /// The window of grid indices is `L..=L + levels - 1` and always contains 0.
+    pub fn l_range(&self) -> (i64, i64) {
+        if self.symmetric {
+            let l = self.qmin - self.symmetric_zero_point();
+            (l, l)
+        } else {
+            (self.qmin - self.qmax, 0)
+        }
+    }
+
+    /// The encoding with lowest level `l` (see [`QuantSpec::l_range`]).
+    pub fn encoding(&self, scale: f64, l: i64) -> Encoding {
+        Encoding { scale, zero_point: self.qmin - l, qmin: self.qmin, qmax: self.qmax }
+    }
+
+    /// The smallest-scale encoding whose range covers `[a, b]` (with `a <= 0 <= b` after
+    /// widening to include zero). The scale is rounded up to a float32 value, so it is stored
+    /// exactly by TFLite, ONNX and PyTorch.
+    pub fn covering(&self, a: f64, b: f64) -> Encoding {
+        let a = a.min(0.0);
+        let b = b.max(0.0);
+        let (l0, l1) = self.l_range();
+        let h = self.levels() - 1;
+        let need = |l: i64| -> f64 {
+            let lo = if l < 0 { a / l as f64 } else if a < 0.0 { f64::INFINITY } else { 0.0 };
+            let hi = if l + h > 0 { b / (l + h) as f64 } else if b > 0.0 { f64::INFINITY } else { 0.0 };
+            lo.max(hi)
+        };
+        let mut best = (f64::INFINITY, l0);
+        for l in l0..=l1 {
+            let s = need(l);
+            if s < best.0 {
+                best = (s, l);
+            }
+        }
+        let (mut scale, mut l) = best;
+        if !(scale > 0.0) || !scale.is_finite() {
+            // Only zeros (or nothing) to cover: any scale is exact; pick 1 and the window's middle.
+            scale = 1.0;
+            l = if self.symmetric { l0 } else { (l0 + l1) / 2 };
+        }
+        let s32 = f32_at_least(scale);
+        // Rounding the scale up keeps the window covering [a, b].
+        self.encoding(s32, l)
+    }
+}
+
+/// The smallest float32 value (as f64) not below `x` (for positive finite `x`).
+pub fn f32_at_least(x: f64) -> f64 {
+    let f = x as f32;
+    let f = if (f as f64) < x { next_up_f32(f) } else { f };
+    f as f64
+}
+
+/// The float32 value nearest to `x`, as f64, never zero or infinite for positive finite `x`.
+pub fn f32_nearest(x: f64) -> f64 {
+    let f = x as f32;
+    if f == 0.0 {
+        return f32::from_bits(1) as f64;
+    }
+    if f.is_infinite() {
+        return f32::MAX as f64;
+    }
+    f as f64
+}
+
+fn next_up_f32(f: f32) -> f32 {
+    if f.is_infinite() {
+        return f;
+    }
+    f32::from_bits(f.to_bits() + 1)
+}
+
+/// A point on the grid: `scale` (Δ) and `zero_point`, with the integer range it applies to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Encoding {
+    pub scale: f64,
+    pub zero_point: i64,
+    pub qmin: i64,
+    pub qmax: i64,
+}
+
+impl Encoding {
+    /// Grid index of the lowest level, `qmin - zero_point` (<= 0).
+    pub fn l(&self) -> i64 {
+        self.qmin - self.zero_point
+    }
+    /// Grid index of the highest level, `qmax - zero_point` (>= 0).
+    pub fn h(&self) -> i64 {
+        self.qmax - self.zero_point
+    }
+    /// Smallest representable value, `(qmin - zero_point) * scale`.
+    pub fn min(&self) -> f64 {
+        self.l() as f64 * self.scale
+    }
+    /// Largest representable value, `(qmax - zero_point) * scale`.
+    pub fn max(&self) -> f64 {
+        self.h() as f64 * self.scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bits: u32, signed: bool, symmetric: bool, narrow: bool) -> QuantSpec {
+        QuantSpec::new(&SpecOptions { bits, signed, symmetric, narrow_range: narrow, qmin: None, qmax: None })
+            .unwrap()
+    }
+
+    #[test]
+    fn level_counts_follow_qmin_qmax() {
+        let s = spec(8, true, false, false);
+        assert_eq!((s.qmin, s.qmax, s.levels()), (-128, 127, 256));
+        let s = spec(8, true, true, true);
+        assert_eq!((s.qmin, s.qmax, s.levels(), s.symmetric_zero_point()), (-127, 127, 255, 0));
+        let s = spec(8, false, true, false);
+        assert_eq!((s.qmin, s.qmax, s.symmetric_zero_point()), (0, 255, 128));
+        let s = spec(4, false, false, true);
+        assert_eq!((s.qmin, s.qmax), (1, 15));
+    }
+
+    #[test]
+    fn bad_specs_name_the_argument() {
+        let e = QuantSpec::new(&SpecOptions { bits: 1, ..Default::default() }).unwrap_err();
+        assert_eq!(e.to_string(), "bits must be in 2..=16, got 1");
+        let e = QuantSpec::new(&SpecOptions { qmin: Some(5), qmax: Some(5), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("qmin=5, qmax=5"));
+    }
+
+    #[test]
+    fn covering_covers_and_is_tight() {
+        let s = spec(8, true, false, false);
+        let e = s.covering(-1.0, 3.0);
+        assert!(e.min() <= -1.0 && e.max() >= 3.0);
+        assert!(e.scale <= 4.0 / 255.0 * (1.0 + 1e-2));
+        let s = spec(8, true, true, true);
+        let e = s.covering(-0.5, 2.0);
+        assert_eq!(e.zero_point, 0);
+        assert!(e.max() >= 2.0 && e.scale as f32 as f64 == e.scale);
+    }
+}
