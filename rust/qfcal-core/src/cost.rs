@@ -70,7 +70,10 @@ pub fn loss(dist: &Dist, enc: &Encoding) -> Loss {
             rounding += rounding_piece(d, u, v, delta);
         }
     }
-    Loss { rounding: rounding / dist.total(), clipping: clipping / dist.total() }
+    Loss {
+        rounding: rounding / dist.total(),
+        clipping: clipping / dist.total(),
+    }
 }
 
 /// Signal-to-quantization-noise ratio in dB: `10 log10(E[x²] / mse)`; infinite without error.
@@ -108,13 +111,32 @@ mod tests {
 
     #[test]
     fn matches_numeric_integration() {
-        let d = Dist::new(vec![5.0, 1.0, 7.0, 2.0], vec![-1.3, -0.2, 0.1, 0.9, 3.0], 4.0).unwrap();
-        let spec = QuantSpec::new(&SpecOptions { bits: 3, ..Default::default() }).unwrap();
+        let d = Dist::new(
+            vec![5.0, 1.0, 7.0, 2.0],
+            vec![-1.3, -0.2, 0.1, 0.9, 3.0],
+            4.0,
+        )
+        .unwrap();
+        let spec = QuantSpec::new(&SpecOptions {
+            bits: 3,
+            ..Default::default()
+        })
+        .unwrap();
         let enc = spec.encoding(0.31, -2);
         let l = loss(&d, &enc);
         let (r, c) = numeric(&d, &enc, 200_000);
-        assert!((l.rounding - r).abs() < 1e-8 * r.max(1e-12), "{} vs {}", l.rounding, r);
-        assert!((l.clipping - c).abs() < 1e-8 * c.max(1e-12), "{} vs {}", l.clipping, c);
+        assert!(
+            (l.rounding - r).abs() < 1e-8 * r.max(1e-12),
+            "{} vs {}",
+            l.rounding,
+            r
+        );
+        assert!(
+            (l.clipping - c).abs() < 1e-8 * c.max(1e-12),
+            "{} vs {}",
+            l.clipping,
+            c
+        );
     }
 
     #[test]

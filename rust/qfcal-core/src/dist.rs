@@ -34,13 +34,19 @@ impl Dist {
                 edges.len()
             )));
         }
-        if let Some((i, c)) = counts.iter().enumerate().find(|(_, c)| !(c.is_finite() && **c >= 0.0)) {
-            return Err(invalid(format!("counts must be finite and non-negative, got counts[{i}]={c}")));
+        if let Some((i, c)) = counts
+            .iter()
+            .enumerate()
+            .find(|(_, c)| !(c.is_finite() && **c >= 0.0))
+        {
+            return Err(invalid(format!(
+                "counts must be finite and non-negative, got counts[{i}]={c}"
+            )));
         }
         if let Some((i, e)) = edges.iter().enumerate().find(|(_, e)| !e.is_finite()) {
             return Err(invalid(format!("edges must be finite, got edges[{i}]={e}")));
         }
-        if let Some(i) = (0..counts.len()).find(|&i| !(edges[i] < edges[i + 1])) {
+        if let Some(i) = (0..counts.len()).find(|&i| edges[i] >= edges[i + 1]) {
             return Err(invalid(format!(
                 "edges must be strictly increasing, got edges[{i}]={} and edges[{}]={}",
                 edges[i],
@@ -49,7 +55,9 @@ impl Dist {
             )));
         }
         if !(zeros.is_finite() && zeros >= 0.0) {
-            return Err(invalid(format!("zeros must be finite and non-negative, got {zeros}")));
+            return Err(invalid(format!(
+                "zeros must be finite and non-negative, got {zeros}"
+            )));
         }
         let first = counts.iter().position(|&c| c > 0.0);
         let (counts, edges) = match first {
@@ -60,12 +68,19 @@ impl Dist {
             }
         };
         let total = zeros + counts.iter().sum::<f64>();
-        Ok(Dist { edges, counts, zeros, total })
+        Ok(Dist {
+            edges,
+            counts,
+            zeros,
+            total,
+        })
     }
 
     /// A density on a uniform grid: bin `i` is `[origin + i*width, origin + (i+1)*width)`.
     pub fn uniform(origin: f64, width: f64, counts: &[u64], zeros: u64) -> Dist {
-        let edges = (0..=counts.len()).map(|i| origin + i as f64 * width).collect();
+        let edges = (0..=counts.len())
+            .map(|i| origin + i as f64 * width)
+            .collect();
         let counts = counts.iter().map(|&c| c as f64).collect();
         Dist::new(counts, edges, zeros as f64).expect("a uniform grid is a valid density")
     }
@@ -144,8 +159,15 @@ impl Dist {
         }
         let g = b.div_ceil(max_bins);
         let counts: Vec<f64> = self.counts.chunks(g).map(|c| c.iter().sum()).collect();
-        let edges: Vec<f64> = (0..=counts.len()).map(|i| self.edges[(i * g).min(b)]).collect();
-        Dist { edges, counts, zeros: self.zeros, total: self.total }
+        let edges: Vec<f64> = (0..=counts.len())
+            .map(|i| self.edges[(i * g).min(b)])
+            .collect();
+        Dist {
+            edges,
+            counts,
+            zeros: self.zeros,
+            total: self.total,
+        }
     }
 
     /// The value below which a fraction `p` (0..=1) of the values lie, with the density uniform
@@ -196,39 +218,6 @@ impl Dist {
     /// Calls `f(lo, hi, count)` for each bin.
     pub fn bins(&self) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
         (0..self.counts.len()).map(move |i| (self.edges[i], self.edges[i + 1], self.counts[i]))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trims_and_validates() {
-        let d = Dist::new(vec![0.0, 2.0, 0.0, 1.0, 0.0], vec![0., 1., 2., 3., 4., 5.], 3.0).unwrap();
-        assert_eq!(d.counts(), &[2.0, 0.0, 1.0]);
-        assert_eq!((d.lo(), d.hi(), d.total()), (1.0, 4.0, 6.0));
-        assert_eq!(d.min(), 0.0);
-        let e = Dist::new(vec![1.0], vec![1.0, 1.0], 0.0).unwrap_err();
-        assert!(e.to_string().contains("strictly increasing"));
-        let e = Dist::new(vec![-1.0], vec![0.0, 1.0], 0.0).unwrap_err();
-        assert!(e.to_string().contains("counts[0]=-1"));
-    }
-
-    #[test]
-    fn quantiles_of_uniform_bins() {
-        let d = Dist::new(vec![1.0, 1.0], vec![-1.0, 0.0, 1.0], 2.0).unwrap();
-        assert_eq!(d.quantile(0.0), -1.0);
-        assert!((d.quantile(0.125) + 0.5).abs() < 1e-12);
-        assert_eq!(d.quantile(0.5), 0.0);
-        assert!((d.quantile(1.0) - 1.0).abs() < 1e-12);
-        assert!((d.quantile(0.875) - 0.5).abs() < 1e-12);
-    }
-
-    #[test]
-    fn mean_square_is_exact() {
-        let d = Dist::new(vec![3.0], vec![0.0, 1.0], 1.0).unwrap();
-        assert!((d.mean_square() - 3.0 / 3.0 / 4.0).abs() < 1e-15);
     }
 }
 
@@ -297,7 +286,11 @@ impl Dist {
             let mut i = ((u / w) as usize).min(bins - 1);
             let mut pos = u;
             while pos < v {
-                let end = if i + 1 >= bins { v } else { ((i + 1) as f64 * w).min(v) };
+                let end = if i + 1 >= bins {
+                    v
+                } else {
+                    ((i + 1) as f64 * w).min(v)
+                };
                 out[i] += dens * (end - pos);
                 pos = end;
                 i += 1;
@@ -318,5 +311,43 @@ impl Dist {
             }
         }
         (out, w)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_and_validates() {
+        let d = Dist::new(
+            vec![0.0, 2.0, 0.0, 1.0, 0.0],
+            vec![0., 1., 2., 3., 4., 5.],
+            3.0,
+        )
+        .unwrap();
+        assert_eq!(d.counts(), &[2.0, 0.0, 1.0]);
+        assert_eq!((d.lo(), d.hi(), d.total()), (1.0, 4.0, 6.0));
+        assert_eq!(d.min(), 0.0);
+        let e = Dist::new(vec![1.0], vec![1.0, 1.0], 0.0).unwrap_err();
+        assert!(e.to_string().contains("strictly increasing"));
+        let e = Dist::new(vec![-1.0], vec![0.0, 1.0], 0.0).unwrap_err();
+        assert!(e.to_string().contains("counts[0]=-1"));
+    }
+
+    #[test]
+    fn quantiles_of_uniform_bins() {
+        let d = Dist::new(vec![1.0, 1.0], vec![-1.0, 0.0, 1.0], 2.0).unwrap();
+        assert_eq!(d.quantile(0.0), -1.0);
+        assert!((d.quantile(0.125) + 0.5).abs() < 1e-12);
+        assert_eq!(d.quantile(0.5), 0.0);
+        assert!((d.quantile(1.0) - 1.0).abs() < 1e-12);
+        assert!((d.quantile(0.875) - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn mean_square_is_exact() {
+        let d = Dist::new(vec![3.0], vec![0.0, 1.0], 1.0).unwrap();
+        assert!((d.mean_square() - 3.0 / 3.0 / 4.0).abs() < 1e-15);
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::dist::Dist;
 use crate::error::{invalid, Error, Result};
+use std::hint::select_unpredictable;
 
 pub const DEFAULT_BINS: usize = 4096;
 pub const MIN_BINS: usize = 16;
@@ -40,16 +41,19 @@ fn exponent(x: f64) -> i32 {
     }
 }
 
+/// `floor(y)` for finite `|y| < 2^63`, without a libm call.
+#[inline(always)]
+fn floor_i64(y: f64) -> i64 {
+    let t = y as i64;
+    t - ((t as f64) > y) as i64
+}
+
 /// `floor(x / 2^k)`, exactly (a tiny negative `x` whose quotient underflows still gives -1).
 #[inline(always)]
 fn index(x: f64, inv_w: f64) -> i64 {
-    let y = x * inv_w;
-    let f = y.floor();
-    if f == 0.0 && x < 0.0 {
-        -1
-    } else {
-        f as i64
-    }
+    let f = floor_i64(x * inv_w);
+    // A tiny negative x whose quotient underflows to -0.0 still lies in bin -1.
+    f - (f == 0 && x < 0.0 && x * inv_w == 0.0) as i64
 }
 
 /// The canonical exponent for nonzero finite values spanning `[mn, mx]` in `bins` bins.
@@ -91,26 +95,49 @@ pub trait Sample: Copy + Send + Sync + 'static {
     fn stats(block: &[Self]) -> BlockStats;
 }
 
-macro_rules! stats_impl {
-    ($t:ty) => {
-        fn stats(block: &[$t]) -> BlockStats {
-            // Lane-parallel accumulators so the loop vectorizes; NaN fails every comparison.
-            const L: usize = 8;
+/// Calls `$f` compiled for AVX2 when the CPU has it (wheels target baseline x86-64).
+macro_rules! with_avx2 {
+    ($f:ident($($a:ident: $t:ty),*) -> $ret:ty) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                fn go($($a: $t),*) -> $ret {
+                    $f($($a),*)
+                }
+                // SAFETY: the CPU supports AVX2 (checked above).
+                return unsafe { go($($a),*) };
+            }
+        }
+        $f($($a),*)
+    }};
+}
+
+macro_rules! stats_body_impl {
+    ($name:ident, $t:ty, $u:ty, $abs:expr, $inf:expr) => {
+        #[inline(always)]
+        fn $name(block: &[$t]) -> BlockStats {
+            // Integer tests on the bit pattern and lane-parallel accumulators, so the loop
+            // vectorizes on baseline x86-64: |x| bits 0 is a zero, >= the infinity pattern is
+            // NaN or Inf, anything between is a nonzero finite value.
+            const L: usize = 16;
             let mut mn = [<$t>::INFINITY; L];
             let mut mx = [<$t>::NEG_INFINITY; L];
-            let mut zeros = [0u32; L];
-            let mut special = [0u32; L];
+            let mut zeros = [0 as $u; L];
+            let mut special = [0 as $u; L];
             let chunks = block.chunks_exact(L);
             let rest = chunks.remainder();
             for c in chunks {
                 for j in 0..L {
                     let x = c[j];
-                    let a = x.abs();
-                    let finite_nz = a < <$t>::INFINITY && a > 0.0;
-                    mn[j] = if finite_nz && x < mn[j] { x } else { mn[j] };
-                    mx[j] = if finite_nz && x > mx[j] { x } else { mx[j] };
-                    zeros[j] += (a == 0.0) as u32;
-                    special[j] += (!(a < <$t>::INFINITY)) as u32;
+                    let b = x.to_bits() & $abs;
+                    let ok = b.wrapping_sub(1) < $inf - 1;
+                    let lo = if ok { x } else { <$t>::INFINITY };
+                    let hi = if ok { x } else { <$t>::NEG_INFINITY };
+                    mn[j] = if lo < mn[j] { lo } else { mn[j] };
+                    mx[j] = if hi > mx[j] { hi } else { mx[j] };
+                    zeros[j] += (b == 0) as $u;
+                    special[j] += (b >= $inf) as $u;
                 }
             }
             let mut s = BlockStats {
@@ -155,6 +182,15 @@ macro_rules! stats_impl {
     };
 }
 
+stats_body_impl!(stats_f32, f32, u32, 0x7fff_ffffu32, 0x7f80_0000u32);
+stats_body_impl!(
+    stats_f64,
+    f64,
+    u64,
+    0x7fff_ffff_ffff_ffffu64,
+    0x7ff0_0000_0000_0000u64
+);
+
 /// Four interleaved `u32` count arrays (plus a sink slot each for skipped values): consecutive
 /// values hitting one bin then update different memory, and no dependency chain forms.
 pub struct SubCounts {
@@ -165,28 +201,42 @@ pub struct SubCounts {
 
 impl SubCounts {
     fn new(bins: usize) -> Self {
-        SubCounts { stride: bins + 1, data: vec![0; 4 * (bins + 1)], pending: 0 }
+        SubCounts {
+            stride: bins + 1,
+            data: vec![0; 4 * (bins + 1)],
+            pending: 0,
+        }
     }
 }
 
+/// Values whose indices are computed in one (vectorizable) pass before they are counted.
+const CHUNK: usize = 256;
+
+/// Counts `n` values whose bin (or the sink for skipped values) is `idx(i)`: indices are
+/// computed a chunk at a time into a small array, then scattered over the four lanes.
 #[inline(always)]
-fn bin4<F: Fn(usize) -> usize>(n: usize, idx: F, sub: &mut SubCounts) {
+fn bin4<F: Fn(usize) -> u32>(n: usize, idx: F, sub: &mut SubCounts) {
     let stride = sub.stride;
-    let sink = stride - 1;
+    let sink = (stride - 1) as u32;
     let data = &mut sub.data[..4 * stride];
-    let mut i = 0;
-    while i + 4 <= n {
-        for j in 0..4 {
-            let b = idx(i + j).min(sink);
-            // SAFETY: b <= sink < stride, so j*stride + b < 4*stride == data.len().
-            unsafe { *data.get_unchecked_mut(j * stride + b) += 1 };
+    let mut buf = [0u32; CHUNK];
+    let mut start = 0;
+    while start < n {
+        let len = CHUNK.min(n - start);
+        for (o, b) in buf[..len].iter_mut().enumerate() {
+            *b = idx(start + o).min(sink);
         }
-        i += 4;
-    }
-    while i < n {
-        let b = idx(i).min(sink);
-        data[b] += 1;
-        i += 1;
+        let mut quads = buf[..len].chunks_exact(4);
+        for q in &mut quads {
+            for (j, &b) in q.iter().enumerate() {
+                // SAFETY: b <= sink < stride, so j*stride + b < 4*stride == data.len().
+                unsafe { *data.get_unchecked_mut(j * stride + b as usize) += 1 };
+            }
+        }
+        for &b in quads.remainder() {
+            data[b as usize] += 1;
+        }
+        start += len;
     }
 }
 
@@ -194,46 +244,54 @@ impl Sample for f32 {
     fn to_f64(self) -> f64 {
         self as f64
     }
-    stats_impl!(f32);
+    fn stats(block: &[f32]) -> BlockStats {
+        with_avx2!(stats_f32(block: &[f32]) -> BlockStats)
+    }
     fn bin_block(block: &[f32], h: &Histogram, sub: &mut SubCounts) {
-        let sink = h.bins;
-        let (k, lo) = (h.k, h.lo);
-        if (-126..=0).contains(&k) && lo.unsigned_abs() + (h.bins as u64) < (1 << 30) {
-            // float32 fast path: x·2^-k is exact (no underflow since 2^-k >= 1, no overflow in
-            // the window) and so is its floor.
-            let s = pow2(-k) as f32;
-            let lo = lo as i32;
-            bin4(
-                block.len(),
-                |i| {
-                    let x = block[i];
-                    let a = x.abs();
-                    let ok = a > 0.0 && a < f32::INFINITY;
-                    let y = if ok { x * s } else { 0.0 };
-                    if ok {
-                        (y.floor() as i32 - lo) as u32 as usize
-                    } else {
-                        sink
-                    }
-                },
-                sub,
-            );
-        } else {
-            let inv = pow2(-k);
-            bin4(
-                block.len(),
-                |i| {
-                    let x = block[i] as f64;
-                    let a = x.abs();
-                    if a > 0.0 && a < f64::INFINITY {
-                        (index(x, inv) - lo) as usize
-                    } else {
-                        sink
-                    }
-                },
-                sub,
-            );
-        }
+        with_avx2!(bin_block_f32(block: &[f32], h: &Histogram, sub: &mut SubCounts) -> ())
+    }
+}
+
+#[inline(always)]
+fn bin_block_f32(block: &[f32], h: &Histogram, sub: &mut SubCounts) {
+    let sink = h.bins as u32;
+    let (k, lo) = (h.k, h.lo);
+    if (-126..=0).contains(&k) && lo.unsigned_abs() + (h.bins as u64) < (1 << 30) {
+        // float32 fast path: x·2^-k is exact (no underflow since 2^-k >= 1, no overflow in
+        // the window) and so is its floor.
+        let s = pow2(-k) as f32;
+        let lo = lo as i32;
+        bin4(
+            block.len(),
+            |i| {
+                let x = block[i];
+                let b = x.to_bits() & 0x7fff_ffff;
+                let ok = b.wrapping_sub(1) < 0x7f80_0000 - 1;
+                let y = if ok { x * s } else { 0.0 };
+                // SAFETY: y is finite and |y| < 2^30 (0 for skipped values).
+                let t: i32 = unsafe { y.to_int_unchecked() };
+                let f = t - ((t as f32) > y) as i32;
+                if ok {
+                    (f - lo) as u32
+                } else {
+                    sink
+                }
+            },
+            sub,
+        );
+    } else {
+        let inv = pow2(-k);
+        bin4(
+            block.len(),
+            |i| {
+                let x = block[i] as f64;
+                let a = x.abs();
+                let ok = a > 0.0 && a < f64::INFINITY;
+                let x = select_unpredictable(ok, x, 0.0);
+                select_unpredictable(ok, (index(x, inv) - lo) as u32, sink)
+            },
+            sub,
+        );
     }
 }
 
@@ -241,20 +299,20 @@ impl Sample for f64 {
     fn to_f64(self) -> f64 {
         self
     }
-    stats_impl!(f64);
+    fn stats(block: &[f64]) -> BlockStats {
+        with_avx2!(stats_f64(block: &[f64]) -> BlockStats)
+    }
     fn bin_block(block: &[f64], h: &Histogram, sub: &mut SubCounts) {
-        let sink = h.bins;
+        let sink = h.bins as u32;
         let (inv, lo) = (pow2(-h.k), h.lo);
         bin4(
             block.len(),
             |i| {
                 let x = block[i];
                 let a = x.abs();
-                if a > 0.0 && a < f64::INFINITY {
-                    (index(x, inv) - lo) as usize
-                } else {
-                    sink
-                }
+                let ok = a > 0.0 && a < f64::INFINITY;
+                let x = select_unpredictable(ok, x, 0.0);
+                select_unpredictable(ok, (index(x, inv) - lo) as u32, sink)
             },
             sub,
         );
@@ -291,7 +349,9 @@ impl Histogram {
     /// An empty histogram with `bins` bins (`16..=2^20`; the span always covers at least half).
     pub fn new(bins: usize) -> Result<Histogram> {
         if !(MIN_BINS..=MAX_BINS).contains(&bins) {
-            return Err(invalid(format!("bins must be in {MIN_BINS}..={MAX_BINS}, got {bins}")));
+            return Err(invalid(format!(
+                "bins must be in {MIN_BINS}..={MAX_BINS}, got {bins}"
+            )));
         }
         Ok(Histogram {
             bins,
@@ -401,7 +461,11 @@ impl Histogram {
 
     /// Grows the window (coarsening exactly) so that it covers nonzero values in `[mn, mx]`.
     fn cover(&mut self, mn: f64, mx: f64) {
-        let (mn, mx) = if self.nonzero == 0 { (mn, mx) } else { (mn.min(self.min_nz()), mx.max(self.max_nz())) };
+        let (mn, mx) = if self.nonzero == 0 {
+            (mn, mx)
+        } else {
+            (mn.min(self.min_nz()), mx.max(self.max_nz()))
+        };
         let k = required_k(mn, mx, self.bins);
         let lo = index(mn, pow2(-k));
         if self.nonzero == 0 || self.counts.is_empty() {
@@ -413,7 +477,15 @@ impl Histogram {
             for (i, &c) in self.counts.iter().enumerate() {
                 if c != 0 {
                     let g = self.lo + i as i64;
-                    let g2 = if shift >= 63 { if g < 0 { -1 } else { 0 } } else { g >> shift };
+                    let g2 = if shift >= 63 {
+                        if g < 0 {
+                            -1
+                        } else {
+                            0
+                        }
+                    } else {
+                        g >> shift
+                    };
                     fresh[(g2 - lo) as usize] += c;
                 }
             }
@@ -501,7 +573,9 @@ impl Histogram {
     /// available cores). The result does not depend on the split.
     pub fn update<T: Sample>(&mut self, values: &[T], threads: usize) {
         let threads = if threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             threads
         };
@@ -523,7 +597,10 @@ impl Histogram {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("histogram worker panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("histogram worker panicked"))
+                .collect()
         });
         for p in &partials {
             self.merge(p).expect("same bins");
@@ -550,7 +627,15 @@ impl Histogram {
         for (i, &c) in other.counts.iter().enumerate() {
             if c != 0 {
                 let g = other.lo + i as i64;
-                let g2 = if shift >= 63 { if g < 0 { -1 } else { 0 } } else { g >> shift };
+                let g2 = if shift >= 63 {
+                    if g < 0 {
+                        -1
+                    } else {
+                        0
+                    }
+                } else {
+                    g >> shift
+                };
                 self.counts[(g2 - self.lo) as usize] += c;
             }
         }
@@ -567,7 +652,15 @@ impl Histogram {
         out.extend_from_slice(&(self.bins as u32).to_le_bytes());
         out.extend_from_slice(&self.k.to_le_bytes());
         out.extend_from_slice(&self.lo.to_le_bytes());
-        for v in [self.min_nz, self.max_nz, self.nonzero, self.zeros, self.nan, self.pos_inf, self.neg_inf] {
+        for v in [
+            self.min_nz,
+            self.max_nz,
+            self.nonzero,
+            self.zeros,
+            self.nan,
+            self.pos_inf,
+            self.neg_inf,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&(occ.len() as u32).to_le_bytes());
@@ -618,7 +711,9 @@ impl Histogram {
         if body.len() != HEAD + 8 * n_occ {
             return Err(bad("its length does not match its bin count"));
         }
-        let occ: Vec<u64> = (0..n_occ).map(|_| u64::from_le_bytes(take(8).try_into().unwrap())).collect();
+        let occ: Vec<u64> = (0..n_occ)
+            .map(|_| u64::from_le_bytes(take(8).try_into().unwrap()))
+            .collect();
         let mut h = Histogram::new(bins).map_err(|e| bad(&e.to_string()))?;
         let [min_nz, max_nz, nonzero, zeros, nan, pos_inf, neg_inf] = v;
         h.zeros = zeros;
@@ -633,7 +728,9 @@ impl Histogram {
         }
         let (mn, mx) = (f64::from_bits(min_nz), f64::from_bits(max_nz));
         if !(mn.is_finite() && mx.is_finite() && mn != 0.0 && mx != 0.0 && mn <= mx) {
-            return Err(bad("its minimum and maximum are not nonzero finite values in order"));
+            return Err(bad(
+                "its minimum and maximum are not nonzero finite values in order",
+            ));
         }
         let kk = required_k(mn, mx, bins);
         let inv = pow2(-kk);
@@ -682,8 +779,22 @@ mod tests {
     #[test]
     fn counts_specials_apart() {
         let mut h = Histogram::new(64).unwrap();
-        h.update(&[0.0f32, -0.0, 1.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -2.5], 1);
-        assert_eq!((h.zeros(), h.nan(), h.pos_inf(), h.neg_inf(), h.nonzero()), (2, 1, 1, 1, 2));
+        h.update(
+            &[
+                0.0f32,
+                -0.0,
+                1.0,
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                -2.5,
+            ],
+            1,
+        );
+        assert_eq!(
+            (h.zeros(), h.nan(), h.pos_inf(), h.neg_inf(), h.nonzero()),
+            (2, 1, 1, 1, 2)
+        );
         assert_eq!((h.min(), h.max()), (Some(-2.5), Some(1.0)));
         let (_, c) = h.occupied();
         assert_eq!(c.iter().sum::<u64>(), 2);
@@ -699,7 +810,9 @@ mod tests {
 
     #[test]
     fn batching_does_not_matter() {
-        let v: Vec<f32> = (0..100_000).map(|i| ((i * 7919) % 1000) as f32 * 0.37 - 100.0).collect();
+        let v: Vec<f32> = (0..100_000)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.37 - 100.0)
+            .collect();
         let mut a = Histogram::new(512).unwrap();
         a.update(&v, 1);
         let mut b = Histogram::new(512).unwrap();
@@ -724,6 +837,9 @@ mod tests {
         assert!(Histogram::from_bytes(&b[..b.len() - 3]).is_err());
         let mut future = b.clone();
         future[8] = 2;
-        assert!(Histogram::from_bytes(&future).unwrap_err().to_string().contains("version 2"));
+        assert!(Histogram::from_bytes(&future)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
     }
 }

@@ -26,8 +26,14 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 6] =
-        [Method::Optimal, Method::Greedy, Method::TfEnhanced, Method::Entropy, Method::Percentile, Method::MinMax];
+    pub const ALL: [Method; 6] = [
+        Method::Optimal,
+        Method::Greedy,
+        Method::TfEnhanced,
+        Method::Entropy,
+        Method::Percentile,
+        Method::MinMax,
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
@@ -50,10 +56,17 @@ impl fmt::Display for Method {
 impl FromStr for Method {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> Result<Method> {
-        Method::ALL.iter().copied().find(|m| m.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
-            invalid(format!("method must be one of {}, got {s:?}", names.join(", ")))
-        })
+        Method::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+                invalid(format!(
+                    "method must be one of {}, got {s:?}",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -70,7 +83,12 @@ pub struct SearchOptions {
 
 impl Default for SearchOptions {
     fn default() -> Self {
-        SearchOptions { spec: SpecOptions::default(), gamma: 1.0, method: Method::Optimal, percentile: 99.99 }
+        SearchOptions {
+            spec: SpecOptions::default(),
+            gamma: 1.0,
+            method: Method::Optimal,
+            percentile: 99.99,
+        }
     }
 }
 
@@ -95,10 +113,16 @@ impl SearchResult {
 fn check_options(o: &SearchOptions) -> Result<QuantSpec> {
     let spec = QuantSpec::new(&o.spec)?;
     if !(o.gamma > 0.0 && o.gamma.is_finite()) {
-        return Err(invalid(format!("gamma must be a positive finite number, got {}", o.gamma)));
+        return Err(invalid(format!(
+            "gamma must be a positive finite number, got {}",
+            o.gamma
+        )));
     }
     if !(o.percentile > 0.0 && o.percentile <= 100.0) {
-        return Err(invalid(format!("percentile must be in (0, 100], got {}", o.percentile)));
+        return Err(invalid(format!(
+            "percentile must be in (0, 100], got {}",
+            o.percentile
+        )));
     }
     Ok(spec)
 }
@@ -106,7 +130,13 @@ fn check_options(o: &SearchOptions) -> Result<QuantSpec> {
 /// Scores an encoding of `dist` as every method's result is scored.
 pub fn evaluate(dist: &Dist, enc: Encoding, gamma: f64, method: Method) -> SearchResult {
     let l = loss(dist, &enc);
-    SearchResult { encoding: enc, loss: l, gamma, sqnr_db: sqnr_db(dist, &l), method }
+    SearchResult {
+        encoding: enc,
+        loss: l,
+        gamma,
+        sqnr_db: sqnr_db(dist, &l),
+        method,
+    }
 }
 
 /// Finds the encoding of `dist` with the chosen method.

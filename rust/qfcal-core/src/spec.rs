@@ -30,7 +30,14 @@ pub struct SpecOptions {
 
 impl Default for SpecOptions {
     fn default() -> Self {
-        SpecOptions { bits: 8, signed: true, symmetric: false, narrow_range: false, qmin: None, qmax: None }
+        SpecOptions {
+            bits: 8,
+            signed: true,
+            symmetric: false,
+            narrow_range: false,
+            qmin: None,
+            qmax: None,
+        }
     }
 }
 
@@ -42,14 +49,20 @@ impl QuantSpec {
             return Err(invalid(format!("bits must be in 2..=16, got {}", o.bits)));
         }
         let levels = 1i64 << o.bits;
-        let (mut lo, hi) = if o.signed { (-(levels / 2), levels / 2 - 1) } else { (0, levels - 1) };
+        let (mut lo, hi) = if o.signed {
+            (-(levels / 2), levels / 2 - 1)
+        } else {
+            (0, levels - 1)
+        };
         if o.narrow_range {
             lo += 1;
         }
         let qmin = o.qmin.unwrap_or(lo);
         let qmax = o.qmax.unwrap_or(hi);
         if qmin >= qmax {
-            return Err(invalid(format!("qmin must be less than qmax, got qmin={qmin}, qmax={qmax}")));
+            return Err(invalid(format!(
+                "qmin must be less than qmax, got qmin={qmin}, qmax={qmax}"
+            )));
         }
         if qmax - qmin + 1 > MAX_LEVELS {
             return Err(invalid(format!(
@@ -61,7 +74,11 @@ impl QuantSpec {
                 "qmin and qmax must lie in -{MAX_LEVELS}..={MAX_LEVELS}, got qmin={qmin}, qmax={qmax}"
             )));
         }
-        Ok(QuantSpec { qmin, qmax, symmetric: o.symmetric })
+        Ok(QuantSpec {
+            qmin,
+            qmax,
+            symmetric: o.symmetric,
+        })
     }
 
     /// Number of integer levels, `qmax - qmin + 1`.
@@ -87,7 +104,12 @@ impl QuantSpec {
 
     /// The encoding with lowest level `l` (see [`QuantSpec::l_range`]).
     pub fn encoding(&self, scale: f64, l: i64) -> Encoding {
-        Encoding { scale, zero_point: self.qmin - l, qmin: self.qmin, qmax: self.qmax }
+        Encoding {
+            scale,
+            zero_point: self.qmin - l,
+            qmin: self.qmin,
+            qmax: self.qmax,
+        }
     }
 
     /// The smallest-scale encoding whose range covers `[a, b]` (with `a <= 0 <= b` after
@@ -99,8 +121,20 @@ impl QuantSpec {
         let (l0, l1) = self.l_range();
         let h = self.levels() - 1;
         let need = |l: i64| -> f64 {
-            let lo = if l < 0 { a / l as f64 } else if a < 0.0 { f64::INFINITY } else { 0.0 };
-            let hi = if l + h > 0 { b / (l + h) as f64 } else if b > 0.0 { f64::INFINITY } else { 0.0 };
+            let lo = if l < 0 {
+                a / l as f64
+            } else if a < 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
+            let hi = if l + h > 0 {
+                b / (l + h) as f64
+            } else if b > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            };
             lo.max(hi)
         };
         let mut best = (f64::INFINITY, l0);
@@ -111,7 +145,7 @@ impl QuantSpec {
             }
         }
         let (mut scale, mut l) = best;
-        if !(scale > 0.0) || !scale.is_finite() {
+        if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
             // Only zeros (or nothing) to cover: any scale is exact; pick 1 and the window's middle.
             scale = 1.0;
             l = if self.symmetric { l0 } else { (l0 + l1) / 2 };
@@ -181,8 +215,15 @@ mod tests {
     use super::*;
 
     fn spec(bits: u32, signed: bool, symmetric: bool, narrow: bool) -> QuantSpec {
-        QuantSpec::new(&SpecOptions { bits, signed, symmetric, narrow_range: narrow, qmin: None, qmax: None })
-            .unwrap()
+        QuantSpec::new(&SpecOptions {
+            bits,
+            signed,
+            symmetric,
+            narrow_range: narrow,
+            qmin: None,
+            qmax: None,
+        })
+        .unwrap()
     }
 
     #[test]
@@ -190,7 +231,10 @@ mod tests {
         let s = spec(8, true, false, false);
         assert_eq!((s.qmin, s.qmax, s.levels()), (-128, 127, 256));
         let s = spec(8, true, true, true);
-        assert_eq!((s.qmin, s.qmax, s.levels(), s.symmetric_zero_point()), (-127, 127, 255, 0));
+        assert_eq!(
+            (s.qmin, s.qmax, s.levels(), s.symmetric_zero_point()),
+            (-127, 127, 255, 0)
+        );
         let s = spec(8, false, true, false);
         assert_eq!((s.qmin, s.qmax, s.symmetric_zero_point()), (0, 255, 128));
         let s = spec(4, false, false, true);
@@ -199,9 +243,18 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_argument() {
-        let e = QuantSpec::new(&SpecOptions { bits: 1, ..Default::default() }).unwrap_err();
+        let e = QuantSpec::new(&SpecOptions {
+            bits: 1,
+            ..Default::default()
+        })
+        .unwrap_err();
         assert_eq!(e.to_string(), "bits must be in 2..=16, got 1");
-        let e = QuantSpec::new(&SpecOptions { qmin: Some(5), qmax: Some(5), ..Default::default() }).unwrap_err();
+        let e = QuantSpec::new(&SpecOptions {
+            qmin: Some(5),
+            qmax: Some(5),
+            ..Default::default()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("qmin=5, qmax=5"));
     }
 

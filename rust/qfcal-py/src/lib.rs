@@ -34,7 +34,9 @@ fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(PyRuntimeError::new_err(format!("internal error in qfcal (please report it): {msg}")))
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in qfcal (please report it): {msg}"
+            )))
         }
     }
 }
@@ -49,7 +51,12 @@ fn feed<T: core::histogram::Sample + numpy::Element>(
 ) -> PyResult<()> {
     let ro = arr.readonly();
     if let (Ok(slice), false) = (ro.as_slice(), swapped) {
-        py.detach(|| guard(|| Ok(h.update(slice, 0))))
+        py.detach(|| {
+            guard(|| {
+                h.update(slice, 0);
+                Ok(())
+            })
+        })
     } else {
         let view = ro.as_array();
         py.detach(|| {
@@ -74,9 +81,17 @@ fn feed<T: core::histogram::Sample + numpy::Element>(
 fn g6(x: f64) -> String {
     let a = x.abs();
     if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&a) {
-        let digits = if a == 0.0 || !x.is_finite() { 0 } else { (5 - a.log10().floor() as i32).max(0) as usize };
+        let digits = if a == 0.0 || !x.is_finite() {
+            0
+        } else {
+            (5 - a.log10().floor() as i32).max(0) as usize
+        };
         let s = format!("{x:.digits$}");
-        if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s
+        }
     } else {
         format!("{x:.5e}")
     }
@@ -101,7 +116,9 @@ impl PyHistogram {
                 core::histogram::MAX_BINS
             ))
         })?;
-        Ok(PyHistogram { inner: core::Histogram::new(b).map_err(to_py)? })
+        Ok(PyHistogram {
+            inner: core::Histogram::new(b).map_err(to_py)?,
+        })
     }
 
     fn update(&mut self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -122,11 +139,27 @@ impl PyHistogram {
         }
         let swapped = !dtype.getattr("isnative")?.extract::<bool>()?;
         // A byte-swapped array is read as native and swapped chunk by chunk.
-        let arr = if swapped { arr.call_method1("view", (dtype.call_method1("newbyteorder", ("=",))?,))? } else { arr };
+        let arr = if swapped {
+            arr.call_method1("view", (dtype.call_method1("newbyteorder", ("=",))?,))?
+        } else {
+            arr
+        };
         let h = &mut self.inner;
         match size {
-            4 => feed(py, h, arr.cast::<PyArrayDyn<f32>>()?, |x: f32| f32::from_bits(x.to_bits().swap_bytes()), swapped),
-            8 => feed(py, h, arr.cast::<PyArrayDyn<f64>>()?, |x: f64| f64::from_bits(x.to_bits().swap_bytes()), swapped),
+            4 => feed(
+                py,
+                h,
+                arr.cast::<PyArrayDyn<f32>>()?,
+                |x: f32| f32::from_bits(x.to_bits().swap_bytes()),
+                swapped,
+            ),
+            8 => feed(
+                py,
+                h,
+                arr.cast::<PyArrayDyn<f64>>()?,
+                |x: f64| f64::from_bits(x.to_bits().swap_bytes()),
+                swapped,
+            ),
             _ => {
                 let a = arr.cast::<PyArrayDyn<half::f16>>()?;
                 let ro = a.readonly();
@@ -138,7 +171,11 @@ impl PyHistogram {
                             for _ in 0..core::histogram::BLOCK * 4 {
                                 match it.next() {
                                     Some(&x) => {
-                                        let x = if swapped { half::f16::from_bits(x.to_bits().swap_bytes()) } else { x };
+                                        let x = if swapped {
+                                            half::f16::from_bits(x.to_bits().swap_bytes())
+                                        } else {
+                                            x
+                                        };
                                         buf.push(x.to_f32())
                                     }
                                     None => return false,
@@ -185,7 +222,11 @@ impl PyHistogram {
 
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<PyHistogram> {
-        guard(|| Ok(PyHistogram { inner: core::Histogram::from_bytes(data).map_err(to_py)? }))
+        guard(|| {
+            Ok(PyHistogram {
+                inner: core::Histogram::from_bytes(data).map_err(to_py)?,
+            })
+        })
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -275,16 +316,26 @@ impl PyHistogram {
         let edges: Vec<f64> = if counts.is_empty() {
             Vec::new()
         } else {
-            (0..=counts.len()).map(|i| (first + i as i64) as f64 * w).collect()
+            (0..=counts.len())
+                .map(|i| (first + i as i64) as f64 * w)
+                .collect()
         };
-        PyTuple::new(py, [counts.into_pyarray(py).into_any(), edges.into_pyarray(py).into_any()])
-            .expect("a pair")
+        PyTuple::new(
+            py,
+            [
+                counts.into_pyarray(py).into_any(),
+                edges.into_pyarray(py).into_any(),
+            ],
+        )
+        .expect("a pair")
     }
 
     fn __repr__(&self) -> String {
         let h = &self.inner;
         let fmt = |v: Option<f64>| v.map_or("None".to_string(), g6);
-        let width = h.exponent().map_or("None".to_string(), |k| format!("2**{k}"));
+        let width = h
+            .exponent()
+            .map_or("None".to_string(), |k| format!("2**{k}"));
         let mut s = format!(
             "Histogram(bins={}, total={}, min={}, max={}, bin_width={}, zeros={}",
             h.bins(),
@@ -295,7 +346,12 @@ impl PyHistogram {
             h.zeros()
         );
         if h.nan() + h.pos_inf() + h.neg_inf() > 0 {
-            s += &format!(", nan={}, pos_inf={}, neg_inf={}", h.nan(), h.pos_inf(), h.neg_inf());
+            s += &format!(
+                ", nan={}, pos_inf={}, neg_inf={}",
+                h.nan(),
+                h.pos_inf(),
+                h.neg_inf()
+            );
         }
         s + ")"
     }
@@ -382,7 +438,10 @@ fn dist_from_pair(py: Python<'_>, pair: &Bound<'_, PyAny>) -> PyResult<Dist> {
     let not_pair = || {
         PyTypeError::new_err(format!(
             "hist must be a qfcal.Histogram or a (counts, edges) pair, got {}",
-            pair.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+            pair.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "?".into())
         ))
     };
     if pair.len().map_err(|_| not_pair())? != 2 {
@@ -391,10 +450,17 @@ fn dist_from_pair(py: Python<'_>, pair: &Bound<'_, PyAny>) -> PyResult<Dist> {
     let np = py.import("numpy")?;
     let mut out: Vec<Vec<f64>> = Vec::new();
     for (i, name) in ["counts", "edges"].iter().enumerate() {
-        let a = np.call_method("asarray", (pair.get_item(i)?,), Some(&[("dtype", "float64")].into_py_dict(py)?))?;
+        let a = np.call_method(
+            "asarray",
+            (pair.get_item(i)?,),
+            Some(&[("dtype", "float64")].into_py_dict(py)?),
+        )?;
         let a = a.cast_into::<PyArrayDyn<f64>>()?;
         if a.ndim() != 1 {
-            return Err(PyValueError::new_err(format!("{name} must be 1-D, got shape {:?}", a.shape())));
+            return Err(PyValueError::new_err(format!(
+                "{name} must be 1-D, got shape {:?}",
+                a.shape()
+            )));
         }
         out.push(a.readonly().as_array().iter().copied().collect());
     }
@@ -426,7 +492,14 @@ fn search(
     let bits = u32::try_from(bits)
         .map_err(|_| PyValueError::new_err(format!("bits must be in 2..=16, got {bits}")))?;
     let opts = SearchOptions {
-        spec: SpecOptions { bits, signed, symmetric, narrow_range, qmin, qmax },
+        spec: SpecOptions {
+            bits,
+            signed,
+            symmetric,
+            narrow_range,
+            qmin,
+            qmax,
+        },
         gamma,
         method,
         percentile,
@@ -451,7 +524,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySearchResult>()?;
     m.add_function(wrap_pyfunction!(search, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
-    m.add("EmptyHistogramError", m.py().get_type::<EmptyHistogramError>())?;
+    m.add(
+        "EmptyHistogramError",
+        m.py().get_type::<EmptyHistogramError>(),
+    )?;
     m.add("DEFAULT_BINS", DEFAULT_BINS)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -15,7 +15,7 @@ pub fn entropy(dist: &Dist, spec: &QuantSpec) -> Encoding {
     if dist.n_bins() == 0 {
         return cover;
     }
-    let levels = ((spec.levels() / 2) as usize).max(2).min(BINS);
+    let levels = ((spec.levels() / 2) as usize).clamp(2, BINS);
     let (hist, w) = dist.abs_resampled(BINS);
     let mut best = (f64::INFINITY, BINS);
     let mut p = vec![0.0; BINS];
@@ -34,7 +34,11 @@ pub fn entropy(dist: &Dist, spec: &QuantSpec) -> Encoding {
             let sum: f64 = hist[s..e].iter().sum();
             let nz = hist[s..e].iter().filter(|&&v| v != 0.0).count();
             for k in s..e {
-                q[k] = if hist[k] != 0.0 && nz > 0 { sum / nz as f64 } else { 0.0 };
+                q[k] = if hist[k] != 0.0 && nz > 0 {
+                    sum / nz as f64
+                } else {
+                    0.0
+                };
             }
         }
         let (ps, qs): (f64, f64) = (p[..i].iter().sum(), q[..i].iter().sum());

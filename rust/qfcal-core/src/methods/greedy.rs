@@ -36,11 +36,17 @@ pub fn greedy(dist: &Dist, spec: &QuantSpec) -> Encoding {
         let na = alpha + STEP;
         let nb = beta - STEP;
         // first l with csum[l] >= na*total, last r with csum[r] <= nb*total (as PyTorch's loops)
-        let l = csum.partition_point(|&c| c < na * total).min(end.max(start));
+        let l = csum
+            .partition_point(|&c| c < na * total)
+            .min(end.max(start));
         let l = l.max(start);
         let r = {
             let p = csum.partition_point(|&c| c <= nb * total);
-            if p == 0 { 0 } else { p - 1 }
+            if p == 0 {
+                0
+            } else {
+                p - 1
+            }
         };
         let r = r.max(start).min(end);
         let (mut ns, mut ne) = (start, end);

@@ -5,13 +5,15 @@
 //! to get, at every grid point, the clipping loss below/above it and the running rounding loss;
 //! every window is then scored in O(1), so all zero points cost O(levels).
 //!
-//! Δ is searched in three stages: a geometric scan on a coarsened copy of the histogram (8 points
-//! per octave, from `2·max|x|`, where everything rounds to zero, down until a lower bound on the
-//! clipping loss exceeds the best cost found), golden-section refinement of the best basins, and a
-//! final refinement on the full-resolution histogram. The min/max-covering scale is always a
-//! candidate, so data that sits on a grid (quantized inputs) is found exactly.
+//! Δ is searched in three stages: a geometric scan on a coarsened copy of the histogram (from
+//! `2·max|x|`, where everything rounds to zero, at 3 points per octave down to 4x the covering
+//! scale, then 8 per octave until a lower bound on the clipping loss of every smaller Δ exceeds
+//! the best cost found), golden-section refinement of the best basins on it, and a final
+//! refinement on the full-resolution histogram. The min/max-covering scale is always a
+//! candidate, so data that sits on a grid (quantized inputs) is found exactly, and for data
+//! narrower than two cells every scale that puts a grid point on the data's mean is tried.
 
-use crate::dist::{piece_sq, Dist};
+use crate::dist::Dist;
 use crate::spec::{f32_nearest, Encoding, QuantSpec};
 
 /// Scan density, points per octave.
@@ -32,14 +34,18 @@ pub(crate) struct Eval {
 }
 
 /// Scores every window at a given Δ; holds reusable buffers.
-pub(crate) struct Evaluator<'a> {
-    dist: &'a Dist,
+pub(crate) struct Evaluator {
     spec: QuantSpec,
     gamma: f64,
-    s0: Vec<f64>,
-    s1: Vec<f64>,
-    s2lo: Vec<f64>,
-    s2hi: Vec<f64>,
+    total: f64,
+    /// Nonzero bins: lower edge, upper edge, count.
+    ba: Vec<f64>,
+    bb: Vec<f64>,
+    bc: Vec<f64>,
+    /// Per half cell: mass, first and second moment about the half's centre.
+    h0: Vec<f64>,
+    h1: Vec<f64>,
+    h2: Vec<f64>,
     up: Vec<f64>,
     lo: Vec<f64>,
     f: Vec<f64>,
@@ -47,16 +53,44 @@ pub(crate) struct Evaluator<'a> {
     p: Vec<f64>,
 }
 
-impl<'a> Evaluator<'a> {
-    pub fn new(dist: &'a Dist, spec: QuantSpec, gamma: f64) -> Self {
+/// Adds the piece `[u, v]` of density `dens` to the moments about `c`.
+#[inline(always)]
+fn add_piece(m: &mut [f64; 3], dens: f64, u: f64, v: f64, c: f64) {
+    let mu = dens * (v - u);
+    let mid = 0.5 * (u + v) - c;
+    let len = v - u;
+    m[0] += mu;
+    m[1] += mu * mid;
+    m[2] += mu * (mid * mid + len * len * (1.0 / 12.0));
+}
+
+/// `∫(x - p)²` from moments about `c`.
+#[inline(always)]
+fn second_about(m0: f64, m1: f64, m2: f64, c: f64, p: f64) -> f64 {
+    let d = c - p;
+    (m2 + 2.0 * d * m1 + d * d * m0).max(0.0)
+}
+
+impl Evaluator {
+    pub fn new(dist: &Dist, spec: QuantSpec, gamma: f64) -> Self {
+        let (mut ba, mut bb, mut bc) = (Vec::new(), Vec::new(), Vec::new());
+        for (a, b, c) in dist.bins() {
+            if c > 0.0 {
+                ba.push(a);
+                bb.push(b);
+                bc.push(c);
+            }
+        }
         Evaluator {
-            dist,
             spec,
             gamma,
-            s0: Vec::new(),
-            s1: Vec::new(),
-            s2lo: Vec::new(),
-            s2hi: Vec::new(),
+            total: dist.total(),
+            ba,
+            bb,
+            bc,
+            h0: Vec::new(),
+            h1: Vec::new(),
+            h2: Vec::new(),
             up: Vec::new(),
             lo: Vec::new(),
             f: Vec::new(),
@@ -68,106 +102,180 @@ impl<'a> Evaluator<'a> {
     /// The best window at scale `delta` (> 0, finite).
     pub fn eval(&mut self, delta: f64) -> Eval {
         let q = self.spec.levels();
-        let d = self.dist;
-        let n = d.total();
+        let n = self.total;
+        let nb = self.ba.len();
+        let (dlo, dhi) = (self.ba[0], self.bb[nb - 1]);
         let clampi = |x: f64, lo: i64, hi: i64| -> i64 { x.clamp(lo as f64, hi as f64) as i64 };
         // Grid points that matter: the windows span -(q-1)..=q (one more on the right for the
         // lower bound), and nothing changes beyond the data.
-        let ga = clampi((d.lo() / delta).floor(), -(q - 1), 0);
-        let gb = clampi((d.hi() / delta).ceil(), 0, q);
+        let ga = clampi((dlo / delta).floor(), -(q - 1), 0);
+        let gb = clampi((dhi / delta).ceil(), 0, q);
         let ng = (gb - ga + 1) as usize;
-        for v in [&mut self.s0, &mut self.s1, &mut self.s2lo, &mut self.s2hi, &mut self.up, &mut self.lo] {
+        let nh = 2 * (ng - 1);
+        for v in [&mut self.h0, &mut self.h1, &mut self.h2] {
             v.clear();
-            v.resize(ng, 0.0);
+            v.resize(nh.max(1), 0.0);
         }
         let ta = ga as f64 * delta;
         let tb = gb as f64 * delta;
-        // Data below the first grid point is clipped at every window: its moments about ta.
-        let (mut f0, mut d1, mut m0) = (0.0, 0.0, 0.0);
-        let (mut g0, mut e1, mut n0) = (0.0, 0.0, 0.0);
         let half = 0.5 * delta;
-        for (a, b, c) in d.bins() {
-            if c == 0.0 {
+        // Start and end of half cell k: [ta + k·Δ/2, ta + (k+1)·Δ/2), from grid multiples so that
+        // neighbouring halves share their boundary exactly.
+        let hstart = |k: usize| -> f64 {
+            let gm = (ga + (k / 2) as i64) as f64 * delta;
+            if k.is_multiple_of(2) {
+                gm
+            } else {
+                gm + half
+            }
+        };
+        // Data below the first grid point is clipped by every window: moments about ta.
+        let mut below = [0.0f64; 3];
+        let mut above = [0.0f64; 3];
+        let mut j = 0;
+        while j < nb && self.ba[j] < ta {
+            let (a, b, c) = (self.ba[j], self.bb[j], self.bc[j]);
+            let dens = c / (b - a);
+            add_piece(&mut below, dens, a, b.min(ta), ta);
+            if b > ta {
+                break;
+            }
+            j += 1;
+        }
+        let mut jb = nb;
+        while jb > 0 && self.bb[jb - 1] > tb {
+            let (a, b, c) = (self.ba[jb - 1], self.bb[jb - 1], self.bc[jb - 1]);
+            let dens = c / (b - a);
+            add_piece(&mut above, dens, a.max(tb), b, tb);
+            if a < tb {
+                break;
+            }
+            jb -= 1;
+        }
+        // Sweep the bins inside [ta, tb] and the half cells together.
+        let mut k = 0usize;
+        let mut hend = if nh > 0 { hstart(1) } else { tb };
+        let mut acc = [0.0f64; 3];
+        let mut centre = ta + 0.25 * delta;
+        for i in j..jb {
+            let (a, b, c) = (self.ba[i], self.bb[i], self.bc[i]);
+            let (u, v) = (a.max(ta), b.min(tb));
+            if u >= v || nh == 0 {
                 continue;
             }
             let dens = c / (b - a);
-            if a < ta {
-                let v = b.min(ta);
-                let mu = dens * (v - a);
-                f0 += piece_sq(mu, a, v, ta);
-                d1 += mu * (0.5 * (a + v) - ta);
-                m0 += mu;
-            }
-            if b > tb {
-                let u = a.max(tb);
-                let mu = dens * (b - u);
-                g0 += piece_sq(mu, u, b, tb);
-                e1 += mu * (0.5 * (u + b) - tb);
-                n0 += mu;
-            }
-            let (u, v) = (a.max(ta), b.min(tb));
-            if u >= v {
-                continue;
-            }
-            // Walk the half cells [ta + k·Δ/2, ta + (k+1)·Δ/2) that meet [u, v).
-            let mut k = (((u - ta) / half).floor().max(0.0)) as usize;
-            let kmax = 2 * (ng - 1);
-            let mut pos = u;
-            while pos < v && k < kmax {
-                let i = k / 2;
-                let m = ga + i as i64;
-                let gm = m as f64 * delta;
-                let end = (if k % 2 == 0 { gm + half } else { gm + delta }).min(v);
-                if end > pos {
-                    let mu = dens * (end - pos);
-                    let qlo = piece_sq(mu, pos, end, gm);
-                    let qhi = piece_sq(mu, pos, end, gm + delta);
-                    self.s0[i] += mu;
-                    self.s1[i] += mu * (0.5 * (pos + end) - gm);
-                    self.s2lo[i] += qlo;
-                    self.s2hi[i] += qhi;
-                    if k % 2 == 0 {
-                        self.up[i] += qlo;
-                    } else {
-                        self.lo[i + 1] += qhi;
-                    }
-                    pos = end;
-                }
+            while hend <= u && k + 1 < nh {
+                self.h0[k] = acc[0];
+                self.h1[k] = acc[1];
+                self.h2[k] = acc[2];
+                acc = [0.0; 3];
                 k += 1;
+                hend = hstart(k + 1).min(tb);
+                centre = hstart(k) + 0.25 * delta;
+            }
+            let mut pos = u;
+            loop {
+                let end = v.min(hend);
+                if end > pos {
+                    add_piece(&mut acc, dens, pos, end, centre);
+                }
+                if end >= v || k + 1 >= nh {
+                    break;
+                }
+                pos = end;
+                self.h0[k] = acc[0];
+                self.h1[k] = acc[1];
+                self.h2[k] = acc[2];
+                acc = [0.0; 3];
+                k += 1;
+                hend = hstart(k + 1).min(tb);
+                centre = hstart(k) + 0.25 * delta;
             }
         }
-        // Clipping below each grid point (F) and above it (G), by non-negative increments.
-        self.f.clear();
-        self.f.resize(ng, 0.0);
-        self.g.clear();
-        self.g.resize(ng, 0.0);
-        self.f[0] = f0;
-        for i in 0..ng - 1 {
-            self.f[i + 1] = self.f[i] - 2.0 * delta * d1 + delta * delta * m0 + self.s2hi[i];
-            d1 = d1 - delta * m0 + (self.s1[i] - delta * self.s0[i]);
-            m0 += self.s0[i];
+        if nh > 0 {
+            self.h0[k] += acc[0];
+            self.h1[k] += acc[1];
+            self.h2[k] += acc[2];
         }
-        self.g[ng - 1] = g0;
+        // Per grid point m (index i): rounding loss of its lower and upper half cells.
+        for v in [
+            &mut self.up,
+            &mut self.lo,
+            &mut self.f,
+            &mut self.g,
+            &mut self.p,
+        ] {
+            v.clear();
+            v.resize(ng, 0.0);
+        }
+        let ctr = |k: usize| hstart(k) + 0.25 * delta;
+        for i in 0..ng - 1 {
+            let gm = (ga + i as i64) as f64 * delta;
+            let (e, o) = (2 * i, 2 * i + 1);
+            self.up[i] = second_about(self.h0[e], self.h1[e], self.h2[e], ctr(e), gm);
+            self.lo[i + 1] = second_about(self.h0[o], self.h1[o], self.h2[o], ctr(o), gm + delta);
+        }
+        // Clipping below each grid point (F) and above it (G), by non-negative increments:
+        // F(t+Δ) = F(t) - 2Δ·D(t) + Δ²·M(t) + ∫_seg (x - t - Δ)², D(t) = ∫_{x<t} (x - t) <= 0.
+        let (mut d1, mut m0) = (below[1], below[0]);
+        self.f[0] = below[2];
+        for i in 0..ng - 1 {
+            let gm = (ga + i as i64) as f64 * delta;
+            let (e, o) = (2 * i, 2 * i + 1);
+            let seg0 = self.h0[e] + self.h0[o];
+            let seg_hi = second_about(self.h0[e], self.h1[e], self.h2[e], ctr(e), gm + delta)
+                + self.lo[i + 1];
+            // ∫_seg (x - (m+1)Δ)
+            let seg1_hi = self.h1[e]
+                + self.h0[e] * (ctr(e) - gm - delta)
+                + self.h1[o]
+                + self.h0[o] * (ctr(o) - gm - delta);
+            self.f[i + 1] = self.f[i] - 2.0 * delta * d1 + delta * delta * m0 + seg_hi;
+            d1 = d1 - delta * m0 + seg1_hi;
+            m0 += seg0;
+        }
+        let (mut e1, mut n0) = (above[1], above[0]);
+        self.g[ng - 1] = above[2];
         for i in (0..ng - 1).rev() {
-            self.g[i] = self.g[i + 1] + 2.0 * delta * e1 + delta * delta * n0 + self.s2lo[i];
-            e1 = e1 + delta * n0 + self.s1[i];
-            n0 += self.s0[i];
+            let gm = (ga + i as i64) as f64 * delta;
+            let (e, o) = (2 * i, 2 * i + 1);
+            let seg0 = self.h0[e] + self.h0[o];
+            let seg_lo = self.up[i] + second_about(self.h0[o], self.h1[o], self.h2[o], ctr(o), gm);
+            // ∫_seg (x - mΔ)
+            let seg1_lo =
+                self.h1[e] + self.h0[e] * (ctr(e) - gm) + self.h1[o] + self.h0[o] * (ctr(o) - gm);
+            self.g[i] = self.g[i + 1] + 2.0 * delta * e1 + delta * delta * n0 + seg_lo;
+            e1 = e1 + delta * n0 + seg1_lo;
+            n0 += seg0;
         }
         // Running rounding loss over whole cells.
-        self.p.clear();
-        self.p.resize(ng, 0.0);
-        let mut acc = 0.0;
+        let mut run = 0.0;
         for i in 0..ng {
-            acc += self.lo[i] + self.up[i];
-            self.p[i] = acc;
+            run += self.lo[i] + self.up[i];
+            self.p[i] = run;
         }
         let idx = |m: i64| -> usize { (m.clamp(ga, gb) - ga) as usize };
         let (l0, l1) = self.spec.l_range();
         let h = q - 1;
-        let mut best = Eval { cost: f64::INFINITY, l: l0, lower_bound: 0.0 };
-        for l in l0..=l1 {
+        let mut best = Eval {
+            cost: f64::INFINITY,
+            l: l0,
+            lower_bound: 0.0,
+        };
+        // Windows with L below ga see no data below them; with gamma >= 1 moving such a window up
+        // only turns clipping into (smaller) rounding error, so L = ga dominates them.
+        let l_first = if self.gamma >= 1.0 {
+            l0.max(ga).min(l1)
+        } else {
+            l0
+        };
+        for l in l_first..=l1 {
             let (il, ih) = (idx(l), idx(l + h));
-            let r = if ih > il { self.p[ih - 1] - self.p[il] + self.up[il] + self.lo[ih] } else { 0.0 };
+            let r = if ih > il {
+                self.p[ih - 1] - self.p[il] + self.up[il] + self.lo[ih]
+            } else {
+                0.0
+            };
             let cost = (self.gamma * (self.f[il] + self.g[ih]) + r.max(0.0)) / n;
             if cost < best.cost {
                 best.cost = cost;
@@ -180,7 +288,7 @@ impl<'a> Evaluator<'a> {
         if l0 == l1 {
             lb = self.f[idx(l0)] + self.g[idx(l0 + h)];
         } else {
-            for l in l0..=l1 {
+            for l in l_first..=l1 {
                 lb = lb.min(self.f[idx(l)] + self.g[idx(l + q)]);
             }
         }
@@ -230,32 +338,46 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     let mut ev_c = Evaluator::new(&coarse, *spec, gamma);
     let mut ev_f = Evaluator::new(dist, *spec, gamma);
     let lc = cover.scale.ln();
-    let step = std::f64::consts::LN_2 / PER_OCTAVE;
-    // Above 2·max|x| everything rounds to zero and the cost no longer changes.
-    let top = ((2.0 * dist.max_abs()).ln() - lc).max(0.0);
-    let j_top = (top / step).ceil() as i64 + 1;
+    let fine_step = std::f64::consts::LN_2 / PER_OCTAVE;
+    // Above 2·max|x| everything rounds to zero and the cost no longer changes; far above the
+    // covering scale the cost is rounding alone and grows, so the scan is sparser there.
+    let x_top = (2.0 * dist.max_abs()).ln().max(lc);
+    let x_mid = lc + 2.0 * std::f64::consts::LN_2;
+    let mut xs: Vec<f64> = Vec::new();
+    let mut x = x_top;
+    while x > x_mid {
+        xs.push(x);
+        x -= std::f64::consts::LN_2 / 3.0;
+    }
+    let mut x = x_mid.min(x_top);
     let mut scan: Vec<(f64, f64)> = Vec::new(); // (ln Δ, cost), decreasing Δ
     let mut best = f64::INFINITY;
-    let mut j = j_top;
-    let mut below_best = 0;
+    for &x in &xs {
+        let e = ev_c.eval(x.exp());
+        best = best.min(e.cost);
+        scan.push((x, e.cost));
+    }
+    let mut since_best = 0;
     loop {
-        let x = lc + j as f64 * step;
         let e = ev_c.eval(x.exp());
         scan.push((x, e.cost));
         if e.cost < best {
             best = e.cost;
-            below_best = 0;
+            since_best = 0;
         } else {
-            below_best += 1;
+            since_best += 1;
         }
-        // Stop once the clipping bound rules out every smaller Δ (with a margin for the
-        // coarsening), or after 60 octaves.
-        if j < 0 && ((e.lower_bound > 1.25 * best && below_best > PER_OCTAVE as usize) || j < -60 * PER_OCTAVE as i64) {
+        // Below the covering scale, stop once the clipping bound rules out every smaller Δ (with
+        // a margin for the coarsening), or after 60 octaves.
+        if x < lc
+            && ((e.lower_bound > 1.25 * best && since_best > PER_OCTAVE as usize)
+                || x < lc - 60.0 * std::f64::consts::LN_2)
+        {
             break;
         }
-        j -= 1;
+        x -= fine_step;
     }
-    // Local minima of the scan, best first.
+    // Local minima of the scan, best first, each refined on the coarse histogram.
     let mut minima: Vec<usize> = (0..scan.len())
         .filter(|&i| {
             let c = scan[i].1;
@@ -264,29 +386,71 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         .collect();
     minima.sort_by(|&a, &b| scan[a].1.total_cmp(&scan[b].1));
     minima.truncate(BASINS);
-    let mut cands: Vec<(f64, f64)> = Vec::new(); // (ln Δ, coarse cost) after coarse refinement
+    let mut cands: Vec<(f64, f64, f64)> = Vec::new(); // (ln Δ, coarse cost, bracket half-width)
     for &i in &minima {
-        let (a, b) = (scan[i].0 - step, scan[i].0 + step);
-        cands.push(golden(|x| ev_c.eval(x.exp()).cost, a, b, 14));
+        let lo = if i + 1 < scan.len() {
+            scan[i + 1].0
+        } else {
+            scan[i].0 - fine_step
+        };
+        let hi = if i > 0 {
+            scan[i - 1].0
+        } else {
+            scan[i].0 + fine_step
+        };
+        let (x, c) = golden(|x| ev_c.eval(x.exp()).cost, lo, hi, 14);
+        cands.push((x, c, 0.25 * (hi - lo)));
     }
     cands.sort_by(|a, b| a.1.total_cmp(&b.1));
-    // Refine on the full histogram around the best two candidates.
+    // Refine on the full histogram: the best candidate, and the runner-up when the coarse
+    // histogram cannot tell them apart.
     let mut best_fine = (lc, ev_f.eval(cover.scale).cost);
-    for &(x, _) in cands.iter().take(2) {
-        let r = golden(|y| ev_f.eval(y.exp()).cost, x - 0.5 * step, x + 0.5 * step, 18);
+    for (n, &(x, c, w)) in cands.iter().enumerate() {
+        if n > 0 && c > cands[0].1 * 1.005 || n > 1 {
+            break;
+        }
+        let r = golden(
+            |y| ev_f.eval(y.exp()).cost,
+            x - w.min(fine_step),
+            x + w.min(fine_step),
+            14,
+        );
         if r.1 < best_fine.1 {
             best_fine = r;
+        }
+    }
+    // Data narrower than two cells (a near-constant tensor) has its optimum where one grid point
+    // sits on the data's mean, in dips far narrower than the scan can see: try them all.
+    if dist.hi() - dist.lo() < 2.0 * cover.scale {
+        let (l0, l1) = spec.l_range();
+        let h = spec.levels() - 1;
+        let (m1, m0): (f64, f64) = dist.bins().fold((0.0, 0.0), |(s1, s0), (a, b, c)| {
+            (s1 + c * 0.5 * (a + b), s0 + c)
+        });
+        let mean = m1 / m0;
+        let reach = if mean > 0.0 { l1 + h } else { -l0 };
+        let mut tries: Vec<(f64, f64)> = (1..=reach.max(1))
+            .map(|m| {
+                let d = mean.abs() / m as f64;
+                (d, ev_c.eval(d).cost)
+            })
+            .collect();
+        tries.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for &(d, _) in tries.iter().take(3) {
+            let c = ev_f.eval(d).cost;
+            if c < best_fine.1 {
+                best_fine = (d.ln(), c);
+            }
         }
     }
     // Store the scale as a float32 value; re-pick the window for it.
     let scale = f32_nearest(best_fine.0.exp());
     let e = ev_f.eval(scale);
-    let enc = spec.encoding(scale, e.l);
     let ec = ev_f.eval(cover.scale);
     if ec.cost < e.cost {
         return spec.encoding(cover.scale, ec.l);
     }
-    enc
+    spec.encoding(scale, e.l)
 }
 
 #[cfg(test)]
@@ -302,7 +466,9 @@ mod tests {
                 (1e6 * (-0.5 * x * x).exp()).round()
             })
             .collect();
-        let edges = (0..=bins).map(|i| i as f64 / bins as f64 * 8.0 - 4.0).collect();
+        let edges = (0..=bins)
+            .map(|i| i as f64 / bins as f64 * 8.0 - 4.0)
+            .collect();
         Dist::new(counts, edges, 0.0).unwrap()
     }
 
@@ -310,13 +476,23 @@ mod tests {
     fn evaluator_agrees_with_reference_loss() {
         let d = gauss_dist(300);
         for (bits, sym) in [(4, false), (3, true), (8, false)] {
-            let spec = QuantSpec::new(&SpecOptions { bits, symmetric: sym, ..Default::default() }).unwrap();
+            let spec = QuantSpec::new(&SpecOptions {
+                bits,
+                symmetric: sym,
+                ..Default::default()
+            })
+            .unwrap();
             let mut ev = Evaluator::new(&d, spec, 2.0);
             for delta in [0.01, 0.1, 0.37, 1.3, 5.0] {
                 let e = ev.eval(delta);
                 let enc = spec.encoding(delta, e.l);
                 let want = loss(&d, &enc).weighted(2.0);
-                assert!((e.cost - want).abs() <= 1e-10 * want, "bits {bits} Δ {delta}: {} vs {}", e.cost, want);
+                assert!(
+                    (e.cost - want).abs() <= 1e-10 * want,
+                    "bits {bits} Δ {delta}: {} vs {}",
+                    e.cost,
+                    want
+                );
                 // and it is the best window
                 let (l0, l1) = spec.l_range();
                 for l in l0..=l1 {
@@ -330,7 +506,11 @@ mod tests {
     #[test]
     fn beats_a_dense_grid() {
         let d = gauss_dist(64);
-        let spec = QuantSpec::new(&SpecOptions { bits: 4, ..Default::default() }).unwrap();
+        let spec = QuantSpec::new(&SpecOptions {
+            bits: 4,
+            ..Default::default()
+        })
+        .unwrap();
         let enc = optimal(&d, &spec, 1.0);
         let got = loss(&d, &enc).weighted(1.0);
         let (l0, l1) = spec.l_range();

@@ -32,7 +32,9 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
     let mut offsets: Vec<i64> = if l0 == l1 {
         vec![l0]
     } else {
-        (0..OFFSETS).map(|j| l0 + ((l1 - l0) as f64 * j as f64 / (OFFSETS - 1) as f64).round() as i64).collect()
+        (0..OFFSETS)
+            .map(|j| l0 + ((l1 - l0) as f64 * j as f64 / (OFFSETS - 1) as f64).round() as i64)
+            .collect()
     };
     offsets.push(cover.l());
     let mut best = (midpoint_noise(dist, &cover), cover);
