@@ -237,9 +237,11 @@ def test_reference_grid_agrees_with_reference_loss():
     # and a hand-computed case: one bin [0, 1) of 1 value, grid step 1, levels {0, 1}
     r, c = reference_loss([1.0], [0.0, 1.0], 0, 1.0, 0, 1)
     assert (r, c) == (pytest.approx(1 / 12), 0.0)
-    # the same bin clipped at 0.5 (levels {-1, 0} at step 0.5): clip part is int_{.5}^1 (x-.5)^2
-    r, c = reference_loss([1.0], [0.0, 1.0], 1, 0.5, -1, 0)
-    assert c == pytest.approx((0.5**3 / 3) / 2)
+    # the same bin with one zero, levels {-1, 0, 1} at step 0.5: clipped above 0.5, rounded to
+    # 0 on [0, 0.25) and to 0.5 on [0.25, 0.5); averaged over 2 values
+    r, c = reference_loss([1.0], [0.0, 1.0], 1, 0.5, -1, 1)
+    assert c == pytest.approx((0.5**3 / 3) / 2, rel=1e-12)
+    assert r == pytest.approx((2 * 0.25**3 / 3) / 2, rel=1e-12)
 
 
 @st.composite

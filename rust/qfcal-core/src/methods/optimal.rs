@@ -16,8 +16,12 @@
 use crate::dist::Dist;
 use crate::spec::{f32_nearest, Encoding, QuantSpec};
 
-/// Scan density, points per octave.
+/// Least scan density, points per octave.
 const PER_OCTAVE: f64 = 8.0;
+/// Scan density is raised, up to this, while the scan stays within `SCAN_WORK` bin-and-cell
+/// visits: small, spiky histograms have narrow dips that a sparse scan would step over.
+const MAX_PER_OCTAVE: f64 = 128.0;
+const SCAN_WORK: f64 = 150_000.0;
 /// Bins of the coarsened histogram used by the scan.
 const COARSE_BINS: usize = 512;
 /// Basins refined.
@@ -338,7 +342,10 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     let mut ev_c = Evaluator::new(&coarse, *spec, gamma);
     let mut ev_f = Evaluator::new(dist, *spec, gamma);
     let lc = cover.scale.ln();
-    let fine_step = std::f64::consts::LN_2 / PER_OCTAVE;
+    let octaves = (((2.0 * dist.max_abs()).ln() - lc) / std::f64::consts::LN_2).max(1.0) + 6.0;
+    let per_eval = (coarse.n_bins() + 4 * spec.levels() as usize) as f64;
+    let per_octave = (SCAN_WORK / (per_eval * octaves)).clamp(PER_OCTAVE, MAX_PER_OCTAVE);
+    let fine_step = std::f64::consts::LN_2 / per_octave;
     // Above 2·max|x| everything rounds to zero and the cost no longer changes; far above the
     // covering scale the cost is rounding alone and grows, so the scan is sparser there.
     let x_top = (2.0 * dist.max_abs()).ln().max(lc);
@@ -347,7 +354,7 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     let mut x = x_top;
     while x > x_mid {
         xs.push(x);
-        x -= std::f64::consts::LN_2 / 3.0;
+        x -= 3.0 * fine_step.max(std::f64::consts::LN_2 / 8.0);
     }
     let mut x = x_mid.min(x_top);
     let mut scan: Vec<(f64, f64)> = Vec::new(); // (ln Δ, cost), decreasing Δ
