@@ -72,6 +72,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
 def import_torch() -> object | None:
     try:
         import torch
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("torch: " + ("skipped (--no-torch)" if args.no_torch else "not installed"))
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "n/a"
-    print(f"cpu: {cpu_model()}, {ncpu} logical cores; affinity {affinity}")
+    print(f"cpu: {cpu_model()}, {ncpu} logical cores; affinity {affinity}; load average {load()}")
     print(f"rounds: {args.repeat} (interleaved; each contender runs once per round)")
 
     n = int(args.size_mb * 2**20) // 4
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             for b in benches:
                 b.once()
         report(kind, x, benches, torch is None and not args.no_torch)
+    print(f"\nload average at the end: {load()}")
     return 0
 
 

@@ -314,10 +314,11 @@ def print_table(name: str, x: np.ndarray, rows: list[Row], notes: list[str]) -> 
             continue
         ratio = r.true_mse / ref[r.grid] if ref.get(r.grid) else math.nan
         print(
-            f"| {r.method:<{w}} | {r.grid}   | {fmt(r.time_ms, '7.3f')} "
-            f"| {fmt(r.hist_cost, '15.4e')} | {r.true_mse:10.4e} | {r.sqnr_db:7.2f} "
-            f"| {fmt(ratio, '11.4f')} | [{r.lo:.5g}, {r.hi:.5g}]"
+            f"| {r.method:<{w}} | {r.grid}   | {fmt(r.time_ms, '7.3f'):>7} "
+            f"| {fmt(r.hist_cost, '15.4e'):>15} | {r.true_mse:10.4e} | {r.sqnr_db:7.2f} "
+            f"| {fmt(ratio, '11.4f'):>11} | [{r.lo:.5g}, {r.hi:.5g}]"
         )
+    print()
     for note in notes:
         print(f"  {note}")
 
@@ -329,11 +330,11 @@ def lowest_verdict(rows: list[Row]) -> str:
     best = min(others, key=lambda r: r.true_mse)
     rel = best.true_mse / opt.true_mse
     if opt.true_mse < best.true_mse:
-        return f"yes (next: {best.method}, {rel:.6f}x)"
+        return f"yes (next: {best.method}, {rel:.4f}x = +{(rel - 1) * 100:.2g}%)"
     if opt.true_mse == best.true_mse:
         ties = ", ".join(r.method for r in others if r.true_mse == opt.true_mse)
         return f"yes (tie with {ties})"
-    return f"NO: {best.method} {rel:.6f}x of optimal's ({(1 - rel) * 100:.3f}% lower)"
+    return f"NO: {best.method} {rel:.6f}x of optimal's ({(1 - rel) * 100:.2g}% lower)"
 
 
 def _ok_time(r: Row | None) -> float | None:
@@ -341,7 +342,10 @@ def _ok_time(r: Row | None) -> float | None:
 
 
 def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.0f}x"
+    if a is None or b is None or b == 0:
+        return "-"
+    r = a / b
+    return f"{r:.1f}x" if r < 10 else f"{r:.0f}x"
 
 
 def print_summary(summary: list[dict[str, Any]]) -> None:
@@ -373,8 +377,9 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
         ratios = [s[key] / s[ref] for s in summary if s[key] is not None]
         if ratios:
             print(
-                f"speed: qfcal optimal vs {label}: median {statistics.median(ratios):.1f}x "
-                f"faster (min {min(ratios):.1f}x, max {max(ratios):.1f}x)"
+                f"speed: {label} time / qfcal optimal time: median "
+                f"{statistics.median(ratios):.1f}x (min {min(ratios):.1f}x, "
+                f"max {max(ratios):.1f}x; > 1 means qfcal is faster)"
             )
         else:
             print(f"speed: qfcal optimal vs {label}: not measured")

@@ -5,11 +5,14 @@ scale equivariance, and monotonicity in the number of bits."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 import pickle
+import textwrap
 
 import numpy as np
 import pytest
+import qfcal
 from conftest import (
     data_histograms,
     grid_range,
@@ -18,18 +21,17 @@ from conftest import (
     reference_loss,
     reference_loss_grid,
     reference_mean_square,
+    run_isolated,
 )
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
-
-import qfcal
 
 METHODS = qfcal.methods()
 OTHERS = [m for m in METHODS if m != "optimal"]
 
 
 @st.composite
-def search_options(draw, max_bits: int = 10):
+def search_options(draw, max_bits: int = 10, min_percentile: float = 50.0, min_levels: int = 2):
     """Keyword arguments for ``search`` (without ``method``): grid options, gamma, percentile."""
     bits = draw(st.integers(2, max_bits))
     signed = draw(st.booleans())
@@ -39,15 +41,15 @@ def search_options(draw, max_bits: int = 10):
     lo, hi = grid_range(bits, signed, narrow_range)
     explicit = draw(st.sampled_from(["none", "none", "qmin", "qmax", "both"]))
     if explicit == "qmin":
-        kw["qmin"] = draw(st.integers(max(hi - 300, -65536), hi - 1))
+        kw["qmin"] = draw(st.integers(max(hi - 300, -65536), hi - min_levels + 1))
     elif explicit == "qmax":
-        kw["qmax"] = draw(st.integers(lo + 1, lo + 300))
+        kw["qmax"] = draw(st.integers(lo + min_levels - 1, lo + 300))
     elif explicit == "both":
         qmin = draw(st.integers(-300, 300))
         kw["qmin"] = qmin
-        kw["qmax"] = qmin + draw(st.integers(1, 300))
+        kw["qmax"] = qmin + draw(st.integers(min_levels - 1, 300))
     kw["gamma"] = draw(st.one_of(st.just(1.0), st.floats(0.05, 20.0)))
-    kw["percentile"] = draw(st.one_of(st.just(100.0), st.floats(50.0, 100.0)))
+    kw["percentile"] = draw(st.one_of(st.just(100.0), st.floats(min_percentile, 100.0)))
     return kw
 
 
@@ -127,14 +129,43 @@ def test_search_invariants_high_bits(bits, symmetric):
         check_result(qfcal.search(h, method=method, **kw), h, kw, method)
 
 
-@settings(max_examples=40)
-@given(data_histograms(), search_options())
-def test_optimal_is_never_worse_than_any_other_method(hv, kw):
+def float32_slack(hist) -> float:
+    """The loss a float32 scale alone can cost: rounding Δ to float32 moves the levels by up to
+    max|x|·2**-24, so losses closer than its square are ties. Negligible except for near-point
+    masses, where every loss is that small."""
+    _, edges, _ = occupied(hist)
+    if len(edges) == 0:
+        return 0.0
+    return (max(abs(edges[0]), abs(edges[-1])) * 2.0**-24) ** 2
+
+
+# Found by this test: optimal is 63% worse than entropy here (near-constant data).
+NEAR_CONSTANT = np.array(
+    [0.005039671435952187, 0.005041306838393211, 0.005041846539825201, 0.005041580647230148,
+     0.005047136917710304, 0.005044884048402309, 0.005047884304076433, 0.005043171811848879,
+     0.005044508725404739, 0.005045040510594845, 0.00504675880074501, 0.0050403582863509655,
+     0.0050492603331804276],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("method", OTHERS)
+@settings(max_examples=25)
+@given(hv=data_histograms(), kw=search_options())
+@example(
+    hv=(hist_of(NEAR_CONSTANT, 64), NEAR_CONSTANT),
+    kw={"bits": 4, "signed": False, "symmetric": True, "narrow_range": False, "gamma": 0.1},
+)
+# Found by this test: optimal is 22% worse than greedy here (two values, 133 levels).
+@example(
+    hv=(hist_of(np.array([6.5, 38.0], np.float32), 256), np.array([6.5, 38.0], np.float32)),
+    kw={"bits": 2, "signed": False, "qmax": 132},
+)
+def test_optimal_is_never_worse_than_another_method(method, hv, kw):
     h, _ = hv
     best = qfcal.search(h, method="optimal", **kw)
-    for method in OTHERS:
-        r = qfcal.search(h, method=method, **kw)
-        assert best.loss <= r.loss * (1 + 1e-9), (method, best, r)
+    r = qfcal.search(h, method=method, **kw)
+    assert best.loss <= r.loss * (1 + 1e-9) + float32_slack(h), (best, r)
 
 
 @st.composite
@@ -170,6 +201,16 @@ def small_pairs(draw):
     st.booleans(),
     st.booleans(),
     st.sampled_from([0.3, 1.0, 1.0, 4.0]),
+)
+# Found by this test: scale=1.0228279 (float32), zero_point=0 costs 0.0708536, 2.7% below
+# what optimal returns (0.0728085).
+@example(
+    pair=(np.array([0.0] * 8 + [1, 0, 28, 0, 0, 0, 0, 17]), np.arange(17.0)),
+    bits=4,
+    signed=False,
+    symmetric=False,
+    narrow=False,
+    gamma=0.3,
 )
 def test_optimal_beats_a_dense_brute_force_grid(pair, bits, signed, symmetric, narrow, gamma):
     counts, edges = pair
@@ -254,34 +295,61 @@ def float64_data(draw):
     return x
 
 
-@settings(max_examples=30)
-@given(float64_data(), st.integers(-12, 12).filter(bool), search_options(max_bits=8))
-def test_scale_equivariance_of_histograms(x, k, kw):
+def assert_equivariant(r1, r2, k):
+    """``r2`` is ``r1`` for data times 2**k: the same zero point, the scale times 2**k."""
+    assert r2.zero_point == r1.zero_point, (r1, r2)
+    assert r2.scale == math.ldexp(r1.scale, k), (r1, r2)
+    assert r2.min == math.ldexp(r1.min, k) and r2.max == math.ldexp(r1.max, k)
+    assert r2.loss == pytest.approx(math.ldexp(r1.loss, 2 * k), rel=1e-12), (r1, r2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=20)
+@given(
+    x=float64_data(),
+    k=st.integers(-12, 12).filter(bool),
+    # two-level grids (which cannot hold both signs) have their own test below
+    kw=search_options(max_bits=8, min_percentile=90.0, min_levels=3),
+)
+# Found by this test: optimal on the doubled data is 41% worse than on the data.
+@example(
+    x=np.array([0.0, 5.0, 5.0, 5.0, 17.0]),
+    k=1,
+    kw={"bits": 2, "signed": False, "symmetric": True, "qmin": -273},
+)
+def test_scale_equivariance_of_histograms(method, x, k, kw):
     h1 = hist_of(x, 512)
     h2 = hist_of(np.ldexp(x, k), 512)
-    assume(h1.nonzero > 0)
+    # at most half zeros: percentile ranges >= 90 never collapse to {0} (tested on its own)
+    assume(h1.nonzero > 0 and h1.zeros <= h1.finite // 2)
     # the histogram itself is equivariant
     assert np.array_equal(h1.counts, h2.counts)
     assert h2.bin_width == math.ldexp(h1.bin_width, k)
     assert np.array_equal(h2.edges, np.ldexp(h1.edges, k))
-    for method in METHODS:
-        r1 = qfcal.search(h1, method=method, **kw)
-        r2 = qfcal.search(h2, method=method, **kw)
-        assert r2.zero_point == r1.zero_point, method
-        assert r2.scale == math.ldexp(r1.scale, k), method
-        assert r2.loss == pytest.approx(math.ldexp(r1.loss, 2 * k), rel=1e-12), method
+    assert h2.zeros == h1.zeros
+    r1 = qfcal.search(h1, method=method, **kw)
+    r2 = qfcal.search(h2, method=method, **kw)
+    assert_equivariant(r1, r2, k)
 
 
-@settings(max_examples=30)
-@given(small_pairs(), st.integers(-12, 12).filter(bool), search_options(max_bits=8))
-def test_scale_equivariance_of_counts_edges_pairs(pair, k, kw):
+@pytest.mark.parametrize("method", METHODS)
+@settings(max_examples=20)
+@given(
+    pair=small_pairs(),
+    k=st.integers(-12, 12).filter(bool),
+    kw=search_options(max_bits=8, min_percentile=90.0, min_levels=3),
+)
+# Found by this test: optimal breaks a tie between two encodings differently after scaling.
+@example(
+    pair=(np.array([0.0, 0, 0, 1, 0, 0, 0, 1]), np.arange(-8.0, 1.0)),
+    k=-1,
+    kw={"bits": 2, "signed": False, "symmetric": True},
+)
+def test_scale_equivariance_of_counts_edges_pairs(method, pair, k, kw):
     counts, edges = pair
-    for method in METHODS:
-        r1 = qfcal.search((counts, edges), method=method, **kw)
-        r2 = qfcal.search((counts, np.ldexp(edges, k)), method=method, **kw)
-        assert r2.zero_point == r1.zero_point, method
-        assert r2.scale == math.ldexp(r1.scale, k), method
-        assert r2.loss == pytest.approx(math.ldexp(r1.loss, 2 * k), rel=1e-12), method
+    r1 = qfcal.search((counts, edges), method=method, **kw)
+    r2 = qfcal.search((counts, np.ldexp(edges, k)), method=method, **kw)
+    assert_equivariant(r1, r2, k)
 
 
 @settings(max_examples=30)
@@ -301,7 +369,7 @@ def test_more_bits_never_raise_the_optimal_loss(hv, bits, signed, symmetric, nar
     kw = {"signed": signed, "symmetric": symmetric, "narrow_range": narrow, "gamma": gamma}
     lo = qfcal.search(h, bits=bits, **kw)
     hi = qfcal.search(h, bits=bits + 1, **kw)
-    assert hi.loss <= lo.loss * (1 + 1e-9), (lo, hi)
+    assert hi.loss <= lo.loss * (1 + 1e-9) + float32_slack(h), (lo, hi)
 
 
 def test_minmax_covers_the_data_with_the_smallest_float32_scale(sample_histogram):
@@ -409,15 +477,54 @@ def test_searches_of_torch_histc_output(method):
     check_result(r, (counts.numpy(), edges.numpy()), {"bits": 4}, method)
 
 
-def test_search_float64_range_beyond_float32():
+def test_percentile_scale_follows_the_data_when_most_values_are_zero():
+    """BUG: with more zeros than the percentile leaves out (sparse activations), the percentile
+    range collapses to {0} and the method returns scale=1 whatever the data's magnitude."""
+    x = np.zeros(1_000_000, dtype=np.float32)
+    x[:50] = np.random.default_rng(0).uniform(0.0, 1e-3, 50)
+    r1 = qfcal.search(hist_of(x), method="percentile")
+    r2 = qfcal.search(hist_of(x * 1024), method="percentile")
+    assert (r2.scale, r2.zero_point) == (1024 * r1.scale, r1.zero_point), (r1, r2)
+    # a range of [-127, 128] for values below 1e-3 keeps no signal at all
+    assert r1.max <= 1.0, r1
+
+
+@pytest.mark.parametrize("method", OTHERS)
+@pytest.mark.parametrize("kw", [{"qmin": -1, "qmax": 0}, {"qmin": 0, "qmax": 1, "symmetric": True}])
+def test_two_level_grids_still_follow_the_data(method, kw):
+    """BUG: a two-level grid has the windows {-Δ, 0} and {0, Δ} (free zero point) or only
+    {-Δ, 0} (symmetric: the zero point is qmax); no window covers data of both signs, and the
+    covering rule then falls back to scale=1 whatever the data's magnitude."""
+    x = np.array([-3.0, -1.0, -0.5, 2.0, 0.25], dtype=np.float32)
+    r1 = qfcal.search(hist_of(x, 64), method=method, **kw)
+    r2 = qfcal.search(hist_of(x * 1024, 64), method=method, **kw)
+    assert (r2.scale, r2.zero_point) == (1024 * r1.scale, r1.zero_point), (r1, r2)
+
+
+def test_search_of_float64_data_beyond_the_float32_scale_range():
     """BUG: float64 data whose range needs a scale above float32's maximum gives scale=inf and
-    NaN min/max/loss instead of an error or a valid encoding (found by this suite)."""
-    h = hist_of(np.array([-1e300, 5.0, 2e300]), 64)
-    for method in METHODS:
-        try:
-            r = qfcal.search(h, method=method)
-        except ValueError:
-            continue
-        assert math.isfinite(r.scale), (method, r)
-        assert r.min <= 0.0 <= r.max, (method, r)
-        assert not math.isnan(r.loss), (method, r)
+    NaN min/max/loss, and ``optimal`` never returns (it grows memory until the process aborts).
+    A search must either raise ValueError or return a valid encoding."""
+    code = textwrap.dedent(
+        """
+        import json, numpy as np, qfcal
+        h = qfcal.Histogram(64)
+        h.update(np.array([-1e300, 5.0, 2e300]))
+        out = {}
+        for m in qfcal.methods():
+            try:
+                r = qfcal.search(h, method=m)
+                out[m] = [r.scale, r.min, r.max, r.loss]
+            except ValueError as e:
+                out[m] = str(e)
+            print(json.dumps({m: out[m]}), flush=True)
+        """
+    )
+    proc = run_isolated(code, memory=3 << 29)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-500:])
+    for line in proc.stdout.splitlines():
+        ((method, got),) = json.loads(line).items()
+        if isinstance(got, str):
+            continue  # a ValueError is an acceptable answer
+        scale, lo, hi, loss = got
+        assert math.isfinite(scale) and lo <= 0.0 <= hi and not math.isnan(loss), (method, got)

@@ -1,19 +1,30 @@
 """Rust extension of qfcal (built by maturin from rust/qfcal-py)."""
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "DEFAULT_BINS",
+    "EmptyHistogramError",
+    "Histogram",
+    "SearchResult",
+    "__version__",
+    "methods",
+    "search",
+]
+
 __version__: str
 DEFAULT_BINS: int
 
-MethodName = Literal["optimal", "greedy", "tf_enhanced", "entropy", "percentile", "minmax"]
+_MethodName = Literal["optimal", "greedy", "tf_enhanced", "entropy", "percentile", "minmax"]
 
 class EmptyHistogramError(ValueError):
     """A search was asked of a histogram that holds no finite value."""
 
+@final
 class Histogram:
     """An exact, order-independent, mergeable histogram with bounded memory.
 
@@ -32,7 +43,7 @@ class Histogram:
         ValueError: ``bins`` is outside ``16..=1048576``.
     """
 
-    def __init__(self, bins: int = 4096) -> None: ...
+    def __new__(cls, bins: int = 4096) -> Histogram: ...
     def update(self, values: npt.ArrayLike) -> None:
         """Add every value of ``values`` (a numpy array of any shape, or anything numpy reads).
 
@@ -51,9 +62,10 @@ class Histogram:
             ValueError: the two histograms have different ``bins``.
         """
 
-    def __add__(self, other: Histogram) -> Histogram: ...
-    def __iadd__(self, other: Histogram) -> Histogram: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __add__(self, other: Histogram, /) -> Histogram: ...
+    def __radd__(self, other: Histogram, /) -> Histogram: ...
+    def __iadd__(self, other: Histogram, /) -> Histogram: ...
+    def __eq__(self, other: object, /) -> bool: ...
     def copy(self) -> Histogram:
         """An independent copy."""
 
@@ -130,6 +142,7 @@ class Histogram:
     def neg_inf(self) -> int:
         """-Inf values seen."""
 
+@final
 class SearchResult:
     """A chosen encoding and what it costs (frozen).
 
@@ -182,7 +195,7 @@ class SearchResult:
 
     @property
     def method(self) -> str: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 def search(
     hist: Histogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
@@ -194,7 +207,7 @@ def search(
     qmin: int | None = None,
     qmax: int | None = None,
     gamma: float = 1.0,
-    method: MethodName | str = "optimal",
+    method: _MethodName | str = "optimal",
     percentile: float = 99.99,
 ) -> SearchResult:
     """Choose a scale and zero point for ``hist``.

@@ -77,12 +77,55 @@ impl Dist {
     }
 
     /// A density on a uniform grid: bin `i` is `[origin + i*width, origin + (i+1)*width)`.
-    pub fn uniform(origin: f64, width: f64, counts: &[u64], zeros: u64) -> Dist {
-        let edges = (0..=counts.len())
+    pub fn uniform(origin: f64, width: f64, counts: &[u64], zeros: u64) -> Result<Dist> {
+        let edges: Vec<f64> = (0..=counts.len())
             .map(|i| origin + i as f64 * width)
             .collect();
+        if edges.iter().any(|e| !e.is_finite()) {
+            return Err(invalid(format!(
+                "the histogram's values reach {:e}, where bin edges overflow float64",
+                if origin < 0.0 {
+                    origin
+                } else {
+                    origin + counts.len() as f64 * width
+                }
+            )));
+        }
         let counts = counts.iter().map(|&c| c as f64).collect();
-        Dist::new(counts, edges, zeros as f64).expect("a uniform grid is a valid density")
+        Dist::new(counts, edges, zeros as f64)
+    }
+
+    /// The same density with every value multiplied by `2^e` (exact).
+    pub fn scaled_pow2(&self, e: i32) -> Dist {
+        let f = 2f64.powi(e);
+        Dist {
+            edges: self.edges.iter().map(|x| x * f).collect(),
+            counts: self.counts.clone(),
+            zeros: self.zeros,
+            total: self.total,
+        }
+    }
+
+    /// Maximal runs of consecutive nonzero bins: (centre of mass, mass, width) of each.
+    pub fn runs(&self) -> Vec<(f64, f64, f64)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        let b = self.counts.len();
+        while i < b {
+            if self.counts[i] == 0.0 {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let (mut m0, mut m1) = (0.0, 0.0);
+            while i < b && self.counts[i] > 0.0 {
+                m0 += self.counts[i];
+                m1 += self.counts[i] * 0.5 * (self.edges[i] + self.edges[i + 1]);
+                i += 1;
+            }
+            out.push((m1 / m0, m0, self.edges[i] - self.edges[start]));
+        }
+        out
     }
 
     /// Checks that the density holds at least one value, as every search needs.

@@ -30,7 +30,7 @@ fn pow2(e: i32) -> f64 {
 }
 
 /// `floor(log2 |x|)` for finite nonzero `x`, exactly.
-fn exponent(x: f64) -> i32 {
+pub(crate) fn exponent(x: f64) -> i32 {
     let bits = x.abs().to_bits();
     let e = (bits >> 52) as i32;
     if e == 0 {
@@ -120,7 +120,7 @@ macro_rules! stats_body_impl {
             // Integer tests on the bit pattern and lane-parallel accumulators, so the loop
             // vectorizes on baseline x86-64: |x| bits 0 is a zero, >= the infinity pattern is
             // NaN or Inf, anything between is a nonzero finite value.
-            const L: usize = 16;
+            const L: usize = 8;
             let mut mn = [<$t>::INFINITY; L];
             let mut mx = [<$t>::NEG_INFINITY; L];
             let mut zeros = [0 as $u; L];
@@ -449,14 +449,56 @@ impl Histogram {
         (0..=c.len()).map(|i| (g0 + i as i64) as f64 * w).collect()
     }
 
-    /// The density the searches read: occupied bins plus the zeros as a point mass.
-    pub fn to_dist(&self) -> Dist {
+    /// The density the searches read: occupied bins plus the zeros as a point mass. Fails only
+    /// for values within a bin of the float64 maximum, whose upper bin edge overflows.
+    pub fn to_dist(&self) -> Result<Dist> {
         let (g0, c) = self.occupied();
         if c.is_empty() {
             return Dist::uniform(0.0, 1.0, &[], self.zeros);
         }
         let w = pow2(self.k);
+        if !((g0 + c.len() as i64) as f64 * w).is_finite() {
+            return Err(invalid(format!(
+                "the histogram's values reach {:e}, within a bin of the float64 limit, where bin \
+                 edges overflow",
+                self.max_nz().abs().max(self.min_nz().abs())
+            )));
+        }
         Dist::uniform(g0 as f64 * w, w, c, self.zeros)
+    }
+
+    /// The histogram with the zeros binned too, as `np.histogram` would count them: the grid is
+    /// coarsened exactly (as if the zeros had been binned all along) until the span from 0 to
+    /// the data fits in `bins` bins. Returns the first grid index, the counts and the exponent.
+    pub fn with_zeros_binned(&self) -> (i64, Vec<u64>, i32) {
+        let (g0, occ) = self.occupied();
+        if self.zeros == 0 {
+            return (g0, occ.to_vec(), self.k);
+        }
+        if self.nonzero == 0 {
+            return (0, vec![self.zeros], 0);
+        }
+        let (mn, mx) = (self.min_nz().min(0.0), self.max_nz().max(0.0));
+        let k = required_k(mn, mx, self.bins).max(self.k);
+        let inv = pow2(-k);
+        let first = index(mn, inv);
+        let mut counts = vec![0u64; (index(mx, inv) - first + 1) as usize];
+        let shift = (k - self.k) as u32;
+        for (i, &c) in occ.iter().enumerate() {
+            let g = g0 + i as i64;
+            let g2 = if shift >= 63 {
+                if g < 0 {
+                    -1
+                } else {
+                    0
+                }
+            } else {
+                g >> shift
+            };
+            counts[(g2 - first) as usize] += c;
+        }
+        counts[(-first) as usize] += self.zeros;
+        (first, counts, k)
     }
 
     /// Grows the window (coarsening exactly) so that it covers nonzero values in `[mn, mx]`.
@@ -721,8 +763,8 @@ impl Histogram {
         h.pos_inf = pos_inf;
         h.neg_inf = neg_inf;
         if nonzero == 0 {
-            if n_occ != 0 {
-                return Err(bad("bins are filled but no value is counted"));
+            if n_occ != 0 || k != 0 || lo != 0 || min_nz != 0 || max_nz != 0 {
+                return Err(bad("it describes bins but counts no binned value"));
             }
             return Ok(h);
         }

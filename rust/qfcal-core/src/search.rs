@@ -139,17 +139,48 @@ pub fn evaluate(dist: &Dist, enc: Encoding, gamma: f64, method: Method) -> Searc
     }
 }
 
+/// Smallest and largest magnitude (`max |x|`) a search accepts: scales and ranges must stay
+/// normal, finite float32 values at every bit width.
+pub const MIN_MAGNITUDE_LOG2: i32 = -110;
+pub const MAX_MAGNITUDE_LOG2: i32 = 100;
+
 /// Finds the encoding of `dist` with the chosen method.
 pub fn search(dist: &Dist, o: &SearchOptions) -> Result<SearchResult> {
     let spec = check_options(o)?;
     dist.require_values()?;
+    if dist.n_bins() == 0 {
+        // Only zeros: every encoding is exact.
+        return Ok(evaluate(
+            dist,
+            methods::minmax(dist, &spec),
+            o.gamma,
+            o.method,
+        ));
+    }
+    let m = dist.max_abs();
+    if !(m >= 2f64.powi(MIN_MAGNITUDE_LOG2) && m <= 2f64.powi(MAX_MAGNITUDE_LOG2)) {
+        return Err(invalid(format!(
+            "cannot search a range for values up to |x| = {m:e}: qfcal handles magnitudes from \
+             2^{MIN_MAGNITUDE_LOG2} to 2^{MAX_MAGNITUDE_LOG2}, where scales and ranges are normal \
+             float32 numbers"
+        )));
+    }
+    // Every method runs on the values divided by a power of two that brings max|x| into [1, 2):
+    // the same numbers for data scaled by any power of two, so results are exactly
+    // scale-equivariant (and the scan works at a fixed magnitude).
+    let e = crate::histogram::exponent(m);
+    let norm = dist.scaled_pow2(-e);
     let enc = match o.method {
-        Method::Optimal => methods::optimal::optimal(dist, &spec, o.gamma),
-        Method::Greedy => methods::greedy::greedy(dist, &spec),
-        Method::TfEnhanced => methods::tf_enhanced::tf_enhanced(dist, &spec),
-        Method::Entropy => methods::entropy::entropy(dist, &spec),
-        Method::Percentile => methods::percentile(dist, &spec, o.percentile),
-        Method::MinMax => methods::minmax(dist, &spec),
+        Method::Optimal => methods::optimal::optimal(&norm, &spec, o.gamma),
+        Method::Greedy => methods::greedy::greedy(&norm, &spec),
+        Method::TfEnhanced => methods::tf_enhanced::tf_enhanced(&norm, &spec),
+        Method::Entropy => methods::entropy::entropy(&norm, &spec),
+        Method::Percentile => methods::percentile(&norm, &spec, o.percentile),
+        Method::MinMax => methods::minmax(&norm, &spec),
+    };
+    let enc = Encoding {
+        scale: enc.scale * 2f64.powi(e),
+        ..enc
     };
     Ok(evaluate(dist, enc, o.gamma, o.method))
 }

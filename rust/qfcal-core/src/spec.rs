@@ -120,39 +120,37 @@ impl QuantSpec {
         let b = b.max(0.0);
         let (l0, l1) = self.l_range();
         let h = self.levels() - 1;
-        let need = |l: i64| -> f64 {
-            let lo = if l < 0 {
-                a / l as f64
-            } else if a < 0.0 {
-                f64::INFINITY
-            } else {
-                0.0
-            };
-            let hi = if l + h > 0 {
-                b / (l + h) as f64
-            } else if b > 0.0 {
-                f64::INFINITY
-            } else {
-                0.0
-            };
-            lo.max(hi)
-        };
-        let mut best = (f64::INFINITY, l0);
+        // Per window: the scale covering what it can reach, and the magnitude it must leave out
+        // (a side it has no level on, as on a two-level grid); least left out, then least scale.
+        let mut best = (f64::INFINITY, f64::INFINITY, l0);
         for l in l0..=l1 {
-            let s = need(l);
-            if s < best.0 {
-                best = (s, l);
+            let (mut scale, mut out) = (0.0f64, 0.0f64);
+            if a < 0.0 {
+                if l < 0 {
+                    scale = scale.max(a / l as f64);
+                } else {
+                    out = out.max(-a);
+                }
+            }
+            if b > 0.0 {
+                if l + h > 0 {
+                    scale = scale.max(b / (l + h) as f64);
+                } else {
+                    out = out.max(b);
+                }
+            }
+            if (out, scale) < (best.0, best.1) {
+                best = (out, scale, l);
             }
         }
-        let (mut scale, mut l) = best;
+        let (_, mut scale, mut l) = best;
         if scale.is_nan() || scale <= 0.0 || !scale.is_finite() {
             // Only zeros (or nothing) to cover: any scale is exact; pick 1 and the window's middle.
             scale = 1.0;
             l = if self.symmetric { l0 } else { (l0 + l1) / 2 };
         }
-        let s32 = f32_at_least(scale);
         // Rounding the scale up keeps the window covering [a, b].
-        self.encoding(s32, l)
+        self.encoding(f32_at_least(scale), l)
     }
 }
 

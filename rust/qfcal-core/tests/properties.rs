@@ -228,18 +228,18 @@ fn more_bits_never_raise_the_loss() {
 #[test]
 fn empty_histograms_are_an_error() {
     let h = Histogram::new(64).unwrap();
-    let e = search(&h.to_dist(), &SearchOptions::default()).unwrap_err();
+    let e = search(&h.to_dist().unwrap(), &SearchOptions::default()).unwrap_err();
     assert!(matches!(e, qfcal_core::Error::Empty(_)));
     let mut h = Histogram::new(64).unwrap();
     h.update(&[f32::NAN, f32::INFINITY], 1);
-    assert!(search(&h.to_dist(), &SearchOptions::default()).is_err());
+    assert!(search(&h.to_dist().unwrap(), &SearchOptions::default()).is_err());
 }
 
 #[test]
 fn only_zeros_give_a_zero_loss() {
     let mut h = Histogram::new(64).unwrap();
     h.update(&[0.0f32; 10], 1);
-    let r = search(&h.to_dist(), &SearchOptions::default()).unwrap();
+    let r = search(&h.to_dist().unwrap(), &SearchOptions::default()).unwrap();
     assert_eq!(r.objective(), 0.0);
     assert_eq!(r.encoding.scale, 1.0);
 }

@@ -11,7 +11,7 @@ use qfcal_core::histogram::DEFAULT_BINS;
 use qfcal_core::{self as core, Dist, Method, SearchOptions, SpecOptions};
 
 create_exception!(
-    _core,
+    qfcal._core,
     EmptyHistogramError,
     PyValueError,
     "A search was asked of a histogram that holds no finite value."
@@ -21,6 +21,34 @@ fn to_py(e: core::Error) -> PyErr {
     match e {
         core::Error::Empty(m) => EmptyHistogramError::new_err(m),
         other => PyValueError::new_err(other.to_string()),
+    }
+}
+
+/// An integer argument that always extracts (anything with `__index__`): values beyond i64 are
+/// kept as text, so that the range check, not an OverflowError, reports them.
+struct IntArg(std::result::Result<i64, String>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for IntArg {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let i = obj.call_method0("__index__").map_err(|_| {
+            PyTypeError::new_err(format!(
+                "expected an int, got {}",
+                obj.repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|_| "?".into())
+            ))
+        })?;
+        Ok(IntArg(i.extract::<i64>().map_err(|_| i.to_string())))
+    }
+}
+
+impl IntArg {
+    /// The value, or a ValueError naming the argument, its range and the value.
+    fn get(&self, name: &str, range: &str) -> PyResult<i64> {
+        self.0
+            .clone()
+            .map_err(|v| PyValueError::new_err(format!("{name} must be in {range}, got {v}")))
     }
 }
 
@@ -65,7 +93,7 @@ fn feed<T: core::histogram::Sample + numpy::Element>(
                 h.update_chunked(|buf: &mut Vec<T>| {
                     for _ in 0..core::histogram::BLOCK * 4 {
                         match it.next() {
-                            Some(&x) => buf.push(swap(x)),
+                            Some(&x) => buf.push(if swapped { swap(x) } else { x }),
                             None => return false,
                         }
                     }
@@ -107,15 +135,16 @@ struct PyHistogram {
 #[pymethods]
 impl PyHistogram {
     #[new]
-    #[pyo3(signature = (bins = DEFAULT_BINS as i64))]
-    fn new(bins: i64) -> PyResult<Self> {
-        let b = usize::try_from(bins).map_err(|_| {
-            PyValueError::new_err(format!(
-                "bins must be in {}..={}, got {bins}",
-                core::histogram::MIN_BINS,
-                core::histogram::MAX_BINS
-            ))
-        })?;
+    #[pyo3(signature = (bins = IntArg(Ok(DEFAULT_BINS as i64))), text_signature = "(bins=4096)")]
+    fn new(bins: IntArg) -> PyResult<Self> {
+        let range = format!(
+            "{}..={}",
+            core::histogram::MIN_BINS,
+            core::histogram::MAX_BINS
+        );
+        let b = bins.get("bins", &range)?;
+        let b = usize::try_from(b)
+            .map_err(|_| PyValueError::new_err(format!("bins must be in {range}, got {b}")))?;
         Ok(PyHistogram {
             inner: core::Histogram::new(b).map_err(to_py)?,
         })
@@ -190,18 +219,20 @@ impl PyHistogram {
         }
     }
 
-    fn merge(&mut self, other: &PyHistogram) -> PyResult<()> {
-        guard(|| self.inner.merge(&other.inner).map_err(to_py))
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
+        // `h.merge(h)` doubles `h`: read the other side before borrowing this one mutably.
+        let theirs = other.borrow().inner.clone();
+        guard(|| slf.borrow_mut().inner.merge(&theirs).map_err(to_py))
     }
 
     fn __add__(&self, other: &PyHistogram) -> PyResult<PyHistogram> {
         let mut out = self.clone();
-        out.merge(other)?;
+        guard(|| out.inner.merge(&other.inner).map_err(to_py))?;
         Ok(out)
     }
 
     fn __iadd__(&mut self, other: &PyHistogram) -> PyResult<()> {
-        self.merge(other)
+        guard(|| self.inner.merge(&other.inner).map_err(to_py))
     }
 
     fn copy(&self) -> PyHistogram {
@@ -291,28 +322,8 @@ impl PyHistogram {
     /// Counts and edges with the zeros put back into the bin that holds 0 (the grid widened to
     /// reach 0 when needed): what `np.histogram` would give on the same edges.
     fn to_numpy<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
-        let h = &self.inner;
-        let (g0, occ) = h.occupied();
-        let w = h.bin_width().unwrap_or(1.0);
-        let mut counts: Vec<u64> = occ.to_vec();
-        let mut first = g0;
-        if h.zeros() > 0 {
-            if counts.is_empty() {
-                counts.push(0);
-                first = 0;
-            }
-            if first > 0 {
-                let mut c = vec![0u64; first as usize];
-                c.extend_from_slice(&counts);
-                counts = c;
-                first = 0;
-            }
-            let last = first + counts.len() as i64 - 1;
-            if last < 0 {
-                counts.extend(std::iter::repeat_n(0, (-last) as usize));
-            }
-            counts[(-first) as usize] += h.zeros();
-        }
+        let (first, counts, k) = self.inner.with_zeros_binned();
+        let w = 2f64.powi(k);
         let edges: Vec<f64> = if counts.is_empty() {
             Vec::new()
         } else {
@@ -472,25 +483,30 @@ fn dist_from_pair(py: Python<'_>, pair: &Bound<'_, PyAny>) -> PyResult<Dist> {
 use pyo3::types::IntoPyDict;
 
 #[pyfunction]
-#[pyo3(signature = (hist, *, bits = 8, symmetric = false, signed = true, narrow_range = false,
-                    qmin = None, qmax = None, gamma = 1.0, method = "optimal", percentile = 99.99))]
+#[pyo3(signature = (hist, *, bits = IntArg(Ok(8)), symmetric = false, signed = true, narrow_range = false,
+                    qmin = None, qmax = None, gamma = 1.0, method = "optimal", percentile = 99.99),
+       text_signature = "(hist, *, bits=8, symmetric=False, signed=True, narrow_range=False, qmin=None, qmax=None, gamma=1.0, method='optimal', percentile=99.99)")]
 #[allow(clippy::too_many_arguments)]
 fn search(
     py: Python<'_>,
     hist: &Bound<'_, PyAny>,
-    bits: i64,
+    bits: IntArg,
     symmetric: bool,
     signed: bool,
     narrow_range: bool,
-    qmin: Option<i64>,
-    qmax: Option<i64>,
+    qmin: Option<IntArg>,
+    qmax: Option<IntArg>,
     gamma: f64,
     method: &str,
     percentile: f64,
 ) -> PyResult<PySearchResult> {
     let method: Method = method.parse().map_err(to_py)?;
+    let bits = bits.get("bits", "2..=16")?;
     let bits = u32::try_from(bits)
         .map_err(|_| PyValueError::new_err(format!("bits must be in 2..=16, got {bits}")))?;
+    let lim = format!("-{0}..={0}", core::spec::MAX_LEVELS);
+    let qmin = qmin.map(|v| v.get("qmin", &lim)).transpose()?;
+    let qmax = qmax.map(|v| v.get("qmax", &lim)).transpose()?;
     let opts = SearchOptions {
         spec: SpecOptions {
             bits,
@@ -505,7 +521,7 @@ fn search(
         percentile,
     };
     let dist = match hist.cast::<PyHistogram>() {
-        Ok(h) => h.borrow().inner.to_dist(),
+        Ok(h) => h.borrow().inner.to_dist().map_err(to_py)?,
         Err(_) => dist_from_pair(py, hist)?,
     };
     let r = py.detach(|| guard(|| core::search(&dist, &opts).map_err(to_py)))?;
@@ -532,3 +548,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
+
+// The `Histogram(bins=4096)` text signature spells the default as a literal for the stubs.
+const _: () = assert!(DEFAULT_BINS == 4096);

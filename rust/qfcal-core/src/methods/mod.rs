@@ -14,14 +14,18 @@ pub fn minmax(dist: &Dist, spec: &QuantSpec) -> Encoding {
 }
 
 /// `percentile`: the range between the `(100 - p)`-th and `p`-th percentiles (of `|x|` for a
-/// symmetric grid, as ONNX Runtime does).
+/// symmetric grid, as ONNX Runtime does). A range that collapses to zero (a tensor that is
+/// mostly exact zeros) falls back to min/max instead of representing nothing.
 pub fn percentile(dist: &Dist, spec: &QuantSpec, p: f64) -> Encoding {
     let f = p / 100.0;
-    if spec.symmetric {
+    let (a, b) = if spec.symmetric {
         let t = dist.abs_quantile(f);
-        let a = if dist.min() < 0.0 { -t } else { 0.0 };
-        spec.covering(a, t)
+        (if dist.min() < 0.0 { -t } else { 0.0 }, t)
     } else {
-        spec.covering(dist.quantile(1.0 - f), dist.quantile(f))
+        (dist.quantile(1.0 - f), dist.quantile(f))
+    };
+    if a >= 0.0 && b <= 0.0 && dist.n_bins() > 0 {
+        return minmax(dist, spec);
     }
+    spec.covering(a, b)
 }

@@ -10,8 +10,9 @@
 //! scale, then 8 per octave until a lower bound on the clipping loss of every smaller Δ exceeds
 //! the best cost found), golden-section refinement of the best basins on it, and a final
 //! refinement on the full-resolution histogram. The min/max-covering scale is always a
-//! candidate, so data that sits on a grid (quantized inputs) is found exactly, and for data
-//! narrower than two cells every scale that puts a grid point on the data's mean is tried.
+//! candidate, so data that sits on a grid (quantized inputs) is found exactly, and for narrow
+//! clusters of data (near-constant tensors, spiky histograms) the scales that put a grid point on
+//! a cluster are tried and refined.
 
 use crate::dist::Dist;
 use crate::spec::{f32_nearest, Encoding, QuantSpec};
@@ -22,6 +23,12 @@ const PER_OCTAVE: f64 = 8.0;
 /// visits: small, spiky histograms have narrow dips that a sparse scan would step over.
 const MAX_PER_OCTAVE: f64 = 128.0;
 const SCAN_WORK: f64 = 150_000.0;
+/// Teeth of the comb run through each basin's bracket.
+const TEETH: usize = 15;
+/// Most evaluations spent on grid points placed on narrow clusters.
+const CLUSTER_EVALS: usize = 384;
+/// Hard cap on scan points, whatever the data.
+const MAX_SCAN: usize = 20_000;
 /// Bins of the coarsened histogram used by the scan.
 const COARSE_BINS: usize = 512;
 /// Basins refined.
@@ -55,6 +62,7 @@ pub(crate) struct Evaluator {
     f: Vec<f64>,
     g: Vec<f64>,
     p: Vec<f64>,
+    cost: Vec<f64>,
 }
 
 /// Adds the piece `[u, v]` of density `dens` to the moments about `c`.
@@ -100,6 +108,7 @@ impl Evaluator {
             f: Vec::new(),
             g: Vec::new(),
             p: Vec::new(),
+            cost: Vec::new(),
         }
     }
 
@@ -201,7 +210,9 @@ impl Evaluator {
             self.h1[k] += acc[1];
             self.h2[k] += acc[2];
         }
-        // Per grid point m (index i): rounding loss of its lower and upper half cells.
+        // Per grid point (index i): rounding loss of its lower and upper half cells, clipping
+        // below it (F) and above it (G). A half cell's centre sits ±Δ/4 or ±3Δ/4 from the grid
+        // points around it, so moments move between centres with constant offsets.
         for v in [
             &mut self.up,
             &mut self.lo,
@@ -212,53 +223,41 @@ impl Evaluator {
             v.clear();
             v.resize(ng, 0.0);
         }
-        let ctr = |k: usize| hstart(k) + 0.25 * delta;
-        for i in 0..ng - 1 {
-            let gm = (ga + i as i64) as f64 * delta;
-            let (e, o) = (2 * i, 2 * i + 1);
-            self.up[i] = second_about(self.h0[e], self.h1[e], self.h2[e], ctr(e), gm);
-            self.lo[i + 1] = second_about(self.h0[o], self.h1[o], self.h2[o], ctr(o), gm + delta);
-        }
-        // Clipping below each grid point (F) and above it (G), by non-negative increments:
-        // F(t+Δ) = F(t) - 2Δ·D(t) + Δ²·M(t) + ∫_seg (x - t - Δ)², D(t) = ∫_{x<t} (x - t) <= 0.
+        let (q1, q3) = (0.25 * delta, 0.75 * delta);
+        // F(t+Δ) = F(t) - 2Δ·D(t) + Δ²·M(t) + ∫_seg (x - t - Δ)², with D(t) = ∫_{x<t} (x - t) <= 0:
+        // every increment is non-negative, so nothing cancels.
         let (mut d1, mut m0) = (below[1], below[0]);
         self.f[0] = below[2];
+        let mut run = 0.0;
         for i in 0..ng - 1 {
-            let gm = (ga + i as i64) as f64 * delta;
             let (e, o) = (2 * i, 2 * i + 1);
-            let seg0 = self.h0[e] + self.h0[o];
-            let seg_hi = second_about(self.h0[e], self.h1[e], self.h2[e], ctr(e), gm + delta)
-                + self.lo[i + 1];
-            // ∫_seg (x - (m+1)Δ)
-            let seg1_hi = self.h1[e]
-                + self.h0[e] * (ctr(e) - gm - delta)
-                + self.h1[o]
-                + self.h0[o] * (ctr(o) - gm - delta);
-            self.f[i + 1] = self.f[i] - 2.0 * delta * d1 + delta * delta * m0 + seg_hi;
-            d1 = d1 - delta * m0 + seg1_hi;
-            m0 += seg0;
+            let (e0, e1, e2) = (self.h0[e], self.h1[e], self.h2[e]);
+            let (o0, o1, o2) = (self.h0[o], self.h1[o], self.h2[o]);
+            let up = second_about(e0, e1, e2, q1, 0.0);
+            let lo = second_about(o0, o1, o2, -q1, 0.0);
+            self.up[i] = up;
+            self.lo[i + 1] = lo;
+            run += self.lo[i] + up;
+            self.p[i] = run;
+            let seg_hi = second_about(e0, e1, e2, -q3, 0.0) + lo;
+            let seg1_hi = e1 - q3 * e0 + o1 - q1 * o0;
+            // (one add on each running value, so the loop is not latency-bound)
+            self.f[i + 1] = self.f[i] + ((delta * delta * m0 + seg_hi) - 2.0 * delta * d1);
+            d1 += seg1_hi - delta * m0;
+            m0 += e0 + o0;
         }
-        let (mut e1, mut n0) = (above[1], above[0]);
+        self.p[ng - 1] = run + self.lo[ng - 1] + self.up[ng - 1];
+        let (mut e1s, mut n0) = (above[1], above[0]);
         self.g[ng - 1] = above[2];
         for i in (0..ng - 1).rev() {
-            let gm = (ga + i as i64) as f64 * delta;
             let (e, o) = (2 * i, 2 * i + 1);
-            let seg0 = self.h0[e] + self.h0[o];
-            let seg_lo = self.up[i] + second_about(self.h0[o], self.h1[o], self.h2[o], ctr(o), gm);
-            // ∫_seg (x - mΔ)
-            let seg1_lo =
-                self.h1[e] + self.h0[e] * (ctr(e) - gm) + self.h1[o] + self.h0[o] * (ctr(o) - gm);
-            self.g[i] = self.g[i + 1] + 2.0 * delta * e1 + delta * delta * n0 + seg_lo;
-            e1 = e1 + delta * n0 + seg1_lo;
-            n0 += seg0;
+            let (o0, o1, o2) = (self.h0[o], self.h1[o], self.h2[o]);
+            let seg_lo = self.up[i] + second_about(o0, o1, o2, q3, 0.0);
+            let seg1_lo = self.h1[e] + q1 * self.h0[e] + o1 + q3 * o0;
+            self.g[i] = self.g[i + 1] + (2.0 * delta * e1s + delta * delta * n0 + seg_lo);
+            e1s += delta * n0 + seg1_lo;
+            n0 += self.h0[e] + o0;
         }
-        // Running rounding loss over whole cells.
-        let mut run = 0.0;
-        for i in 0..ng {
-            run += self.lo[i] + self.up[i];
-            self.p[i] = run;
-        }
-        let idx = |m: i64| -> usize { (m.clamp(ga, gb) - ga) as usize };
         let (l0, l1) = self.spec.l_range();
         let h = q - 1;
         let mut best = Eval {
@@ -273,63 +272,159 @@ impl Evaluator {
         } else {
             l0
         };
-        for l in l_first..=l1 {
+        let idx = |m: i64| -> usize { (m.clamp(ga, gb) - ga) as usize };
+        // Every window of a smaller Δ lies inside a window [LΔ, (L+q)Δ] (free zero point) or the
+        // same window (fixed zero point), so its clipping loss is at least the least of these.
+        let mut lb = f64::INFINITY;
+        let gamma = self.gamma;
+        let window = |l: i64| -> (f64, f64) {
             let (il, ih) = (idx(l), idx(l + h));
             let r = if ih > il {
                 self.p[ih - 1] - self.p[il] + self.up[il] + self.lo[ih]
             } else {
                 0.0
             };
-            let cost = (self.gamma * (self.f[il] + self.g[ih]) + r.max(0.0)) / n;
+            let clip = self.f[il] + self.g[ih];
+            (gamma * clip + r.max(0.0), clip)
+        };
+        // Windows that lie wholly inside [ga, gb - 1] index the arrays without clamping: score
+        // them in a straight, vectorizable pass; the others one by one.
+        let (ua, ub) = (l_first.max(ga), l1.min(gb - 1 - h));
+        let mut consider = |l: i64, cost: f64, lbv: f64| {
             if cost < best.cost {
                 best.cost = cost;
                 best.l = l;
             }
+            lb = lb.min(lbv);
+        };
+        for l in l_first..=l1 {
+            if l == ua && ua <= ub {
+                break;
+            }
+            let (cost, clip) = window(l);
+            consider(
+                l,
+                cost,
+                if l0 == l1 {
+                    clip
+                } else {
+                    self.f[idx(l)] + self.g[idx(l + q)]
+                },
+            );
         }
-        // Every window of a smaller Δ lies inside a window [LΔ, (L+q)Δ] (free zero point) or the
-        // same window (fixed zero point), so its clipping loss is at least this much.
-        let mut lb = f64::INFINITY;
-        if l0 == l1 {
-            lb = self.f[idx(l0)] + self.g[idx(l0 + h)];
-        } else {
-            for l in l_first..=l1 {
-                lb = lb.min(self.f[idx(l)] + self.g[idx(l + q)]);
+        if ua <= ub {
+            let (i0, n_w) = ((ua - ga) as usize, (ub - ua + 1) as usize);
+            let hu = h as usize;
+            let (f, g, p, up, lo) = (&self.f, &self.g, &self.p, &self.up, &self.lo);
+            self.cost.clear();
+            self.cost.extend((i0..i0 + n_w).map(|i| {
+                let r = (p[i + hu - 1] - p[i] + up[i] + lo[i + hu]).max(0.0);
+                gamma * (f[i] + g[i + hu]) + r
+            }));
+            for (j, &c) in self.cost.iter().enumerate() {
+                let l = ua + j as i64;
+                let lbv = if l0 == l1 {
+                    f[i0 + j] + g[i0 + j + hu]
+                } else {
+                    f[i0 + j] + g[idx(l + q)]
+                };
+                consider(l, c, lbv);
+            }
+            for l in ub + 1..=l1 {
+                let (cost, clip) = window(l);
+                consider(
+                    l,
+                    cost,
+                    if l0 == l1 {
+                        clip
+                    } else {
+                        self.f[idx(l)] + self.g[idx(l + q)]
+                    },
+                );
             }
         }
+        if l_first > l0 {
+            // the skipped windows (L < ga) all see F = F(ga) and a G no smaller than at L = ga
+            lb = lb.min(self.f[0] + self.g[idx(ga - 1 + q)]);
+        }
+        best.cost /= n;
         best.lower_bound = self.gamma * lb / n;
         best
     }
 }
 
-/// Golden-section search of `f` on `[a, b]` (in log Δ), `iters` steps; returns the best point seen.
-fn golden(mut f: impl FnMut(f64) -> f64, mut a: f64, mut b: f64, iters: usize) -> (f64, f64) {
-    const R: f64 = 0.618_033_988_749_894_9;
-    let mut x1 = b - R * (b - a);
-    let mut x2 = a + R * (b - a);
-    let (mut f1, mut f2) = (f(x1), f(x2));
-    let mut best = if f1 <= f2 { (x1, f1) } else { (x2, f2) };
-    for _ in 0..iters {
-        if f1 <= f2 {
-            b = x2;
-            x2 = x1;
-            f2 = f1;
-            x1 = b - R * (b - a);
-            f1 = f(x1);
-            if f1 < best.1 {
-                best = (x1, f1);
+/// Brent's minimizer of `f` on `[a, b]` (parabolic steps where the function is smooth, golden
+/// sections elsewhere) to an absolute tolerance `tol` on x; returns the best point seen.
+fn brent(
+    mut f: impl FnMut(f64) -> f64,
+    mut a: f64,
+    mut b: f64,
+    tol: f64,
+    max_iter: usize,
+) -> (f64, f64) {
+    const CG: f64 = 0.381_966_011_250_105_1;
+    let mut x = a + CG * (b - a);
+    let (mut w, mut v) = (x, x);
+    let mut fx = f(x);
+    let (mut fw, mut fv) = (fx, fx);
+    let (mut d, mut e) = (0.0f64, 0.0f64);
+    for _ in 0..max_iter {
+        let xm = 0.5 * (a + b);
+        let tol2 = 2.0 * tol;
+        if (x - xm).abs() <= tol2 - 0.5 * (b - a) {
+            break;
+        }
+        let mut golden_step = true;
+        if e.abs() > tol {
+            let r = (x - w) * (fx - fv);
+            let mut q = (x - v) * (fx - fw);
+            let mut p = (x - v) * q - (x - w) * r;
+            q = 2.0 * (q - r);
+            if q > 0.0 {
+                p = -p;
             }
+            q = q.abs();
+            if p.abs() < (0.5 * q * e).abs() && p > q * (a - x) && p < q * (b - x) {
+                e = d;
+                d = p / q;
+                let u = x + d;
+                if u - a < tol2 || b - u < tol2 {
+                    d = if xm >= x { tol } else { -tol };
+                }
+                golden_step = false;
+            }
+        }
+        if golden_step {
+            e = if x >= xm { a - x } else { b - x };
+            d = CG * e;
+        }
+        let u = if d.abs() >= tol {
+            x + d
         } else {
-            a = x1;
-            x1 = x2;
-            f1 = f2;
-            x2 = a + R * (b - a);
-            f2 = f(x2);
-            if f2 < best.1 {
-                best = (x2, f2);
+            x + tol.copysign(d)
+        };
+        let fu = f(u);
+        if fu <= fx {
+            if u >= x {
+                a = x;
+            } else {
+                b = x;
+            }
+            (v, fv, w, fw, x, fx) = (w, fw, x, fx, u, fu);
+        } else {
+            if u < x {
+                a = u;
+            } else {
+                b = u;
+            }
+            if fu <= fw || w == x {
+                (v, fv, w, fw) = (w, fw, u, fu);
+            } else if fu <= fv || v == x || v == w {
+                (v, fv) = (u, fu);
             }
         }
     }
-    best
+    (x, fx)
 }
 
 /// The optimal encoding of `dist` (which must hold values) for `spec` and `gamma`.
@@ -376,9 +471,10 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         }
         // Below the covering scale, stop once the clipping bound rules out every smaller Δ (with
         // a margin for the coarsening), or after 60 octaves.
-        if x < lc
-            && ((e.lower_bound > 1.25 * best && since_best > PER_OCTAVE as usize)
-                || x < lc - 60.0 * std::f64::consts::LN_2)
+        if (x < lc
+            && ((e.lower_bound > 1.25 * best && since_best > per_octave as usize)
+                || x < lc - 60.0 * std::f64::consts::LN_2))
+            || scan.len() >= MAX_SCAN
         {
             break;
         }
@@ -393,6 +489,9 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         .collect();
     minima.sort_by(|&a, &b| scan[a].1.total_cmp(&scan[b].1));
     minima.truncate(BASINS);
+    // Comb each basin's bracket finely on the coarse copy (the cost is rough at small scales
+    // for spiky or sparse histograms, so a bracketing search could settle in a poor dip), and
+    // keep the best tooth with the tooth spacing as its bracket.
     let mut cands: Vec<(f64, f64, f64)> = Vec::new(); // (ln Δ, coarse cost, bracket half-width)
     for &i in &minima {
         let lo = if i + 1 < scan.len() {
@@ -405,8 +504,16 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         } else {
             scan[i].0 + fine_step
         };
-        let (x, c) = golden(|x| ev_c.eval(x.exp()).cost, lo, hi, 14);
-        cands.push((x, c, 0.25 * (hi - lo)));
+        let tooth = (hi - lo) / (TEETH + 1) as f64;
+        let mut best = (scan[i].0, scan[i].1);
+        for t in 1..=TEETH {
+            let x = lo + t as f64 * tooth;
+            let c = ev_c.eval(x.exp()).cost;
+            if c < best.1 {
+                best = (x, c);
+            }
+        }
+        cands.push((best.0, best.1, 1.5 * tooth));
     }
     cands.sort_by(|a, b| a.1.total_cmp(&b.1));
     // Refine on the full histogram: the best candidate, and the runner-up when the coarse
@@ -416,38 +523,111 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         if n > 0 && c > cands[0].1 * 1.005 || n > 1 {
             break;
         }
-        let r = golden(
-            |y| ev_f.eval(y.exp()).cost,
-            x - w.min(fine_step),
-            x + w.min(fine_step),
-            14,
-        );
+        let r = brent(|y| ev_f.eval(y.exp()).cost, x - w, x + w, 1e-9, 30);
         if r.1 < best_fine.1 {
             best_fine = r;
         }
     }
-    // Data narrower than two cells (a near-constant tensor) has its optimum where one grid point
-    // sits on the data's mean, in dips far narrower than the scan can see: try them all.
-    if dist.hi() - dist.lo() < 2.0 * cover.scale {
+    // Narrow clusters (runs of bins narrower than two covering cells: a near-constant tensor,
+    // quantized inputs, spiky histograms) have their cost's dips where a grid point sits on the
+    // cluster, far narrower than the scan can see: try every grid point on each of the heaviest
+    // clusters, ranked on the coarse copy, then refine the best on the full histogram.
+    let x_low = scan.last().map_or(lc, |t| t.0);
+    let mut runs: Vec<(f64, f64, f64)> = dist
+        .runs()
+        .into_iter()
+        // A cluster can lower the cost by at most its share of it: skip those under 1% of the
+        // values (a dense histogram's sparse tail), which the scan already weighs correctly.
+        .filter(|r| r.2 < 2.0 * cover.scale && r.0 != 0.0 && r.1 >= 0.01 * dist.total())
+        .collect();
+    runs.sort_by(|p, q| (q.1 * q.0 * q.0).total_cmp(&(p.1 * p.0 * p.0)));
+    runs.truncate(4);
+    if !runs.is_empty() {
         let (l0, l1) = spec.l_range();
         let h = spec.levels() - 1;
-        let (m1, m0): (f64, f64) = dist.bins().fold((0.0, 0.0), |(s1, s0), (a, b, c)| {
-            (s1 + c * 0.5 * (a + b), s0 + c)
-        });
-        let mean = m1 / m0;
-        let reach = if mean > 0.0 { l1 + h } else { -l0 };
-        let mut tries: Vec<(f64, f64)> = (1..=reach.max(1))
-            .map(|m| {
-                let d = mean.abs() / m as f64;
-                (d, ev_c.eval(d).cost)
+        let per_run = (CLUSTER_EVALS / runs.len()).max(16);
+        let mut tries: Vec<(f64, f64, i64)> = Vec::new(); // (Δ, coarse cost, grid index)
+        for &(c, _, _) in &runs {
+            let reach = if c > 0.0 { l1 + h } else { -l0 };
+            let (m_lo, m_hi) = (
+                ((c.abs() / (2.0 * x_top.exp())).floor() as i64).max(1),
+                ((c.abs() / x_low.exp()).ceil() as i64).min(reach),
+            );
+            if m_hi < m_lo {
+                continue;
+            }
+            // All of them when few; else the smallest scales (kept on ties) and a sample.
+            let n = (m_hi - m_lo + 1) as usize;
+            let ms: Vec<i64> = if n <= per_run {
+                (m_lo..=m_hi).collect()
+            } else {
+                let top = per_run / 2;
+                let mut v: Vec<i64> = (0..top as i64).map(|i| m_hi - i).collect();
+                let rest = per_run - top;
+                v.extend((0..rest).map(|i| {
+                    m_lo + ((m_hi - top as i64 - m_lo) as f64 * i as f64 / rest as f64) as i64
+                }));
+                v
+            };
+            for m in ms {
+                let d = c.abs() / m as f64;
+                tries.push((d, ev_c.eval(d).cost, m));
+            }
+        }
+        let least = tries.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        // The best few, and the smallest scales among near-ties.
+        tries.sort_by(|p, q| p.1.total_cmp(&q.1));
+        let mut pick: Vec<(f64, f64, i64)> = tries.iter().take(3).copied().collect();
+        let mut ties: Vec<(f64, f64, i64)> = tries
+            .iter()
+            .filter(|t| t.1 <= least * (1.0 + 1e-3))
+            .copied()
+            .collect();
+        ties.sort_by(|p, q| p.0.total_cmp(&q.0));
+        pick.extend(ties.into_iter().take(4));
+        let mut refined: Vec<(f64, f64)> = pick
+            .iter()
+            .map(|&(d, _, m)| {
+                // Grid point m stays the nearest one to the cluster for Δ in this bracket.
+                let m = m as f64;
+                let (lo, hi) = ((d * m / (m + 0.5)).ln(), (d * m / (m - 0.5).max(0.25)).ln());
+                let (x, c) = brent(|y| ev_f.eval(y.exp()).cost, lo, hi, 1e-12, 80);
+                let d = if ev_f.eval(d).cost <= c { d } else { x.exp() };
+                // scored as it will be stored: a float32 scale
+                let d = f32_nearest(d);
+                (d, ev_f.eval(d).cost)
             })
             .collect();
-        tries.sort_by(|a, b| a.1.total_cmp(&b.1));
-        for &(d, _) in tries.iter().take(3) {
-            let c = ev_f.eval(d).cost;
+        // Within 1e-6 of the best (the precision `optimal` promises), the smallest scale: many
+        // grid points fit a near-constant tensor equally well, and the tightest range is kept.
+        refined.push((best_fine.0.exp(), best_fine.1));
+        let least = refined.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        refined.retain(|t| t.1 <= least * (1.0 + 1e-6));
+        if let Some(&(d, c)) = refined.iter().min_by(|p, q| p.0.total_cmp(&q.0)) {
+            best_fine = (d.ln(), c);
+        }
+    }
+    // A histogram of few values per bin is a comb of spikes: its cost is rough at the scale of
+    // one bin width relative to the data's magnitude (each spike meeting a grid point). Comb the
+    // neighbourhood of the best point at that spacing, then refine the best tooth.
+    if dist.total() < 32.0 * ev_f.ba.len() as f64 {
+        let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
+        let span = (1.5 * cands.first().map_or(0.0, |c| c.2)).max(2e-4);
+        let spacing = (0.25 * width / dist.max_abs()).max(span / 64.0);
+        let teeth = ((2.0 * span / spacing).ceil() as usize).clamp(8, 256);
+        let step = 2.0 * span / teeth as f64;
+        let x0 = best_fine.0;
+        for i in 0..=teeth {
+            let x = x0 - span + i as f64 * step;
+            let c = ev_f.eval(x.exp()).cost;
             if c < best_fine.1 {
-                best_fine = (d.ln(), c);
+                best_fine = (x, c);
             }
+        }
+        let x0 = best_fine.0;
+        let r = brent(|y| ev_f.eval(y.exp()).cost, x0 - step, x0 + step, 1e-12, 40);
+        if r.1 < best_fine.1 {
+            best_fine = r;
         }
     }
     // Store the scale as a float32 value; re-pick the window for it.
