@@ -93,23 +93,30 @@ pub trait Sample: Copy + Send + Sync + 'static {
     /// Bins a block whose window the histogram already covers (see `Histogram::bin_block`).
     fn bin_block(block: &[Self], h: &Histogram, sub: &mut SubCounts);
     fn stats(block: &[Self]) -> BlockStats;
+    /// Adds a block (at most `BLOCK` values): statistics first, then binning.
+    fn feed(h: &mut Histogram, block: &[Self], sub: &mut Option<SubCounts>) {
+        h.feed_block(block, sub);
+    }
 }
 
 /// Calls `$f` compiled for AVX2 when the CPU has it (wheels target baseline x86-64).
 macro_rules! with_avx2 {
     ($f:ident($($a:ident: $t:ty),*) -> $ret:ty) => {{
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                fn go($($a: $t),*) -> $ret {
-                    $f($($a),*)
-                }
-                // SAFETY: the CPU supports AVX2 (checked above).
-                return unsafe { go($($a),*) };
-            }
+        #[target_feature(enable = "avx2")]
+        fn go($($a: $t),*) -> $ret {
+            $f($($a),*)
         }
-        $f($($a),*)
+        #[cfg(target_arch = "x86_64")]
+        let r = if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { go($($a),*) }
+        } else {
+            $f($($a),*)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let r = $f($($a),*);
+        r
     }};
 }
 
@@ -216,9 +223,7 @@ const CHUNK: usize = 256;
 /// computed a chunk at a time into a small array, then scattered over the four lanes.
 #[inline(always)]
 fn bin4<F: Fn(usize) -> u32>(n: usize, idx: F, sub: &mut SubCounts) {
-    let stride = sub.stride;
-    let sink = (stride - 1) as u32;
-    let data = &mut sub.data[..4 * stride];
+    let sink = (sub.stride - 1) as u32;
     let mut buf = [0u32; CHUNK];
     let mut start = 0;
     while start < n {
@@ -226,23 +231,113 @@ fn bin4<F: Fn(usize) -> u32>(n: usize, idx: F, sub: &mut SubCounts) {
         for (o, b) in buf[..len].iter_mut().enumerate() {
             *b = idx(start + o).min(sink);
         }
-        let mut quads = buf[..len].chunks_exact(4);
-        for q in &mut quads {
-            for (j, &b) in q.iter().enumerate() {
-                // SAFETY: b <= sink < stride, so j*stride + b < 4*stride == data.len().
-                unsafe { *data.get_unchecked_mut(j * stride + b as usize) += 1 };
-            }
-        }
-        for &b in quads.remainder() {
-            data[b as usize] += 1;
-        }
+        scatter4(&buf[..len], sub);
         start += len;
     }
+}
+
+/// Adds one to the count of each index (each at most the sink), round-robin over the lanes.
+#[inline(always)]
+fn scatter4(idx: &[u32], sub: &mut SubCounts) {
+    let stride = sub.stride;
+    let data = &mut sub.data[..4 * stride];
+    let mut quads = idx.chunks_exact(4);
+    for q in &mut quads {
+        for (j, &b) in q.iter().enumerate() {
+            debug_assert!((b as usize) < stride);
+            // SAFETY: every index is at most the sink (stride - 1), so j*stride + b < 4*stride.
+            unsafe { *data.get_unchecked_mut(j * stride + b as usize) += 1 };
+        }
+    }
+    for &b in quads.remainder() {
+        data[b as usize] += 1;
+    }
+}
+
+/// Statistics of a chunk read by the fused float32 pass.
+#[derive(Clone, Copy)]
+struct Fused {
+    min: f32,
+    max: f32,
+    zeros: u32,
+    special: u32,
+}
+
+/// One pass over a chunk of float32 values: their statistics, and the bin index of each under
+/// the current window (`x·s` floored, minus `lo`; skipped values go to the sink). Values outside
+/// the window get meaningless (but in-range) indices: the caller sees them in `min`/`max`,
+/// grows the window and recomputes the chunk.
+#[inline(always)]
+fn fused_f32(chunk: &[f32], s: f32, lo: i32, sink: u32, out: &mut [u32; CHUNK]) -> Fused {
+    const L: usize = 8;
+    const LIM: f32 = (1 << 30) as f32;
+    let mut mn = [f32::INFINITY; L];
+    let mut mx = [f32::NEG_INFINITY; L];
+    let mut zeros = [0u32; L];
+    let mut special = [0u32; L];
+    let n = chunk.len();
+    let full = n - n % L;
+    for (c, o) in chunk[..full]
+        .chunks_exact(L)
+        .zip(out[..full].chunks_exact_mut(L))
+    {
+        for j in 0..L {
+            let x = c[j];
+            let b = x.to_bits() & 0x7fff_ffff;
+            let ok = b.wrapping_sub(1) < 0x7f80_0000 - 1;
+            let lo_v = if ok { x } else { f32::INFINITY };
+            let hi_v = if ok { x } else { f32::NEG_INFINITY };
+            mn[j] = if lo_v < mn[j] { lo_v } else { mn[j] };
+            mx[j] = if hi_v > mx[j] { hi_v } else { mx[j] };
+            zeros[j] += (b == 0) as u32;
+            special[j] += (b >= 0x7f80_0000) as u32;
+            let y = if ok { x * s } else { 0.0 };
+            let y = if y > LIM { LIM } else { y };
+            let y = if y < -LIM { -LIM } else { y };
+            // SAFETY: y is finite and |y| <= 2^30.
+            let t: i32 = unsafe { y.to_int_unchecked() };
+            let f = t - ((t as f32) > y) as i32;
+            let i = if ok { (f - lo) as u32 } else { sink };
+            o[j] = if i < sink { i } else { sink };
+        }
+    }
+    let mut r = Fused {
+        min: f32::INFINITY,
+        max: f32::NEG_INFINITY,
+        zeros: 0,
+        special: 0,
+    };
+    for j in 0..L {
+        r.min = r.min.min(mn[j]);
+        r.max = r.max.max(mx[j]);
+        r.zeros += zeros[j];
+        r.special += special[j];
+    }
+    for i in full..n {
+        let x = chunk[i];
+        let b = x.to_bits() & 0x7fff_ffff;
+        if b == 0 {
+            r.zeros += 1;
+            out[i] = sink;
+        } else if b >= 0x7f80_0000 {
+            r.special += 1;
+            out[i] = sink;
+        } else {
+            r.min = r.min.min(x);
+            r.max = r.max.max(x);
+            let y = (x * s).clamp(-LIM, LIM);
+            out[i] = ((y.floor() as i32 - lo) as u32).min(sink);
+        }
+    }
+    r
 }
 
 impl Sample for f32 {
     fn to_f64(self) -> f64 {
         self as f64
+    }
+    fn feed(h: &mut Histogram, block: &[f32], sub: &mut Option<SubCounts>) {
+        h.feed_block_f32(block, sub);
     }
     fn stats(block: &[f32]) -> BlockStats {
         with_avx2!(stats_f32(block: &[f32]) -> BlockStats)
@@ -580,11 +675,68 @@ impl Histogram {
         self.nonzero += s.nonzero;
     }
 
+    /// Whether the float32 fast path (exact `x·2^-k` and floor in float32) applies to the window.
+    fn f32_fast(&self) -> bool {
+        self.nonzero > 0
+            && (-126..=0).contains(&self.k)
+            && self.lo.unsigned_abs() + (self.bins as u64) < (1 << 30)
+    }
+
+    /// Adds a block of float32 values: once the window is set, statistics and bin indices come
+    /// from one fused pass per chunk (the data is read once), and a chunk that widens the window
+    /// is recomputed after the window grows.
+    fn feed_block_f32(&mut self, block: &[f32], sub: &mut Option<SubCounts>) {
+        if !self.f32_fast() {
+            self.feed_block(block, sub);
+            return;
+        }
+        let sink = self.bins as u32;
+        let mut buf = [0u32; CHUNK];
+        for chunk in block.chunks(CHUNK) {
+            if !self.f32_fast() {
+                self.feed_block(chunk, sub);
+                continue;
+            }
+            let (s, lo) = (pow2(-self.k) as f32, self.lo as i32);
+            let out = &mut buf;
+            let st = with_avx2!(fused_f32(chunk: &[f32], s: f32, lo: i32, sink: u32, out: &mut [u32; CHUNK]) -> Fused);
+            self.zeros += st.zeros as u64;
+            if st.special > 0 {
+                for &x in chunk {
+                    if x.is_nan() {
+                        self.nan += 1;
+                    } else if x == f32::INFINITY {
+                        self.pos_inf += 1;
+                    } else if x == f32::NEG_INFINITY {
+                        self.neg_inf += 1;
+                    }
+                }
+            }
+            let nonzero = (chunk.len() as u32 - st.zeros - st.special) as u64;
+            if nonzero == 0 {
+                continue;
+            }
+            let sub = sub.get_or_insert_with(|| SubCounts::new(self.bins));
+            if sub.pending + chunk.len() as u64 >= 1 << 32 {
+                self.flush(sub);
+            }
+            if (st.min as f64) < self.min_nz() || (st.max as f64) > self.max_nz() {
+                self.flush(sub);
+                self.cover(st.min as f64, st.max as f64);
+                f32::bin_block(chunk, self, sub);
+            } else {
+                scatter4(&buf[..chunk.len()], sub);
+            }
+            sub.pending += chunk.len() as u64;
+            self.nonzero += nonzero;
+        }
+    }
+
     /// Adds values on this thread.
     fn update_serial<T: Sample>(&mut self, values: &[T]) {
         let mut sub = None;
         for block in values.chunks(BLOCK) {
-            self.feed_block(block, &mut sub);
+            T::feed(self, block, &mut sub);
         }
         if let Some(mut sub) = sub {
             self.flush(&mut sub);
@@ -600,7 +752,7 @@ impl Histogram {
             buf.clear();
             let more = fill(&mut buf);
             for block in buf.chunks(BLOCK) {
-                self.feed_block(block, &mut sub);
+                T::feed(self, block, &mut sub);
             }
             if !more {
                 break;
