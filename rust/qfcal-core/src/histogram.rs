@@ -596,16 +596,22 @@ impl Histogram {
         (first, counts, k)
     }
 
+    /// Whether a window is set (always, once a nonzero value was counted; before that only in a
+    /// worker seeded with its parent's window).
+    fn has_window(&self) -> bool {
+        !self.counts.is_empty()
+    }
+
     /// Grows the window (coarsening exactly) so that it covers nonzero values in `[mn, mx]`.
     fn cover(&mut self, mn: f64, mx: f64) {
-        let (mn, mx) = if self.nonzero == 0 {
-            (mn, mx)
-        } else {
+        let (mn, mx) = if self.has_window() {
             (mn.min(self.min_nz()), mx.max(self.max_nz()))
+        } else {
+            (mn, mx)
         };
         let k = required_k(mn, mx, self.bins);
         let lo = index(mn, pow2(-k));
-        if self.nonzero == 0 || self.counts.is_empty() {
+        if !self.has_window() {
             self.counts = vec![0; self.bins];
         } else if k != self.k || lo != self.lo {
             debug_assert!(k >= self.k);
@@ -661,7 +667,7 @@ impl Histogram {
             return;
         }
         let sub = sub.get_or_insert_with(|| SubCounts::new(self.bins));
-        let grows = self.nonzero == 0 || s.min < self.min_nz() || s.max > self.max_nz();
+        let grows = !self.has_window() || s.min < self.min_nz() || s.max > self.max_nz();
         if grows {
             self.flush(sub);
             self.cover(s.min, s.max);
@@ -677,7 +683,7 @@ impl Histogram {
 
     /// Whether the float32 fast path (exact `x·2^-k` and floor in float32) applies to the window.
     fn f32_fast(&self) -> bool {
-        self.nonzero > 0
+        self.has_window()
             && (-126..=0).contains(&self.k)
             && self.lo.unsigned_abs() + (self.bins as u64) < (1 << 30)
     }
@@ -692,7 +698,7 @@ impl Histogram {
         }
         let sink = self.bins as u32;
         let mut buf = [0u32; CHUNK];
-        for chunk in block.chunks(CHUNK) {
+        for (ci, chunk) in block.chunks(CHUNK).enumerate() {
             if !self.f32_fast() {
                 self.feed_block(chunk, sub);
                 continue;
@@ -721,8 +727,11 @@ impl Histogram {
                 self.flush(sub);
             }
             if (st.min as f64) < self.min_nz() || (st.max as f64) > self.max_nz() {
+                // Grow once for the rest of the block, not chunk by chunk (sorted data would
+                // otherwise grow the window at every chunk).
+                let rest = f32::stats(&block[ci * CHUNK..]);
                 self.flush(sub);
-                self.cover(st.min as f64, st.max as f64);
+                self.cover(rest.min, rest.max);
                 f32::bin_block(chunk, self, sub);
             } else {
                 scatter4(&buf[..chunk.len()], sub);
@@ -780,12 +789,19 @@ impl Histogram {
         }
         let chunk = values.len().div_ceil(parts);
         let bins = self.bins;
+        // Workers start from this histogram's window, so that data like what came before never
+        // grows theirs; merging them back is exact whatever window they end with, since every
+        // window lies on the same power-of-two grid.
+        let seed = (self.nonzero > 0).then(|| (self.min_nz(), self.max_nz()));
         let partials: Vec<Histogram> = std::thread::scope(|scope| {
             let handles: Vec<_> = values
                 .chunks(chunk)
                 .map(|c| {
                     scope.spawn(move || {
                         let mut h = Histogram::new(bins).expect("bins already validated");
+                        if let Some((mn, mx)) = seed {
+                            h.cover(mn, mx);
+                        }
                         h.update_serial(c);
                         h
                     })

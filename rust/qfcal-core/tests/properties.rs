@@ -104,7 +104,19 @@ proptest! {
         a.update(&v, 1);
         let mut b = Histogram::new(4096).unwrap();
         b.update(&v, 3);
-        prop_assert_eq!(a, b);
+        prop_assert_eq!(&a, &b);
+        // workers seeded with a warm histogram's window, on data beyond and within it
+        let cut = n / 3;
+        let mut c = Histogram::new(4096).unwrap();
+        c.update(&v[..cut], 1);
+        c.update(&v[cut..], 2);
+        prop_assert_eq!(&a, &c);
+        let mut sorted = v.clone();
+        sorted.sort_by(|x, y| x.total_cmp(y));
+        let mut d = Histogram::new(4096).unwrap();
+        d.update(&sorted[..cut], 2);
+        d.update(&sorted[cut..], 2);
+        prop_assert_eq!(&a, &d);
     }
 
     #[test]
