@@ -1,7 +1,8 @@
 """Histogram throughput: qfcal.Histogram.update against its peers, on the same float32 data.
 
 Measured, in one process, interleaved round by round so that a noisy shared machine slows every
-contender alike:
+contender alike (the torch contenders form a second phase: torch's thread pool keeps the cores
+busy for a while after each call and would slow whatever ran next):
 
 * ``qfcal.Histogram().update`` (threads: all cores), on a warm histogram (steady state of a
   streaming calibration), on a fresh histogram (includes the first allocation), and pinned to one
@@ -267,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         print("torch: " + ("skipped (--no-torch)" if args.no_torch else "not installed"))
     affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else "n/a"
     print(f"cpu: {cpu_model()}, {ncpu} logical cores; affinity {affinity}; load average {load()}")
-    print(f"rounds: {args.repeat} (interleaved; each contender runs once per round)")
+    print(
+        f"rounds: {args.repeat} (interleaved; each contender runs once per round; "
+        "torch contenders in a second phase)"
+    )
 
     n = int(args.size_mb * 2**20) // 4
     batch_values = max(1, int(args.batch_mb * 2**20) // 4)
@@ -275,9 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         x = make_data(kind, n, args.seed)
         benches = build_benches(x, batch_values, torch)
-        for _ in range(args.repeat):
-            for b in benches:
-                b.once()
+        # torch's intra-op thread pool keeps cores busy for a while after each torch call, which
+        # would slow whichever contender runs next: the torch contenders run as a second phase,
+        # interleaved among themselves, after the others.
+        others = [b for b in benches if not b.name.startswith("torch")]
+        torches = [b for b in benches if b.name.startswith("torch")]
+        for group in (others, torches):
+            for _ in range(args.repeat):
+                for b in group:
+                    b.once()
         report(kind, x, benches, torch is None and not args.no_torch)
     print(f"\nload average at the end: {load()}")
     return 0

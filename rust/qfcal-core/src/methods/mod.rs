@@ -1,6 +1,7 @@
 //! The range-search methods: qfcal's own and the peers', all on the same [`Dist`] and grid rules.
 
 pub mod entropy;
+pub mod evaluator;
 pub mod greedy;
 pub mod optimal;
 pub mod tf_enhanced;
