@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import qfcal
+from _machine import cpu_model, load
 
 NP_BINS = 2048
 
@@ -60,21 +60,6 @@ class Bench:
         finally:
             if self.finish is not None:
                 self.finish()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def import_torch() -> object | None:

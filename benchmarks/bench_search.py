@@ -42,7 +42,6 @@ import contextlib
 import io
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -53,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import qfcal
+from _machine import cpu_model, load
 
 # ---------------------------------------------------------------------------------------------
 # data
@@ -385,21 +385,6 @@ def print_summary(summary: list[dict[str, Any]]) -> None:
             print(f"speed: qfcal optimal vs {label}: not measured")
     wins = sum(s["verdict"].startswith("yes") for s in summary)
     print(f"optimal has the lowest true MSE on {wins} of {len(summary)} tensors")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def run_tensor(

@@ -162,10 +162,12 @@ NEAR_CONSTANT = np.array(
     kw={"bits": 2, "signed": False, "qmax": 132},
 )
 def test_optimal_is_never_worse_than_another_method(method, hv, kw):
+    # 1e-6 relative is the precision optimal promises: among costs that close it keeps the
+    # smallest scale (a near-constant tensor fits many grid points about equally well).
     h, _ = hv
     best = qfcal.search(h, method="optimal", **kw)
     r = qfcal.search(h, method=method, **kw)
-    assert best.loss <= r.loss * (1 + 1e-9) + float32_slack(h), (best, r)
+    assert best.loss <= r.loss * (1 + 1e-6) + float32_slack(h), (best, r)
 
 
 @st.composite

@@ -358,6 +358,21 @@ impl Dist {
 }
 
 #[cfg(test)]
+impl Dist {
+    /// A Gaussian (1e6 values at the peak) on `bins` bins over [-4, 4], for tests.
+    pub(crate) fn gaussian_for_tests(bins: usize) -> Dist {
+        let at = |i: usize| i as f64 / bins as f64 * 8.0 - 4.0;
+        let counts = (0..bins)
+            .map(|i| {
+                let x = at(i) + 4.0 / bins as f64;
+                (1e6 * (-0.5 * x * x).exp()).round()
+            })
+            .collect();
+        Dist::new(counts, (0..=bins).map(at).collect(), 0.0).unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

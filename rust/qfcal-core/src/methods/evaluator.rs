@@ -274,8 +274,6 @@ impl Evaluator {
             let clip = self.f[il] + self.g[ih];
             (gamma * clip + r.max(0.0), clip)
         };
-        // Windows that lie wholly inside [ga, gb - 1] index the arrays without clamping: score
-        // them in a straight, vectorizable pass; the others one by one.
         let (ua, ub) = (l_first.max(ga), l1.min(gb - 1 - h));
         let mut consider = |l: i64, cost: f64, lbv: f64| {
             if cost < best.cost {
@@ -284,20 +282,23 @@ impl Evaluator {
             }
             lb = lb.min(lbv);
         };
-        for l in l_first..=l1 {
-            if l == ua && ua <= ub {
-                break;
+        // Windows that lie wholly inside [ga, gb - 1] index the arrays without clamping: they
+        // are scored in a straight, vectorizable pass; the others one by one.
+        let lb_of = |l: i64, clip: f64| {
+            if l0 == l1 {
+                clip
+            } else {
+                self.f[idx(l)] + self.g[idx(l + q)]
             }
+        };
+        let (before, after) = if ua <= ub {
+            (l_first..ua, ub + 1..l1 + 1)
+        } else {
+            (l_first..l1 + 1, l1 + 1..l1 + 1)
+        };
+        for l in before.chain(after) {
             let (cost, clip) = window(l);
-            consider(
-                l,
-                cost,
-                if l0 == l1 {
-                    clip
-                } else {
-                    self.f[idx(l)] + self.g[idx(l + q)]
-                },
-            );
+            consider(l, cost, lb_of(l, clip));
         }
         if ua <= ub {
             let (i0, n_w) = ((ua - ga) as usize, (ub - ua + 1) as usize);
@@ -310,24 +311,7 @@ impl Evaluator {
             }));
             for (j, &c) in self.cost.iter().enumerate() {
                 let l = ua + j as i64;
-                let lbv = if l0 == l1 {
-                    f[i0 + j] + g[i0 + j + hu]
-                } else {
-                    f[i0 + j] + g[idx(l + q)]
-                };
-                consider(l, c, lbv);
-            }
-            for l in ub + 1..=l1 {
-                let (cost, clip) = window(l);
-                consider(
-                    l,
-                    cost,
-                    if l0 == l1 {
-                        clip
-                    } else {
-                        self.f[idx(l)] + self.g[idx(l + q)]
-                    },
-                );
+                consider(l, c, lb_of(l, f[i0 + j] + g[i0 + j + hu]));
             }
         }
         if l_first > l0 {
@@ -420,22 +404,9 @@ mod tests {
     use crate::cost::loss;
     use crate::spec::SpecOptions;
 
-    fn gauss_dist(bins: usize) -> Dist {
-        let counts: Vec<f64> = (0..bins)
-            .map(|i| {
-                let x = (i as f64 + 0.5) / bins as f64 * 8.0 - 4.0;
-                (1e6 * (-0.5 * x * x).exp()).round()
-            })
-            .collect();
-        let edges = (0..=bins)
-            .map(|i| i as f64 / bins as f64 * 8.0 - 4.0)
-            .collect();
-        Dist::new(counts, edges, 0.0).unwrap()
-    }
-
     #[test]
     fn evaluator_agrees_with_reference_loss() {
-        let d = gauss_dist(300);
+        let d = Dist::gaussian_for_tests(300);
         for (bits, sym) in [(4, false), (3, true), (8, false)] {
             let spec = QuantSpec::new(&SpecOptions {
                 bits,

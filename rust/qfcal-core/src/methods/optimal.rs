@@ -345,22 +345,9 @@ mod tests {
     use crate::cost::loss;
     use crate::spec::SpecOptions;
 
-    fn gauss_dist(bins: usize) -> Dist {
-        let counts: Vec<f64> = (0..bins)
-            .map(|i| {
-                let x = (i as f64 + 0.5) / bins as f64 * 8.0 - 4.0;
-                (1e6 * (-0.5 * x * x).exp()).round()
-            })
-            .collect();
-        let edges = (0..=bins)
-            .map(|i| i as f64 / bins as f64 * 8.0 - 4.0)
-            .collect();
-        Dist::new(counts, edges, 0.0).unwrap()
-    }
-
     #[test]
     fn beats_a_dense_grid() {
-        let d = gauss_dist(64);
+        let d = Dist::gaussian_for_tests(64);
         let spec = QuantSpec::new(&SpecOptions {
             bits: 4,
             ..Default::default()
