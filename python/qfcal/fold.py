@@ -74,7 +74,7 @@ def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
 
 def fold_batch_norm(model: keras.Model) -> keras.Model:
     """A copy of the functional `model` with every foldable batch norm folded into its
-    convolution; other layers are shared with `model` (same weights).
+    convolution; every other layer is copied with its weights.
 
     Raises:
         ValueError: `model` is not a functional model with one call per layer.
@@ -110,7 +110,11 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
             out = new(arg)
             new.set_weights(_folded_weights(layer, pairs[layer.name]))
         else:
-            out = layer(arg)
+            # A fresh copy, not the shared layer: every layer of the folded model is then called
+            # once, so its input and output are unambiguous.
+            new = layer.__class__.from_config(layer.get_config())
+            out = new(arg)
+            new.set_weights(layer.get_weights())
         tmap[id(layer.output)] = out
     outputs = [tmap[id(t)] for t in model.outputs]
     return keras.Model(
