@@ -374,7 +374,22 @@ def test_more_bits_never_raise_the_optimal_loss(hv, bits, signed, symmetric, nar
     assert hi.loss <= lo.loss * (1 + 1e-9) + float32_slack(h), (lo, hi)
 
 
-def test_minmax_covers_the_data_with_the_smallest_float32_scale(sample_histogram):
+def tf_nudge(lo: float, hi: float, steps: int) -> tuple[float, float, float]:
+    """TensorFlow's FakeQuant nudging of the float32 attributes ``min``/``max``, in float32."""
+    f = np.float32
+    mn, mx = f(lo), f(hi)
+    scale = (mx - mn) / f(steps)
+    zp = np.round(f(0) - mn / scale)
+    return float((f(0) - zp) * scale), float((f(steps) - zp) * scale), float(scale)
+
+
+def tf_reproduces(scale: float, low: int, steps: int) -> bool:
+    lo, hi = low * scale, (low + steps) * scale
+    nmin, nmax, nscale = tf_nudge(lo, hi, steps)
+    return nscale == scale and nmin == float(np.float32(lo)) and nmax == float(np.float32(hi))
+
+
+def test_minmax_covers_the_data_with_the_smallest_reproducible_scale(sample_histogram):
     h = sample_histogram
     for kw in [{}, {"symmetric": True}, {"signed": False}, {"bits": 4, "narrow_range": True}]:
         r = qfcal.search(h, method="minmax", **kw)
@@ -382,12 +397,28 @@ def test_minmax_covers_the_data_with_the_smallest_float32_scale(sample_histogram
         assert r.clipping_loss == 0.0
         qmin, qmax = grid_range(kw.get("bits", 8), kw.get("signed", True), kw.get("narrow_range"))
         if kw.get("symmetric"):
-            lows = np.array([qmin - (qmin + qmax + 1) // 2])
+            lows = [qmin - (qmin + qmax + 1) // 2]
         else:
-            lows = np.arange(qmin - qmax, 1)
+            lows = list(range(qmin - qmax, 1))
+        # no smaller float32 scale covers the data with a range TensorFlow reproduces
         smaller = float(np.nextafter(np.float32(r.scale), np.float32(0)))
-        covers = (lows * smaller <= h.edges[0]) & ((lows + qmax - qmin) * smaller >= h.edges[-1])
-        assert not covers.any(), kw
+        while smaller > r.scale * (1 - 1e-5):
+            for low in lows:
+                covers = (
+                    low * smaller <= h.edges[0] and (low + qmax - qmin) * smaller >= h.edges[-1]
+                )
+                assert not (covers and tf_reproduces(smaller, low, qmax - qmin)), (kw, smaller)
+            smaller = float(np.nextafter(np.float32(smaller), np.float32(0)))
+
+
+@settings(max_examples=40)
+@given(hv=data_histograms(), kw=search_options())
+def test_tensorflow_fake_quant_reproduces_every_range(hv, kw):
+    h, _ = hv
+    for m in qfcal.methods():
+        r = qfcal.search(h, method=m, **kw)
+        low = r.qmin - r.zero_point
+        assert tf_reproduces(r.scale, low, r.qmax - r.qmin), (m, r)
 
 
 def test_percentile_100_is_minmax(sample_histogram):

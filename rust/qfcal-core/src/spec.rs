@@ -150,34 +150,45 @@ impl QuantSpec {
             l = if self.symmetric { l0 } else { (l0 + l1) / 2 };
         }
         // Rounding the scale up keeps the window covering [a, b].
-        self.encoding(f32_at_least(scale), l)
+        self.encoding(self.tf_scale(scale, l, true), l)
     }
-}
 
-/// The smallest float32 value (as f64) not below `x` (for positive finite `x`).
-pub fn f32_at_least(x: f64) -> f64 {
-    let f = x as f32;
-    let f = if (f as f64) < x { next_up_f32(f) } else { f };
-    f as f64
-}
+    /// Whether TensorFlow's FakeQuant, given `min` and `max` of the encoding `(scale, l)` as the
+    /// float32 attributes they become, recomputes exactly this float32 scale (and hence this
+    /// zero point and these min/max): `(f32(max) - f32(min)) / (qmax - qmin)` in float32.
+    pub fn tf_stable(&self, scale: f64, l: i64) -> bool {
+        let steps = (self.qmax - self.qmin) as f32;
+        let s = scale as f32;
+        let (min, max) = (
+            (l as f64 * scale) as f32,
+            ((l + self.qmax - self.qmin) as f64 * scale) as f32,
+        );
+        s as f64 == scale && (max - min) / steps == s
+    }
 
-/// The float32 value nearest to `x`, as f64, never zero or infinite for positive finite `x`.
-pub fn f32_nearest(x: f64) -> f64 {
-    let f = x as f32;
-    if f == 0.0 {
-        return f32::from_bits(1) as f64;
+    /// The float32 scale nearest to `x` (at least `x` with `up`) that TensorFlow reproduces for
+    /// the window `l` (see [`QuantSpec::tf_stable`]); a few float32 steps away at most.
+    pub fn tf_scale(&self, x: f64, l: i64, up: bool) -> f64 {
+        let f = x as f32;
+        let f = if up && (f as f64) < x {
+            f32::from_bits(f.to_bits() + 1)
+        } else {
+            f
+        };
+        for k in 0..64u32 {
+            for sign in [1i64, -1] {
+                if sign < 0 && (k == 0 || up) {
+                    continue;
+                }
+                let bits = f.to_bits() as i64 + sign * k as i64;
+                let c = f32::from_bits(bits as u32) as f64;
+                if c > 0.0 && c.is_finite() && self.tf_stable(c, l) {
+                    return c;
+                }
+            }
+        }
+        f as f64
     }
-    if f.is_infinite() {
-        return f32::MAX as f64;
-    }
-    f as f64
-}
-
-fn next_up_f32(f: f32) -> f32 {
-    if f.is_infinite() {
-        return f;
-    }
-    f32::from_bits(f.to_bits() + 1)
 }
 
 /// A point on the grid: `scale` (Δ) and `zero_point`, with the integer range it applies to.
@@ -266,5 +277,34 @@ mod tests {
         let e = s.covering(-0.5, 2.0);
         assert_eq!(e.zero_point, 0);
         assert!(e.max() >= 2.0 && e.scale as f32 as f64 == e.scale);
+    }
+
+    /// TensorFlow's FakeQuant nudging, in float32 as TensorFlow computes it.
+    fn tf_nudge(min: f32, max: f32, steps: f32) -> (f32, f32, f32) {
+        let scale = (max - min) / steps;
+        let zp = (0.0 - min / scale).round();
+        ((0.0 - zp) * scale, (steps - zp) * scale, scale)
+    }
+
+    #[test]
+    fn tensorflow_nudging_leaves_ranges_unchanged() {
+        for bits in 2..=16 {
+            for (lo, hi) in [
+                (-1.234567, 3.3),
+                (0.0, 0.7777),
+                (-5e-3, 1e-4),
+                (-77.7, 12.5),
+            ] {
+                let s = spec(bits, true, false, false);
+                let e = s.covering(lo, hi);
+                let (min, max) = (e.min() as f32, e.max() as f32);
+                let (nmin, nmax, ns) = tf_nudge(min, max, (s.qmax - s.qmin) as f32);
+                assert_eq!(
+                    (nmin, nmax, ns as f64),
+                    (min, max, e.scale),
+                    "bits {bits} {lo} {hi}"
+                );
+            }
+        }
     }
 }

@@ -174,6 +174,8 @@ proptest! {
             prop_assert!(e.qmin <= e.zero_point && e.zero_point <= e.qmax);
             prop_assert!(e.min() <= 0.0 && e.max() >= 0.0);
             prop_assert_eq!(e.scale as f32 as f64, e.scale);
+            let q = QuantSpec::new(&spec).unwrap();
+            prop_assert!(q.tf_stable(e.scale, e.l()), "{} scale {} not reproduced by TensorFlow", m, e.scale);
         }
         // dense brute force over scales and every zero point
         let q = QuantSpec::new(&spec).unwrap();

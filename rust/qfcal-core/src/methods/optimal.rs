@@ -18,12 +18,13 @@
 //!    bin), whose cost is a comb of spikes.
 //!
 //! The min/max-covering scale is always a candidate, so data that sits on a grid (quantized
-//! inputs) is found exactly. The scale is finally rounded to float32 and the best zero point
+//! inputs) is found exactly. The scale is finally rounded to a float32 value that TensorFlow's
+//! FakeQuant reproduces from min and max (see [`QuantSpec::tf_stable`]) and the best zero point
 //! re-picked for it.
 
 use super::evaluator::{brent, Evaluator};
 use crate::dist::Dist;
-use crate::spec::{f32_nearest, Encoding, QuantSpec};
+use crate::spec::{Encoding, QuantSpec};
 use std::f64::consts::LN_2;
 
 /// Least scan density, points per octave.
@@ -89,9 +90,17 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     if dist.total() < 32.0 * ev_f.nonzero_bins() as f64 {
         comb_sparse(dist, bracket, &mut ev_f, &mut best);
     }
-    // Store the scale as a float32 value; re-pick the window for it.
-    let scale = f32_nearest(best.0.exp());
-    let e = ev_f.eval(scale);
+    // Store the scale as a float32 value TensorFlow reproduces; re-pick the window for it.
+    let mut scale = best.0.exp() as f32 as f64;
+    let mut e = ev_f.eval(scale);
+    for _ in 0..3 {
+        let s = spec.tf_scale(scale, e.l, false);
+        if s == scale {
+            break;
+        }
+        scale = s;
+        e = ev_f.eval(scale);
+    }
     let ec = ev_f.eval(cover.scale);
     // (a cost that is not a number never wins)
     if !(e.cost <= ec.cost && scale.is_finite() && scale > 0.0) {
@@ -284,7 +293,7 @@ fn clusters(
             let (x, c) = brent(|y| ev_t.eval(y.exp()).cost, lo, hi, 1e-10, 60);
             let x = if ev_t.eval(d).cost <= c { d.ln() } else { x };
             // scored as it will be stored: a float32 scale
-            let d = f32_nearest(x.exp());
+            let d = x.exp() as f32 as f64;
             (d, ev_f.eval(d).cost, 0.5 * (hi - lo))
         })
         .collect();
@@ -306,7 +315,7 @@ fn clusters(
                 1e-12,
                 20,
             );
-            let d2 = f32_nearest(x.exp());
+            let d2 = x.exp() as f32 as f64;
             let c2 = ev_f.eval(d2).cost;
             if c2 < c {
                 *best = (d2.ln(), c2);

@@ -39,7 +39,7 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
     offsets.push(cover.l());
     let mut best = (midpoint_noise(dist, &cover), cover);
     for i in 1..=DELTAS {
-        let scale = crate::spec::f32_nearest(cover.scale * i as f64 / DELTAS as f64);
+        let scale = (cover.scale * i as f64 / DELTAS as f64) as f32 as f64;
         for &l in &offsets {
             let l = l.clamp(-steps, 0);
             let enc = spec.encoding(scale, l);
@@ -49,5 +49,7 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
             }
         }
     }
-    best.1
+    // as a float32 scale TensorFlow reproduces
+    let e = best.1;
+    spec.encoding(spec.tf_scale(e.scale, e.l(), false), e.l())
 }
