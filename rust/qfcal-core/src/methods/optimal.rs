@@ -45,6 +45,8 @@ const MAX_SCAN: usize = 20_000;
 const COARSE_BINS: usize = 512;
 /// Basins refined.
 const BASINS: usize = 3;
+/// Scan points combed around when the histogram has few values per bin.
+const ROUGH_BASINS: usize = 16;
 
 /// The best point found so far: ln Δ and its cost on the full histogram.
 type Best = (f64, f64);
@@ -70,13 +72,15 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     } else {
         narrow_clusters(dist, cover.scale)
     };
+    // Few values per bin: the cost is a comb of spikes, rough at every scale.
+    let rough = dist.total() < 32.0 * ev_f.nonzero_bins() as f64;
     let (mut x_low, mut bracket) = (lc - LN_2, 0.0);
     if !near_constant {
         let coarse = dist.coarsened(COARSE_BINS);
         let mut ev_c = Evaluator::new(&coarse, *spec, gamma);
         let scan = scan(&mut ev_c, spec, lc, x_top, dist.max_abs());
         x_low = scan.last().map_or(lc, |t| t.0);
-        bracket = refine_basins(&scan, &mut ev_c, &mut ev_f, &mut best);
+        bracket = refine_basins(&scan, rough, &mut ev_c, &mut ev_f, &mut best);
     }
     if !runs.is_empty() {
         let budget = if near_constant {
@@ -87,7 +91,7 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         let reach = (x_low, x_top);
         clusters(dist, &runs, reach, budget, &mut ev_f, &mut best);
     }
-    if dist.total() < 32.0 * ev_f.nonzero_bins() as f64 {
+    if rough {
         comb_sparse(dist, bracket, &mut ev_f, &mut best);
     }
     // Store the scale as a float32 value TensorFlow reproduces; re-pick the window for it.
@@ -161,6 +165,7 @@ fn scan(
 /// full histogram. Returns the bracket (in ln Δ) the refinement used.
 fn refine_basins(
     scan: &[(f64, f64)],
+    rough: bool,
     ev_c: &mut Evaluator,
     ev_f: &mut Evaluator,
     best: &mut Best,
@@ -173,6 +178,16 @@ fn refine_basins(
         .collect();
     minima.sort_by(|&a, &b| scan[a].1.total_cmp(&scan[b].1));
     minima.truncate(BASINS);
+    if rough {
+        // A rough cost has narrow dips between scan points anywhere near the best: comb every
+        // scan interval whose better end is within 25% of the best point of the scan.
+        let least = scan.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        minima = (0..scan.len())
+            .filter(|&i| scan[i].1 <= 1.25 * least)
+            .collect();
+        minima.sort_by(|&a, &b| scan[a].1.total_cmp(&scan[b].1));
+        minima.truncate(ROUGH_BASINS);
+    }
     let mut cands: Vec<(f64, f64, f64)> = Vec::new(); // (ln Δ, coarse cost, bracket half-width)
     for &i in &minima {
         let step = if i + 1 < scan.len() {
@@ -202,9 +217,10 @@ fn refine_basins(
         cands.push((top.0, top.1, 1.5 * tooth));
     }
     cands.sort_by(|a, b| a.1.total_cmp(&b.1));
-    // The best candidate, and the runner-up when the coarse copy cannot tell them apart.
+    // The best candidate, and the runners-up the coarse copy cannot tell from it.
+    let (keep, close) = if rough { (3, 1.03) } else { (2, 1.005) };
     for (n, &(x, c, w)) in cands.iter().enumerate() {
-        if n > 1 || (n > 0 && c > cands[0].1 * 1.005) {
+        if n >= keep || (n > 0 && c > cands[0].1 * close) {
             break;
         }
         let r = brent(|y| ev_f.eval(y.exp()).cost, x - w, x + w, 1e-9, 30);
