@@ -92,6 +92,19 @@ def _small(input_shape: tuple[int, ...]) -> bool:
     return min(input_shape[:2]) < 96
 
 
+def _stem(
+    input_shape: tuple[int, int, int], filters: int, variant: str, alpha: float, classes: int
+) -> tuple[Any, Any]:
+    """The checked arguments' input and its 3x3 stem convolution (stride 1 for small inputs)."""
+    _check(variant, alpha, input_shape, classes)
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(
+        filters, 3, strides=1 if _small(input_shape) else 2, padding="same", use_bias=False,
+        name="stem",
+    )(inputs)  # fmt: skip
+    return inputs, _act(_bn(x, "stem"), variant, "stem")
+
+
 def mobilenet_v1(
     input_shape: tuple[int, int, int] = (32, 32, 1),
     classes: int = 10,
@@ -100,13 +113,8 @@ def mobilenet_v1(
     depthwise_l2: float = 0.0,
 ) -> keras.Model:
     """MobileNetV1 (Howard et al. 2017) with width multiplier `alpha`."""
-    _check(variant, alpha, input_shape, classes)
+    inputs, x = _stem(input_shape, int(32 * alpha), variant, alpha, classes)
     small = _small(input_shape)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(
-        int(32 * alpha), 3, strides=1 if small else 2, padding="same", use_bias=False, name="stem"
-    )(inputs)
-    x = _act(_bn(x, "stem"), variant, "stem")
     first_stride2 = True
     for i, (filters, stride) in enumerate(_V1_BLOCKS, start=1):
         if stride == 2 and small and first_stride2:
@@ -128,14 +136,8 @@ def mobilenet_v2(
     depthwise_l2: float = 0.0,
 ) -> keras.Model:
     """MobileNetV2 (Sandler et al. 2018) with width multiplier `alpha`."""
-    _check(variant, alpha, input_shape, classes)
+    inputs, x = _stem(input_shape, _divisible(32 * alpha), variant, alpha, classes)
     small = _small(input_shape)
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(
-        _divisible(32 * alpha), 3, strides=1 if small else 2, padding="same", use_bias=False,
-        name="stem",
-    )(inputs)  # fmt: skip
-    x = _act(_bn(x, "stem"), variant, "stem")
     channels = _divisible(32 * alpha)
     block = 0
     first_stride2 = True

@@ -50,6 +50,21 @@ fn add_piece(m: &mut [f64; 3], dens: f64, u: f64, v: f64, c: f64) {
     m[2] += mu * (mid * mid + len * len * (1.0 / 12.0));
 }
 
+/// Stores the moments of half cell `k` and starts the next one.
+#[inline(always)]
+fn close_half(
+    h0: &mut [f64],
+    h1: &mut [f64],
+    h2: &mut [f64],
+    k: usize,
+    acc: [f64; 3],
+) -> (usize, [f64; 3]) {
+    h0[k] = acc[0];
+    h1[k] = acc[1];
+    h2[k] = acc[2];
+    (k + 1, [0.0; 3])
+}
+
 /// `∫(x - p)²` from moments about `c`.
 #[inline(always)]
 fn second_about(m0: f64, m1: f64, m2: f64, c: f64, p: f64) -> f64 {
@@ -165,11 +180,7 @@ impl Evaluator {
             }
             let dens = c / (b - a);
             while hend <= u && k + 1 < nh {
-                self.h0[k] = acc[0];
-                self.h1[k] = acc[1];
-                self.h2[k] = acc[2];
-                acc = [0.0; 3];
-                k += 1;
+                (k, acc) = close_half(&mut self.h0, &mut self.h1, &mut self.h2, k, acc);
                 hend = hstart(k + 1).min(tb);
                 centre = hstart(k) + 0.25 * delta;
             }
@@ -183,11 +194,7 @@ impl Evaluator {
                     break;
                 }
                 pos = end;
-                self.h0[k] = acc[0];
-                self.h1[k] = acc[1];
-                self.h2[k] = acc[2];
-                acc = [0.0; 3];
-                k += 1;
+                (k, acc) = close_half(&mut self.h0, &mut self.h1, &mut self.h2, k, acc);
                 hend = hstart(k + 1).min(tb);
                 centre = hstart(k) + 0.25 * delta;
             }
