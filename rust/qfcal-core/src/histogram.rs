@@ -414,6 +414,27 @@ impl Sample for f64 {
     }
 }
 
+/// Adds counts of bins `src_lo..` at exponent `k` into bins `dst_lo..` at exponent `k + shift`:
+/// bin `g` lands in `g >> shift` (floor division by `2^shift`), which is exact on a grid
+/// anchored at zero.
+fn coarsen_into(dst: &mut [u64], dst_lo: i64, src: &[u64], src_lo: i64, shift: u32) {
+    for (i, &c) in src.iter().enumerate() {
+        if c != 0 {
+            let g = src_lo + i as i64;
+            let g2 = if shift >= 63 {
+                if g < 0 {
+                    -1
+                } else {
+                    0
+                }
+            } else {
+                g >> shift
+            };
+            dst[(g2 - dst_lo) as usize] += c;
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Histogram {
@@ -578,20 +599,7 @@ impl Histogram {
         let inv = pow2(-k);
         let first = index(mn, inv);
         let mut counts = vec![0u64; (index(mx, inv) - first + 1) as usize];
-        let shift = (k - self.k) as u32;
-        for (i, &c) in occ.iter().enumerate() {
-            let g = g0 + i as i64;
-            let g2 = if shift >= 63 {
-                if g < 0 {
-                    -1
-                } else {
-                    0
-                }
-            } else {
-                g >> shift
-            };
-            counts[(g2 - first) as usize] += c;
-        }
+        coarsen_into(&mut counts, first, occ, g0, (k - self.k) as u32);
         counts[(-first) as usize] += self.zeros;
         (first, counts, k)
     }
@@ -615,23 +623,8 @@ impl Histogram {
             self.counts = vec![0; self.bins];
         } else if k != self.k || lo != self.lo {
             debug_assert!(k >= self.k);
-            let shift = (k - self.k) as u32;
             let mut fresh = vec![0u64; self.bins];
-            for (i, &c) in self.counts.iter().enumerate() {
-                if c != 0 {
-                    let g = self.lo + i as i64;
-                    let g2 = if shift >= 63 {
-                        if g < 0 {
-                            -1
-                        } else {
-                            0
-                        }
-                    } else {
-                        g >> shift
-                    };
-                    fresh[(g2 - lo) as usize] += c;
-                }
-            }
+            coarsen_into(&mut fresh, lo, &self.counts, self.lo, (k - self.k) as u32);
             self.counts = fresh;
         }
         self.k = k;
@@ -834,21 +827,7 @@ impl Histogram {
         }
         self.cover(other.min_nz(), other.max_nz());
         let shift = (self.k - other.k) as u32;
-        for (i, &c) in other.counts.iter().enumerate() {
-            if c != 0 {
-                let g = other.lo + i as i64;
-                let g2 = if shift >= 63 {
-                    if g < 0 {
-                        -1
-                    } else {
-                        0
-                    }
-                } else {
-                    g >> shift
-                };
-                self.counts[(g2 - self.lo) as usize] += c;
-            }
-        }
+        coarsen_into(&mut self.counts, self.lo, &other.counts, other.lo, shift);
         self.nonzero += other.nonzero;
         Ok(())
     }
