@@ -384,10 +384,21 @@ def tf_nudge(lo: float, hi: float, steps: int) -> tuple[float, float, float]:
     return float((f(0) - zp) * scale), float((f(steps) - zp) * scale), float(scale)
 
 
+def converter_scale(lo: float, hi: float, steps: int) -> tuple[float, int]:
+    """The TFLite converter's scale and zero-point offset for a FakeQuant's float32 attributes:
+    the same formula in double, rounded once to float32 when written."""
+    mn, mx = float(np.float32(lo)), float(np.float32(hi))
+    scale = (mx - mn) / steps
+    return float(np.float32(scale)), round(-mn / scale)
+
+
 def tf_reproduces(scale: float, low: int, steps: int) -> bool:
+    """Both TensorFlow paths, the FakeQuant kernel's (float32) and the converter's (double),
+    turn min/max back into exactly `scale` and the zero point `-low` (above qmin)."""
     lo, hi = low * scale, (low + steps) * scale
     nmin, nmax, nscale = tf_nudge(lo, hi, steps)
-    return nscale == scale and nmin == float(np.float32(lo)) and nmax == float(np.float32(hi))
+    kernel = nscale == scale and nmin == float(np.float32(lo)) and nmax == float(np.float32(hi))
+    return kernel and converter_scale(lo, hi, steps) == (scale, -low)
 
 
 def test_minmax_covers_the_data_with_the_smallest_reproducible_scale(sample_histogram):

@@ -11,34 +11,77 @@ TensorFlow is imported by this module only.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from typing import Any
 
 import keras
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 from keras import layers
 
+import qfcal
 from qfcal.calibrate import tap_names
 
 WEIGHT_MODES = ("per-tensor", "per-channel")
 
 
-def _weight_fq(w: np.ndarray, channel_axis: int | None) -> tf.Tensor:
+WEIGHT_METHODS = ("minmax", "optimal")
+
+
+def _peaks(w: np.ndarray, method: str) -> np.ndarray:
+    """Symmetric range (the largest magnitude kept) of each row of `w` (one row per channel)."""
+    if method == "minmax":
+        peaks: np.ndarray = np.max(np.abs(w), axis=1)
+        return peaks
+    out = np.empty(len(w), dtype=np.float64)
+    for i, row in enumerate(w):
+        h = qfcal.Histogram()
+        h.update(row)
+        if h.finite == h.zeros:  # an all-zero channel: any range will do
+            out[i] = 0.0
+            continue
+        r = qfcal.search(h, bits=8, symmetric=True, signed=True, narrow_range=True, method=method)
+        out[i] = r.max
+    return out
+
+
+def weight_peaks(
+    w: np.ndarray, channel_axis: int | None, method: str = "minmax"
+) -> npt.NDArray[np.float32]:
+    """The symmetric narrow-range int8 range ``[-peak, peak]`` of a weight: one peak per tensor
+    (``channel_axis=None``) or per channel along `channel_axis`, from the min/max of the
+    magnitudes or from ``qfcal.search`` on the weight histogram (``method="optimal"``)."""
+    if method not in WEIGHT_METHODS:
+        raise ValueError(
+            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {method!r}"
+        )
+    w = np.asarray(w, dtype=np.float32)
+    rows = (
+        w.reshape(1, -1)
+        if channel_axis is None
+        else np.moveaxis(w, channel_axis, -1).reshape(-1, w.shape[channel_axis]).T
+    )
+    peak = _peaks(rows, method)
+    return np.where(peak > 0, peak, 1e-8).astype(np.float32)
+
+
+def _weight_fq(w: np.ndarray, channel_axis: int | None, method: str = "minmax") -> tf.Tensor:
     """Symmetric narrow-range int8 FakeQuant of a weight, per tensor or per channel."""
     w = np.asarray(w, dtype=np.float32)
+    peak = weight_peaks(w, channel_axis, method)
     if channel_axis is None:
-        m = float(np.max(np.abs(w))) or 1e-8
+        m = float(peak[0])
         return tf.quantization.fake_quant_with_min_max_args(
             w, min=-m, max=m, num_bits=8, narrow_range=True
         )
-    moved = np.moveaxis(w, channel_axis, -1)
-    peak = np.max(np.abs(moved.reshape(-1, moved.shape[-1])), axis=0)
-    peak = np.where(peak > 0, peak, 1e-8).astype(np.float32)
-    q = tf.quantization.fake_quant_with_min_max_vars_per_channel(
-        moved, -peak, peak, num_bits=8, narrow_range=True
+    if channel_axis not in (-1, w.ndim - 1):
+        raise ValueError(f"channel_axis must be the last axis, got {channel_axis} of {w.ndim}")
+    return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        w, -peak, peak, num_bits=8, narrow_range=True
     )
-    return tf.experimental.numpy.moveaxis(q, -1, channel_axis)
 
 
 def _inputs(layer: Any) -> list[Any]:
@@ -47,7 +90,10 @@ def _inputs(layer: Any) -> list[Any]:
 
 
 def fake_quant_function(
-    model: keras.Model, ranges: dict[str, tuple[float, float]], weights: str = "per-tensor"
+    model: keras.Model,
+    ranges: dict[str, tuple[float, float]],
+    weights: str = "per-tensor",
+    weight_method: str = "minmax",
 ) -> Any:
     """A ``tf.function`` of one image batch computing `model` with FakeQuant nodes.
 
@@ -57,6 +103,10 @@ def fake_quant_function(
     """
     if weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+    if weight_method not in WEIGHT_METHODS:
+        raise ValueError(
+            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
+        )
     taps = set(tap_names(model))
     missing = sorted(taps - set(ranges))
     if missing:
@@ -82,7 +132,7 @@ def fake_quant_function(
             x = xs[0]
             p = params[layer.name]
             if isinstance(layer, layers.Conv2D):
-                w = _weight_fq(p[0], 3 if per_channel else None)
+                w = _weight_fq(p[0], 3 if per_channel else None, weight_method)
                 y = tf.nn.conv2d(x, w, strides=layer.strides, padding=layer.padding.upper())
                 if layer.use_bias:
                     y = y + p[1]
@@ -90,17 +140,31 @@ def fake_quant_function(
                 k = p[0]
                 kh, kw, cin, mult = k.shape
                 if per_channel:
-                    w = tf.reshape(_weight_fq(k.reshape(kh, kw, 1, cin * mult), 3), k.shape)
+                    w = tf.reshape(
+                        _weight_fq(k.reshape(kh, kw, 1, cin * mult), 3, weight_method), k.shape
+                    )
                 else:
-                    w = _weight_fq(k, None)
+                    w = _weight_fq(k, None, weight_method)
                 y = tf.nn.depthwise_conv2d(
                     x, w, strides=(1, *layer.strides, 1), padding=layer.padding.upper()
                 )
                 if layer.use_bias:
                     y = y + p[1]
             elif isinstance(layer, layers.Dense):
-                w = _weight_fq(p[0], 1 if per_channel else None)
-                y = tf.matmul(x, w) + (p[1] if layer.use_bias else 0.0)
+                if per_channel:
+                    # as a 1x1 convolution: TFLite's converter cannot carry per-channel
+                    # ranges through the transpose it puts before a fully connected layer
+                    k = p[0].reshape(1, 1, *p[0].shape)
+                    y = tf.nn.conv2d(
+                        tf.reshape(x, [-1, 1, 1, k.shape[2]]),
+                        _weight_fq(k, 3, weight_method),
+                        strides=1,
+                        padding="VALID",
+                    )
+                    y = tf.reshape(y, [-1, k.shape[3]])
+                else:
+                    y = tf.matmul(x, _weight_fq(p[0], None, weight_method))
+                y = y + (p[1] if layer.use_bias else 0.0)
             elif isinstance(layer, layers.ReLU):
                 y = tf.nn.relu6(x) if layer.max_value == 6.0 else tf.nn.relu(x)
             elif isinstance(layer, layers.Add):
@@ -123,11 +187,13 @@ def to_int8_tflite(
     ranges: dict[str, tuple[float, float]],
     *,
     weights: str = "per-tensor",
+    weight_method: str = "minmax",
     int8_io: bool = True,
 ) -> bytes:
     """Convert the FakeQuant graph to a fully int8 ``.tflite`` (int8 input and output by
-    default, float with ``int8_io=False``)."""
-    fn = fake_quant_function(model, ranges, weights)
+    default, float with ``int8_io=False``); weight ranges per `weights` mode and
+    `weight_method` (see :func:`weight_peaks`)."""
+    fn = fake_quant_function(model, ranges, weights, weight_method)
     concrete = fn.get_concrete_function()
     conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -142,4 +208,6 @@ def to_int8_tflite(
 
 def to_float_tflite(model: keras.Model) -> bytes:
     """The float ``.tflite`` of `model`."""
-    return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    # Keras prints the whole saved signature while the converter exports the model
+    with contextlib.redirect_stdout(io.StringIO()):
+        return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())

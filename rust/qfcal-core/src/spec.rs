@@ -153,9 +153,11 @@ impl QuantSpec {
         self.encoding(self.tf_scale(scale, l, true), l)
     }
 
-    /// Whether TensorFlow's FakeQuant, given `min` and `max` of the encoding `(scale, l)` as the
-    /// float32 attributes they become, recomputes exactly this float32 scale (and hence this
-    /// zero point and these min/max): `(f32(max) - f32(min)) / (qmax - qmin)` in float32.
+    /// Whether TensorFlow, given `min` and `max` of the encoding `(scale, l)` as the float32
+    /// attributes they become, recomputes exactly this float32 scale (and hence this zero point
+    /// and these min/max) on both of its paths: the FakeQuant kernel's,
+    /// `(f32(max) - f32(min)) / (qmax - qmin)` in float32, and the TFLite converter's, the same
+    /// in double rounded once to float32. The two differ by an ulp for about one scale in ten.
     pub fn tf_stable(&self, scale: f64, l: i64) -> bool {
         let steps = (self.qmax - self.qmin) as f32;
         let s = scale as f32;
@@ -163,7 +165,8 @@ impl QuantSpec {
             (l as f64 * scale) as f32,
             ((l + self.qmax - self.qmin) as f64 * scale) as f32,
         );
-        s as f64 == scale && (max - min) / steps == s
+        let converter = ((max as f64 - min as f64) / steps as f64) as f32;
+        s as f64 == scale && (max - min) / steps == s && converter == s
     }
 
     /// The float32 scale nearest to `x` (at least `x` with `up`) that TensorFlow reproduces for

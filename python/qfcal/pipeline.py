@@ -1,0 +1,320 @@
+"""The end-to-end job, step by step, over one run folder.
+
+=================  ======================================================================
+step               writes into the run folder
+=================  ======================================================================
+:func:`train`      ``model.keras`` (the float model), ``checkpoints/`` (resumable)
+:func:`calibrate`  ``ranges.json`` (per tensor: method, scale, zero point, min, max, loss),
+                   ``histograms.npz`` (every tensor's exact histogram, as bytes)
+:func:`export`     ``model_float.tflite``, ``model_int8.tflite``
+:func:`evaluate`   ``report.json``, ``report.md``, ``histograms.png``, ``sqnr.png``,
+                   ``accuracy.png``
+=================  ======================================================================
+
+:func:`run` does all four. Every file is written atomically (temporary file, then rename). The
+options of every step are kept in ``run.json``, so a later step (or ``qfcal evaluate`` on the
+folder) knows how the earlier ones ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import qfcal
+from qfcal import data as qdata
+from qfcal.calibrate import ranges_json, write_json_atomic
+
+
+@dataclass
+class RunConfig:
+    """Every option of a run (the command line's, one to one)."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    arch: str = "v2"
+    variant: str = "qfriendly"
+    alpha: float = 0.35
+    depthwise_l2: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    augment: bool = True
+    seed: int = 0
+    calib_per_class: int = 1
+    method: str = "optimal"
+    gamma: float = 1.0
+    weights: str = "per-tensor"
+    weight_method: str = "minmax"
+    int8_io: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    image_size: int | None = None
+    latency_runs: int = 200
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Validate the options that no later step would reject early."""
+        from qfcal.export import WEIGHT_METHODS, WEIGHT_MODES
+        from qfcal.models import ARCHITECTURES, VARIANTS
+
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.method not in qfcal.methods():
+            raise ValueError(
+                f"method must be one of {', '.join(qfcal.methods())}, got {self.method!r}"
+            )
+        if self.weights not in WEIGHT_MODES:
+            raise ValueError(
+                f"weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}"
+            )
+        if self.weight_method not in WEIGHT_METHODS:
+            raise ValueError(
+                f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, "
+                f"got {self.weight_method!r}"
+            )
+        if self.calib_per_class < 1:
+            raise ValueError(f"calib_per_class must be at least 1, got {self.calib_per_class}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if self.latency_runs < 1:
+            raise ValueError(f"latency_runs must be at least 1, got {self.latency_runs}")
+
+    def train_config(self) -> Any:
+        from qfcal.train import NO_FLIP, TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            augment=self.augment,
+            flip=self.dataset not in NO_FLIP,
+            seed=self.seed,
+        )
+
+
+def default_folder(cfg: RunConfig) -> Path:
+    """``runs/<dataset>_<arch>_<variant>_a<alpha>_<weights>``: the same command finds (and
+    resumes) the same folder."""
+    name = Path(cfg.dataset).name if os.path.isdir(cfg.dataset) else cfg.dataset
+    return Path("runs") / f"{name}_{cfg.arch}_{cfg.variant}_a{cfg.alpha:g}_{cfg.weights}"
+
+
+def load_data(cfg: RunConfig) -> Any:
+    """The run's dataset, cut to ``limit_train``/``limit_test`` images when set."""
+    kwargs: dict[str, Any] = {"data_dir": cfg.data_dir}
+    if cfg.image_size is not None:
+        kwargs["image_size"] = (cfg.image_size, cfg.image_size)
+    ds = qdata.load(cfg.dataset, **kwargs)
+    if cfg.limit_train is not None or cfg.limit_test is not None:
+        ds = ds.subset(cfg.limit_train, cfg.limit_test, seed=cfg.seed)
+    return ds
+
+
+def _record(folder: Path, step: str, cfg: RunConfig, extra: dict[str, Any] | None = None) -> None:
+    path = folder / "run.json"
+    doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    doc["config"] = dataclasses.asdict(cfg)
+    doc.setdefault("steps", {})[step] = {
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    write_json_atomic(path, doc)
+
+
+def read_run(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``run.json`` of a run folder (configuration and what each step recorded)."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: is {str(folder)!r} a run folder?")
+    doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return doc
+
+
+def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") -> Path:
+    """Build and train the float model; ``model.keras`` in `folder`."""
+    from qfcal import models
+    from qfcal import train as qtrain
+
+    cfg.check()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = models.build(
+        cfg.arch,
+        cfg.variant,
+        input_shape=data.image_shape,
+        classes=data.num_classes,
+        alpha=cfg.alpha,
+        depthwise_l2=cfg.depthwise_l2,
+    )
+    meta = {
+        "dataset": cfg.dataset,
+        "arch": cfg.arch,
+        "variant": cfg.variant,
+        "alpha": cfg.alpha,
+        "depthwise_l2": cfg.depthwise_l2,
+        "train_images": data.size("train"),
+    }
+    t0 = time.perf_counter()
+    model, history = qtrain.train(
+        model, data, cfg.train_config(), folder / "checkpoints", meta=meta, verbose=verbose
+    )
+    qtrain.save_model_atomic(model, folder / "model.keras")
+    _record(
+        folder,
+        "train",
+        cfg,
+        {"history": history, "seconds": time.perf_counter() - t0, "params": model.count_params()},
+    )
+    return folder / "model.keras"
+
+
+def calibrate(
+    cfg: RunConfig, folder: Path, data: Any, model_path: Path | None = None
+) -> dict[str, qfcal.SearchResult]:
+    """Fold batch norm, histogram every int8 tensor over the calibration images (one per class
+    by default), search the ranges; ``ranges.json`` and ``histograms.npz`` in `folder`."""
+    from qfcal import calibrate as qcal
+    from qfcal.fold import fold_batch_norm
+    from qfcal.train import load_model, to_float
+
+    cfg.check()
+    model = fold_batch_norm(load_model(model_path or folder / "model.keras"))
+    idx = qdata.calibration_indices(data.labels("train"), cfg.calib_per_class, seed=cfg.seed)
+    images = to_float(data.images("train", idx))
+    print(f"calibrating on {len(idx)} training images ({cfg.calib_per_class} per class)")
+    t0 = time.perf_counter()
+    cal = qcal.calibrate(model, images)
+    t1 = time.perf_counter()
+    results = cal.search(method=cfg.method, gamma=cfg.gamma, bits=8)
+    t2 = time.perf_counter()
+    print(
+        f"{len(results)} tensors: histograms in {t1 - t0:.2f} s, "
+        f"{cfg.method} ranges in {1e3 * (t2 - t1):.0f} ms"
+    )
+    write_json_atomic(folder / "ranges.json", ranges_json(results))
+    blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in cal.histograms.items()}
+    tmp = folder / f"histograms.tmp{os.getpid()}.npz"
+    np.savez(tmp, **blobs)  # type: ignore[arg-type]
+    os.replace(tmp, folder / "histograms.npz")
+    _record(
+        folder,
+        "calibrate",
+        cfg,
+        {
+            "images": len(idx),
+            "tensors": len(results),
+            "histogram_seconds": t1 - t0,
+            "search_seconds": t2 - t1,
+        },
+    )
+    return results
+
+
+def load_ranges(path: Path) -> dict[str, tuple[float, float]]:
+    """``ranges.json`` as ``{tensor: (min, max)}``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist: run the calibrate step first")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {name: (float(r["min"]), float(r["max"])) for name, r in doc.items()}
+
+
+def load_histograms(path: Path) -> dict[str, qfcal.Histogram]:
+    """``histograms.npz`` back as histograms."""
+    with np.load(path) as z:
+        return {n: qfcal.Histogram.from_bytes(z[n].tobytes()) for n in z.files}
+
+
+def _write_bytes_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tuple[Path, Path]:
+    """The float ``.tflite`` and the int8 ``.tflite`` built from the FakeQuant graph with the
+    ranges of ``ranges.json``."""
+    from qfcal import export as qexp
+    from qfcal.fold import fold_batch_norm
+    from qfcal.train import load_model
+
+    cfg.check()
+    ranges = load_ranges(folder / "ranges.json")
+    keras_model = load_model(model_path or folder / "model.keras")
+    print("converting to the float .tflite")
+    float_path, int8_path = folder / "model_float.tflite", folder / "model_int8.tflite"
+    _write_bytes_atomic(float_path, qexp.to_float_tflite(keras_model))
+    print(f"converting the FakeQuant graph to the int8 .tflite ({cfg.weights} weights)")
+    int8 = qexp.to_int8_tflite(
+        fold_batch_norm(keras_model),
+        ranges,
+        weights=cfg.weights,
+        weight_method=cfg.weight_method,
+        int8_io=cfg.int8_io,
+    )
+    _write_bytes_atomic(int8_path, int8)
+    _record(folder, "export", cfg)
+    return float_path, int8_path
+
+
+def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
+    """Measure the three models and write the report (JSON, markdown, plots)."""
+    from qfcal import evaluate as qeval
+    from qfcal import report as qreport
+    from qfcal.train import load_model
+
+    keras_model = load_model(folder / "model.keras")
+    paths = {k: folder / f"model_{k}.tflite" for k in ("float", "int8")}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{str(p)!r} does not exist: run the export step first")
+    ev = qeval.evaluate(
+        keras_model,
+        paths["float"].read_bytes(),
+        paths["int8"].read_bytes(),
+        data,
+        latency_runs=cfg.latency_runs,
+    )
+    run_doc = read_run(folder)
+    ranges = json.loads((folder / "ranges.json").read_text(encoding="utf-8"))
+    report = {
+        "qfcal_version": qfcal.__version__,
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": dataclasses.asdict(cfg),
+        "training": run_doc.get("steps", {}).get("train", {}),
+        "calibration": run_doc.get("steps", {}).get("calibrate", {}),
+        "evaluation": ev,
+        "ranges": ranges,
+    }
+    qreport.write(folder, report, load_histograms(folder / "histograms.npz"))
+    _record(folder, "evaluate", cfg)
+    return report
+
+
+def run(cfg: RunConfig, folder: Path | None = None, verbose: int | str = "auto") -> dict[str, Any]:
+    """Train, calibrate, export, evaluate; returns the report."""
+    cfg.check()
+    folder = folder or default_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg)
+    print(
+        f"{data.name}: {data.size('train')} training and {data.size('test')} test images "
+        f"{data.image_shape}, {data.num_classes} classes ({data.source}); run folder {folder}"
+    )
+    train(cfg, folder, data, verbose=verbose)
+    calibrate(cfg, folder, data)
+    export(cfg, folder)
+    return evaluate(cfg, folder, data)

@@ -1,0 +1,200 @@
+"""A run's report: ``report.json`` (everything measured), ``report.md`` (the same, readable) and
+PNG plots (per-layer histograms with the chosen ranges, per-layer SQNR, float vs int8 top-1).
+
+Plots need matplotlib (part of the ``tf`` extra); without it the report says so and carries on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import qfcal
+from qfcal.calibrate import write_json_atomic
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:,.0f} KiB"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The float-vs-int8 table (markdown) printed at the end of a run."""
+    ev = report["evaluation"]
+    top1, lat, size = ev["top1"], ev["latency"], ev["size_bytes"]
+    rows = [
+        "| model | top-1 | latency median (p90), 1 thread | size |",
+        "|---|---:|---:|---:|",
+        f"| Keras float | {_pct(top1['keras_float'])} | - | - |",
+    ]
+    for key, name in (("tflite_float", "float .tflite"), ("tflite_int8", "int8 .tflite")):
+        lt = lat[key]
+        rows.append(
+            f"| {name} | {_pct(top1[key])} | {lt['median_ms']:.3f} ms ({lt['p90_ms']:.3f} ms)"
+            f" | {_kib(size[key])} |"
+        )
+    rows.append("")
+    rows.append(
+        f"int8 drop: {ev['int8_drop_points']:+.2f} points of top-1 (float .tflite minus int8); "
+        f"float/int8 agreement {_pct(ev['agreement_float_int8'])}; "
+        f"int8 latency {ev['latency_ratio_int8_float']:.2f}x the float .tflite's"
+    )
+    return "\n".join(rows)
+
+
+def markdown(report: dict[str, Any], plots: list[str]) -> str:
+    """``report.md``: configuration, the summary table, training, per-tensor ranges, plots."""
+    cfg = report["config"]
+    out = [
+        f"# qfcal run: {cfg['arch']} {cfg['variant']} (alpha {cfg['alpha']:g}) on {cfg['dataset']}",
+        "",
+        f"qfcal {report['qfcal_version']}; written {report['written']}.",
+        "",
+        "## Result",
+        "",
+        summary_table(report),
+        "",
+        "## Configuration",
+        "",
+        "| option | value |",
+        "|---|---|",
+    ]
+    for k, v in cfg.items():
+        out.append(f"| {k} | `{v}` |")
+    hist = report.get("training", {}).get("history", {})
+    if hist:
+        out += ["", "## Training", "", "| epoch | loss | accuracy |", "|---:|---:|---:|"]
+        pairs = zip(hist.get("loss", []), hist.get("accuracy", []), strict=True)
+        for i, (loss, acc) in enumerate(pairs):
+            out.append(f"| {i + 1} | {loss:.4f} | {_pct(acc)} |")
+    out += [
+        "",
+        "## Activation ranges (one row per int8 tensor)",
+        "",
+        f"{report['calibration']['images']} calibration images; method "
+        f"`{cfg['method']}`, gamma {cfg['gamma']}.",
+        "",
+        "| tensor | min | max | scale | zero point | SQNR dB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["ranges"].items():
+        sq = "-" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"
+        out.append(
+            f"| {name} | {r['min']:.5g} | {r['max']:.5g} | {r['scale']:.4g} | "
+            f"{r['zero_point']} | {sq} |"
+        )
+    if plots:
+        out += ["", "## Plots", ""]
+        out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    else:
+        out += ["", "(no plots: matplotlib is not installed)"]
+    return "\n".join(out) + "\n"
+
+
+def _coarse(counts: np.ndarray, edges: np.ndarray, n: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Merge neighbouring bins (a few calibration images spread thinly over 2048+ bins)."""
+    g = max(1, math.ceil(len(counts) / n))
+    pad = (-len(counts)) % g
+    c = np.concatenate([counts, np.zeros(pad, dtype=counts.dtype)]).reshape(-1, g).sum(axis=1)
+    e0 = edges[0]
+    w = edges[1] - edges[0]
+    return c, e0 + w * g * np.arange(len(c) + 1)
+
+
+def _save_atomic(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+
+
+def plots(
+    folder: Path, report: dict[str, Any], histograms: dict[str, qfcal.Histogram]
+) -> list[str]:
+    """Write the PNG plots; returns their paths (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    ranges = report["ranges"]
+
+    # per-layer histograms with the chosen range
+    names = [n for n in ranges if n in histograms]
+    cols = 6
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False)
+    for ax, name in zip(list(axes.flat)[: len(names)], names, strict=True):
+        h, r = histograms[name], ranges[name]
+        counts, edges = h.to_numpy() if h.nonzero else (np.zeros(1), np.array([0.0, 1.0]))
+        counts, edges = _coarse(np.asarray(counts), np.asarray(edges))
+        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, color="#4c72b0")
+        ax.set_yscale("log")
+        ax.axvline(r["min"], color="#c44e52", lw=1)
+        ax.axvline(r["max"], color="#c44e52", lw=1)
+        ax.set_title(f"{name}\n[{r['min']:.3g}, {r['max']:.3g}]", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle("activation histograms (log counts; exact zeros not drawn) and int8 ranges (red)")
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    path = folder / "histograms.png"
+    _save_atomic(fig, path)
+    plt.close(fig)
+    written.append(str(path))
+
+    # per-layer SQNR
+    sq = [ranges[n]["sqnr_db"] if ranges[n]["sqnr_db"] is not None else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.18 * len(names)), 3.5))
+    ax.bar(range(len(names)), sq, color="#55a868")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR of the int8 range (dB)")
+    ax.set_title("per-tensor quantization SQNR on the calibration histogram")
+    fig.tight_layout()
+    path = folder / "sqnr.png"
+    _save_atomic(fig, path)
+    plt.close(fig)
+    written.append(str(path))
+
+    # float vs int8 top-1
+    top1 = report["evaluation"]["top1"]
+    labels = ["Keras float", "float .tflite", "int8 .tflite"]
+    vals = [100 * top1[k] for k in ("keras_float", "tflite_float", "tflite_int8")]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bars = ax.bar(labels, vals, color=["#8172b2", "#4c72b0", "#dd8452"])
+    ax.bar_label(bars, fmt="%.2f")
+    lo = max(0.0, min(vals) - 5)
+    ax.set_ylim(lo, min(100.0, max(vals) + 2))
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("float vs int8 accuracy on the test set")
+    fig.tight_layout()
+    path = folder / "accuracy.png"
+    _save_atomic(fig, path)
+    plt.close(fig)
+    written.append(str(path))
+    return written
+
+
+def write(
+    folder: str | os.PathLike[str],
+    report: dict[str, Any],
+    histograms: dict[str, qfcal.Histogram],
+) -> list[str]:
+    """Write ``report.json``, the plots and ``report.md`` into `folder`; returns the paths."""
+    folder = Path(folder)
+    pngs = plots(folder, report, histograms)
+    write_json_atomic(folder / "report.json", report)
+    md = folder / "report.md"
+    tmp = md.with_name(f"report.md.tmp{os.getpid()}")
+    tmp.write_text(markdown(report, pngs), encoding="utf-8")
+    os.replace(tmp, md)
+    return [str(folder / "report.json"), str(md), *pngs]
