@@ -98,3 +98,44 @@ def test_bad_export_arguments(converted):
     some = dict(list(ranges.items())[1:])
     with pytest.raises(ValueError, match="no entry for tapped tensors"):
         export.fake_quant_function(m, some)
+
+
+def test_weight_ranges_minmax_and_optimal():
+    rng = np.random.default_rng(5)
+    w = rng.standard_t(3, (3, 3, 8, 16)).astype(np.float32)
+    w[..., 4] = 0.0  # an all-zero output channel
+    per_tensor = export.weight_peaks(w, None, "minmax")
+    assert per_tensor.shape == (1,) and per_tensor[0] == np.max(np.abs(w))
+    per_channel = export.weight_peaks(w, 3, "minmax")
+    want = np.max(np.abs(w.reshape(-1, 16)), axis=0)
+    assert per_channel.shape == (16,)
+    np.testing.assert_array_equal(per_channel[want > 0], want[want > 0])
+    assert per_channel[4] > 0  # a usable range even for an all-zero channel
+
+    def mse(x, peak):
+        s = peak / 127.0
+        return float(np.mean((x - np.clip(np.round(x / s), -127, 127) * s) ** 2))
+
+    best = export.weight_peaks(w, None, "optimal")[0]
+    assert best < per_tensor[0]  # heavy tails: clipping a few weights pays off
+    assert mse(w, best) < mse(w, per_tensor[0])
+    # per channel: each channel's own search (the optimum of the histogram cost may lie a
+    # little past a channel's largest weight: the grid need not end on it)
+    opt = export.weight_peaks(w, 3, "optimal")
+    for c in range(16):
+        if want[c] > 0:
+            assert opt[c] == export.weight_peaks(w[..., c], None, "optimal")[0]
+    with pytest.raises(ValueError, match="weight_method must be one of minmax, optimal"):
+        export.weight_peaks(w, None, "entropy")
+
+
+def test_per_channel_export_covers_dense_layers(converted):
+    m, _, results, _ = converted
+    ranges = {k: (r.min, r.max) for k, r in results.items()}
+    tflite = export.to_int8_tflite(m, ranges, weights="per-channel", weight_method="optimal")
+    it = Interpreter(model_content=tflite)
+    per_channel = [
+        d for d in it.get_tensor_details() if len(d["quantization_parameters"]["scales"]) > 1
+    ]
+    classes = m.outputs[0].shape[-1]
+    assert any(len(d["quantization_parameters"]["scales"]) == classes for d in per_channel)

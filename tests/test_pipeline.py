@@ -190,3 +190,46 @@ def test_command_line_help_explains_the_options(capsys):
     text = capsys.readouterr().out
     for opt in ("--data", "--arch", "--variant", "--alpha", "--epochs", "--weights", "--method"):
         assert opt in text
+
+
+def test_input_pipeline_is_seeded_and_scaled(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 12, 10, 1), dtype=np.uint8)
+    y = np.arange(40, dtype=np.int64) % 4
+    ds = data.Dataset("toy", x, y, x[:8], y[:8], ["a", "b", "c", "d"], "memory")
+
+    def batches(seed):
+        pipe = train.input_pipeline(ds, "train", 16, training=True, augment=True, seed=seed)
+        return [(a.numpy(), b.numpy()) for a, b in pipe]
+
+    one, two, other = batches(1), batches(1), batches(2)
+    assert [b[0].shape for b in one] == [(16, 12, 10, 1), (16, 12, 10, 1), (8, 12, 10, 1)]
+    for (a, la), (b, lb) in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(one, other, strict=True))
+    allx = np.concatenate([b[0] for b in one])
+    assert allx.dtype == np.float32 and 0.0 <= allx.min() and allx.max() <= 1.0
+    # every label once per epoch: shuffled, not resampled
+    assert sorted(np.concatenate([b[1] for b in one]).tolist()) == sorted(y.tolist())
+    # without training, order and pixels are kept: x / 255 exactly
+    plain = np.concatenate([a.numpy() for a, _ in train.input_pipeline(ds, "test", 5)])
+    np.testing.assert_array_equal(plain, x[:8].astype(np.float32) / np.float32(255))
+    assert tf.executing_eagerly()
+
+
+def test_image_folder_feeds_the_training_pipeline(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    for split, n in (("train", 3), ("val", 1)):
+        for cls, colour in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
+            d = tmp_path / "pets" / split / cls
+            d.mkdir(parents=True)
+            img = np.full((9, 7, 3), colour, dtype=np.uint8)
+            for k in range(n):
+                (d / f"{k}.png").write_bytes(tf.io.encode_png(img).numpy())
+    ds = data.load(str(tmp_path / "pets"), image_size=(16, 16))
+    assert ds.classes == ["cat", "dog"] and ds.image_shape == (16, 16, 3)
+    xs, ys = next(iter(train.input_pipeline(ds, "train", 8, training=True, augment=True)))
+    assert xs.shape == (6, 16, 16, 3) and sorted(ys.numpy().tolist()) == [0, 0, 0, 1, 1, 1]
+    assert float(tf.reduce_max(xs)) == pytest.approx(250 / 255, abs=1e-6)

@@ -255,6 +255,7 @@ def train(
         train_ds,
         epochs=config.epochs,
         initial_epoch=done,
+        shuffle=False,  # the pipeline shuffles, seeded
         verbose=verbose,
         callbacks=[_Checkpoint(folder, config, meta, history), *(callbacks or [])],
     )
