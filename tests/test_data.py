@@ -456,3 +456,20 @@ def test_image_folder_errors_name_what_is_wrong(tmp_path, tf):
         data.ImageFolder(good, val_fraction=1.0)
     with pytest.raises(ValueError, match="split must be one of train, test, got 'val'"):
         data.ImageFolder(good).images("val", [0])
+
+
+def test_a_failed_download_is_reported_with_the_hints(tmp_path, monkeypatch):
+    monkeypatch.setenv("QFCAL_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")]}
+    monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "fashion_mnist": spec})
+
+    def offline(name):
+        raise OSError(f"no route to the storage of {name}")
+
+    monkeypatch.setattr(data, "_download", offline)
+    with pytest.raises(data.DatasetNotFoundError) as e:
+        data.load("fashion_mnist", tmp_path / "empty", download=True)
+    msg = str(e.value)
+    assert "The download failed: OSError: no route to the storage of fashion_mnist" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "empty") in msg

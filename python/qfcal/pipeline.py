@@ -40,6 +40,7 @@ class RunConfig:
 
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
+    download: bool = True
     arch: str = "v2"
     variant: str = "qfriendly"
     alpha: float = 0.35
@@ -116,7 +117,7 @@ def default_folder(cfg: RunConfig) -> Path:
 
 def load_data(cfg: RunConfig) -> Any:
     """The run's dataset, cut to ``limit_train``/``limit_test`` images when set."""
-    kwargs: dict[str, Any] = {"data_dir": cfg.data_dir}
+    kwargs: dict[str, Any] = {"data_dir": cfg.data_dir, "download": cfg.download}
     if cfg.image_size is not None:
         kwargs["image_size"] = (cfg.image_size, cfg.image_size)
     ds = qdata.load(cfg.dataset, **kwargs)
