@@ -149,6 +149,7 @@ def _calib_options(p: argparse.ArgumentParser) -> None:
         "clipping loss)",
     )
     g.add_argument("--gamma", type=float, help="weight of clipping against rounding loss (1.0)")
+    g.add_argument("--percentile", type=float, help="for --method percentile (99.99)")
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:

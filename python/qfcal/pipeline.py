@@ -55,6 +55,7 @@ class RunConfig:
     calib_per_class: int = 1
     method: str = "optimal"
     gamma: float = 1.0
+    percentile: float = 99.99
     weights: str = "per-tensor"
     weight_method: str = "minmax"
     int8_io: bool = True
@@ -200,7 +201,7 @@ def calibrate(
     t0 = time.perf_counter()
     cal = qcal.calibrate(model, images)
     t1 = time.perf_counter()
-    results = cal.search(method=cfg.method, gamma=cfg.gamma, bits=8)
+    results = cal.search(method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8)
     t2 = time.perf_counter()
     print(
         f"{len(results)} tensors: histograms in {t1 - t0:.2f} s, "

@@ -79,7 +79,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         "## Activation ranges (one row per int8 tensor)",
         "",
         f"{report['calibration']['images']} calibration images; method "
-        f"`{cfg['method']}`, gamma {cfg['gamma']}.",
+        f"`{cfg['method']}`, gamma {cfg['gamma']}"
+        + (f", percentile {cfg['percentile']}." if cfg["method"] == "percentile" else "."),
         "",
         "| tensor | min | max | scale | zero point | SQNR dB |",
         "|---|---:|---:|---:|---:|---:|",
