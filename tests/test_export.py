@@ -11,27 +11,7 @@ calibrate = pytest.importorskip("qfcal.calibrate")
 export = pytest.importorskip("qfcal.export")
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-
-
-def he_init(model, seed=0):
-    """Variance-preserving random weights, so activations keep their size through the depth
-    (a fresh Keras MobileNet's shrink to ~1e-9 at the logits)."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        w = layer.get_weights()
-        if not w:
-            continue
-        k = w[0]
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            fan_in = k.shape[0] * k.shape[1]
-        elif k.ndim >= 2:
-            fan_in = int(np.prod(k.shape[:-1]))
-        else:
-            continue
-        w[0] = rng.normal(0, np.sqrt(2.0 / fan_in), k.shape).astype(np.float32)
-        if len(w) > 1:
-            w[1] = rng.normal(0, 0.05, w[1].shape).astype(np.float32)
-        layer.set_weights(w)
+from conftest import he_init  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[("v2", "qfriendly"), ("v1", "standard")])

@@ -174,6 +174,17 @@ def _export_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-runs", type=int, metavar="N", help="timed single-image runs (200)")
 
 
+def _bit_list(text: str) -> list[int]:
+    try:
+        bits = [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected bit widths like 8,6,4, got {text!r}") from None
+    bad = [b for b in bits if not 2 <= b <= 16]
+    if bad:
+        raise argparse.ArgumentTypeError(f"bit widths must be in 2..16, got {bad}")
+    return bits
+
+
 def _folder_option(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument(
         "--out",
@@ -237,6 +248,22 @@ def step_main(args: argparse.Namespace) -> int:
     elif args.command == "export":
         f, i = pipeline.export(cfg, folder, model)
         print(f"float model: {f}\nint8 model: {i}")
+    elif args.command == "compare":
+        data = pipeline.load_data(cfg)
+        for bits in args.bits:
+            c = pipeline.compare(
+                cfg,
+                folder,
+                data,
+                bits=bits,
+                eval_images=args.eval_images,
+                accuracy_images=args.accuracy_images,
+            )
+            print(f"\n{bits}-bit activations: method, tensors with the lowest true error, top-1")
+            for m in c.methods:
+                t1 = "-" if m.top1 is None else f"{100 * m.top1:.2f}%"
+                print(f"  {m.method:<18} {m.best_true:>3}/{len(c.tensors)}  {t1}")
+            print(f"report: {folder / f'compare-{bits}bit' / 'compare.md'}")
     else:
         report = pipeline.evaluate(cfg, folder, pipeline.load_data(cfg))
         _print_result(report, folder)
@@ -297,6 +324,32 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--model", metavar="FILE", help="a .keras model (default DIR/model.keras)"
             )
+
+    c = sub.add_parser(
+        "compare",
+        help="every range method on every tensor of the run's model, side by side",
+        description="The calibration shoot-out: per tensor and method the range, the cost on "
+        "the histogram and the true error on held-apart activations; per method the "
+        "end-to-end top-1 and the search time. Writes DIR/compare-<bits>bit/compare.{md,json} "
+        "and plots.",
+    )
+    _folder_option(c, required=True)
+    _data_options(c)
+    c.add_argument(
+        "--bits",
+        type=_bit_list,
+        default=[8],
+        metavar="B[,B...]",
+        help="activation bit widths, e.g. 8,6,4 (default 8; below 8 the top-1 comes from "
+        "the FakeQuant graph, TFLite having no such kernels)",
+    )
+    c.add_argument(
+        "--eval-images", type=int, default=256, metavar="N",
+        help="held-apart training images whose raw activations give the true errors (256)",
+    )  # fmt: skip
+    c.add_argument(
+        "--accuracy-images", type=int, metavar="N", help="test images for top-1 (default all)"
+    )
 
     m = sub.add_parser(
         "methods",

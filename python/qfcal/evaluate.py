@@ -31,7 +31,7 @@ def progress(total: int, label: str) -> Any:
 class TFLiteModel:
     """A ``.tflite`` model in the LiteRT interpreter, taking float images in [0, 1]."""
 
-    def __init__(self, content: bytes, num_threads: int = 1) -> None:
+    def __init__(self, content: bytes, num_threads: int | None = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self.content = content

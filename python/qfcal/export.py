@@ -94,8 +94,11 @@ def fake_quant_function(
     ranges: dict[str, tuple[float, float]],
     weights: str = "per-tensor",
     weight_method: str = "minmax",
+    num_bits: int = 8,
 ) -> Any:
-    """A ``tf.function`` of one image batch computing `model` with FakeQuant nodes.
+    """A ``tf.function`` of one image batch computing `model` with FakeQuant nodes: activations
+    on a `num_bits` grid (8 for the int8 ``.tflite``; 2..16 to emulate narrower integers),
+    weights on the symmetric narrow-range int8 grid.
 
     Raises:
         ValueError: `weights` is not a weight mode, a tapped tensor has no range, or the model
@@ -103,6 +106,8 @@ def fake_quant_function(
     """
     if weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+    if not 2 <= num_bits <= 16:
+        raise ValueError(f"num_bits must be in 2..16, got {num_bits}")
     if weight_method not in WEIGHT_METHODS:
         raise ValueError(
             f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
@@ -120,7 +125,7 @@ def fake_quant_function(
         if name not in taps:
             return x
         lo, hi = ranges[name]
-        return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=8)
+        return tf.quantization.fake_quant_with_min_max_args(x, min=lo, max=hi, num_bits=num_bits)
 
     def run(image: tf.Tensor) -> tf.Tensor:
         values: dict[int, tf.Tensor] = {}

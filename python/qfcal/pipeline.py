@@ -306,6 +306,53 @@ def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
     return report
 
 
+def compare(
+    cfg: RunConfig,
+    folder: Path,
+    data: Any,
+    *,
+    bits: int = 8,
+    eval_images: int = 256,
+    accuracy_images: int | None = None,
+) -> Any:
+    """The calibration shoot-out (:mod:`qfcal.compare`) on the run's model: histograms from the
+    calibration images, true errors on `eval_images` other training images, end-to-end top-1
+    on the first `accuracy_images` test images (all by default); ``compare-<bits>bit/``."""
+    from qfcal import compare as qcmp
+    from qfcal.fold import fold_batch_norm
+    from qfcal.train import load_model, to_float
+
+    cfg.check()
+    if eval_images < 1:
+        raise ValueError(f"eval_images must be at least 1, got {eval_images}")
+    model = fold_batch_norm(load_model(folder / "model.keras"))
+    labels = data.labels("train")
+    idx = qdata.calibration_indices(labels, cfg.calib_per_class, seed=cfg.seed)
+    rest = np.setdiff1d(np.arange(len(labels)), idx)
+    rng = np.random.default_rng([cfg.seed, 7])
+    held = np.sort(rng.choice(rest, size=min(eval_images, len(rest)), replace=False))
+    n_acc = (
+        data.size("test") if accuracy_images is None else min(accuracy_images, data.size("test"))
+    )
+    acc_idx = np.arange(n_acc)
+    print(
+        f"comparing {len(qcmp.METHODS)} methods at {bits} bits: {len(idx)} calibration images, "
+        f"{len(held)} held-apart training images, top-1 on {n_acc} test images"
+    )
+    c = qcmp.compare(
+        model,
+        to_float(data.images("train", idx)),
+        to_float(data.images("train", held)),
+        bits=bits,
+        accuracy=(to_float(data.images("test", acc_idx)), data.labels("test")[acc_idx]),
+        weights=cfg.weights,
+    )
+    out = folder / f"compare-{bits}bit"
+    title = f"{cfg.arch} {cfg.variant} (alpha {cfg.alpha:g}), {cfg.weights} weights"
+    qcmp.write(c, out, title)
+    return c
+
+
 def run(cfg: RunConfig, folder: Path | None = None, verbose: int | str = "auto") -> dict[str, Any]:
     """Train, calibrate, export, evaluate; returns the report."""
     cfg.check()

@@ -47,6 +47,8 @@ const COARSE_BINS: usize = 512;
 const BASINS: usize = 3;
 /// Scan points combed around when the histogram has few values per bin.
 const ROUGH_BASINS: usize = 16;
+/// Most teeth per scan interval when combing a rough cost on the full histogram.
+const ROUGH_TEETH: usize = 64;
 
 /// The best point found so far: ln Δ and its cost on the full histogram.
 type Best = (f64, f64);
@@ -80,7 +82,11 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         let mut ev_c = Evaluator::new(&coarse, *spec, gamma);
         let scan = scan(&mut ev_c, spec, lc, x_top, dist.max_abs());
         x_low = scan.last().map_or(lc, |t| t.0);
-        bracket = refine_basins(&scan, rough, &mut ev_c, &mut ev_f, &mut best);
+        // A rough cost dips wherever a grid point meets a spike: about every quarter bin width
+        // (relative to the largest magnitude) of ln Δ, far finer than the coarse copy sees.
+        let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
+        let spacing = rough.then(|| 0.25 * width / dist.max_abs());
+        bracket = refine_basins(&scan, spacing, &mut ev_c, &mut ev_f, &mut best);
     }
     if !runs.is_empty() {
         let budget = if near_constant {
@@ -165,11 +171,12 @@ fn scan(
 /// full histogram. Returns the bracket (in ln Δ) the refinement used.
 fn refine_basins(
     scan: &[(f64, f64)],
-    rough: bool,
+    rough_spacing: Option<f64>,
     ev_c: &mut Evaluator,
     ev_f: &mut Evaluator,
     best: &mut Best,
 ) -> f64 {
+    let rough = rough_spacing.is_some();
     let mut minima: Vec<usize> = (0..scan.len())
         .filter(|&i| {
             let c = scan[i].1;
@@ -205,11 +212,25 @@ fn refine_basins(
         } else {
             scan[i].0 + step
         };
-        let tooth = (hi - lo) / (TEETH + 1) as f64;
-        let mut top = (scan[i].0, scan[i].1);
-        for t in 1..=TEETH {
+        // Rough: comb on the full histogram at the spacing of its dips (the coarse copy has
+        // smoothed them away); otherwise on the coarse copy.
+        let (teeth, ev) = match rough_spacing {
+            Some(sp) => (
+                (((hi - lo) / sp).ceil() as usize).clamp(TEETH, ROUGH_TEETH),
+                &mut *ev_f,
+            ),
+            None => (TEETH, &mut *ev_c),
+        };
+        let tooth = (hi - lo) / (teeth + 1) as f64;
+        let c0 = if rough {
+            ev.eval(scan[i].0.exp()).cost
+        } else {
+            scan[i].1
+        };
+        let mut top = (scan[i].0, c0);
+        for t in 1..=teeth {
             let x = lo + t as f64 * tooth;
-            let c = ev_c.eval(x.exp()).cost;
+            let c = ev.eval(x.exp()).cost;
             if c < top.1 {
                 top = (x, c);
             }
