@@ -156,3 +156,33 @@ def test_bad_arguments(model, images):
         compare.compare(model, calib[:0], held)
     with pytest.raises(ValueError, match="distinct labels"):
         compare.compare(model, calib, held, methods=[("a", {}), ("a", {})])
+
+
+def test_peers_own_calibrators_on_the_same_tensors(model, images):
+    calib, held = images
+    have = [k for k, v in compare.available_peers().items() if not v.startswith("not")]
+    if not have:
+        pytest.skip("neither torch nor onnxruntime is installed")
+    two = [m for m in compare.METHODS if m[0] in ("entropy", "greedy", "percentile 99.999")]
+    c = compare.compare(model, calib, held, methods=two, peers=have, progress=False)
+    assert c.peers == have
+    for p in have:
+        for t in c.tensors:
+            r = c.row(t, p)
+            assert math.isnan(r.hist_mse)  # not on qfcal's grid: no histogram cost
+            assert r.min <= 0.0 <= r.max and r.true_mse >= 0.0
+    assert len(c.peer_notes) == len(have)
+    doc = c.to_json()
+    assert doc["peers"] == have and all(
+        r["hist_mse"] is None for r in doc["rows"] if r["method"] in have
+    )
+    # PyTorch's observer and qfcal's greedy walk implement the same algorithm
+    if "torch HistogramObserver" in have:
+        widths = [
+            (c.row(t, "torch HistogramObserver").max - c.row(t, "torch HistogramObserver").min)
+            / (c.row(t, "greedy").max - c.row(t, "greedy").min)
+            for t in c.tensors
+        ]
+        assert 0.8 < float(np.median(widths)) < 1.25
+    with pytest.raises(ValueError, match="peers must be among"):
+        compare.compare(model, calib, held, methods=two, peers=["tensorrt"])

@@ -258,6 +258,7 @@ def step_main(args: argparse.Namespace) -> int:
                 bits=bits,
                 eval_images=args.eval_images,
                 accuracy_images=args.accuracy_images,
+                peers=args.peers,
             )
             print(f"\n{bits}-bit activations: method, tensors with the lowest true error, top-1")
             for m in c.methods:
@@ -349,6 +350,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     c.add_argument(
         "--accuracy-images", type=int, metavar="N", help="test images for top-1 (default all)"
+    )
+    c.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run the peers' own calibrators on the same activations: PyTorch's "
+        "HistogramObserver and ONNX Runtime's entropy and percentile (where installed)",
     )
 
     m = sub.add_parser(

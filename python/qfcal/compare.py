@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ class Comparison:
     float_top1: float | None
     accuracy_backend: str
     histograms: dict[str, qfcal.Histogram] = field(repr=False, default_factory=dict)
+    peers: list[str] = field(default_factory=list)
+    peer_notes: list[str] = field(default_factory=list)
 
     def row(self, tensor: str, method: str) -> Row:
         for r in self.rows:
@@ -105,6 +108,8 @@ class Comparison:
             "accuracy_backend": self.accuracy_backend,
             "float_top1": self.float_top1,
             "methods": [dict(m.__dict__) for m in self.methods],
+            "peers": self.peers,
+            "peer_notes": self.peer_notes,
             "rows": [
                 {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in r.items()}
@@ -113,13 +118,125 @@ class Comparison:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Grid:
+    """An encoding from a peer: integer grid `[qmin, qmax]`, scale and zero point."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def min(self) -> float:
+        return (self.qmin - self.zero_point) * self.scale
+
+    @property
+    def max(self) -> float:
+        return (self.qmax - self.zero_point) * self.scale
+
+
+def available_peers() -> dict[str, str]:
+    """The peers' own calibrators that can run here: ``{label: version or why not}``."""
+    out = {}
+    try:
+        import torch
+
+        out["torch HistogramObserver"] = f"torch {torch.__version__}"
+    except ImportError:
+        out["torch HistogramObserver"] = "not installed (pip install torch)"
+    try:
+        import onnxruntime
+        from onnxruntime.quantization import calibrate  # noqa: F401
+
+        for k in ("ort entropy", "ort percentile 99.999"):
+            out[k] = f"onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        for k in ("ort entropy", "ort percentile 99.999"):
+            out[k] = "not installed (pip install onnxruntime onnx)"
+    return out
+
+
+def _torch_histogram_observer(batches: list[npt.NDArray[np.float32]], bits: int) -> Grid:
+    import torch
+    from torch.ao.quantization import HistogramObserver
+
+    obs = HistogramObserver(quant_min=0, quant_max=2**bits - 1, dtype=torch.quint8)
+    for b in batches:
+        obs(torch.from_numpy(np.array(b, dtype=np.float32)))  # a writable copy
+    scale, zp = obs.calculate_qparams()
+    return Grid(float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0]), 0, 2**bits - 1)
+
+
+def _ort_collector(method: str) -> Any:
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    if method == "entropy":  # create_calibrator's defaults for CalibrationMethod.Entropy
+        return HistogramCollector("entropy", False, 128, 128, 99.999, "same")
+    return HistogramCollector("percentile", True, 2048, 2048, 99.999, "same")
+
+
+def _ort(batches: list[npt.NDArray[np.float32]], bits: int, method: str) -> Grid:
+    import contextlib
+    import io
+    import warnings
+
+    from onnxruntime.quantization.quant_utils import compute_scale_zp
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        col = _ort_collector(method)
+        col.collect({"t": [np.asarray(b, dtype=np.float32) for b in batches]})
+        out = col.compute_collection_result()["t"]
+    lo, hi = (out[0], out[1]) if isinstance(out, tuple) else out.range_value
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    zp, scale = compute_scale_zp(
+        np.float32(lo), np.float32(hi), np.int32(qmin), np.int32(qmax), symmetric=False
+    )
+    return Grid(float(scale), int(zp), qmin, qmax)
+
+
+def _ort_entropy(batches: list[npt.NDArray[np.float32]], bits: int) -> Grid:
+    return _ort(batches, bits, "entropy")
+
+
+def _ort_percentile(batches: list[npt.NDArray[np.float32]], bits: int) -> Grid:
+    return _ort(batches, bits, "percentile")
+
+
+PEERS: dict[str, Callable[[list[npt.NDArray[np.float32]], int], Grid]] = {
+    "torch HistogramObserver": _torch_histogram_observer,
+    "ort entropy": _ort_entropy,
+    "ort percentile 99.999": _ort_percentile,
+}
+# qfcal's reimplementation of each peer, for the "how far apart and why" note
+COUNTERPART = {
+    "torch HistogramObserver": (
+        "greedy",
+        "torch resamples its histogram when the range grows and counts levels as "
+        "quant_max - quant_min + 1 in its error estimate; qfcal's walk runs on the exact "
+        "histogram",
+    ),
+    "ort entropy": (
+        "entropy",
+        "ONNX Runtime's default is 128 bins and 128 levels, which leaves KL one candidate "
+        "(the min/max range); qfcal's entropy uses TensorRT's 2048 bins",
+    ),
+    "ort percentile 99.999": (
+        "percentile 99.999",
+        "ONNX Runtime's percentile is symmetric (of |x|) on 2048 bins; qfcal's takes the two "
+        "tails apart on the exact histogram",
+    ),
+}
+
+
 def _sqnr(signal: float, mse: float) -> float:
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / mse) if signal > 0 else -math.inf
 
 
-def quantize_error(x: npt.NDArray[Any], r: qfcal.SearchResult) -> float:
+def quantize_error(x: npt.NDArray[Any], r: qfcal.SearchResult | Grid) -> float:
     """Sum of squared errors of quantize-then-dequantize of `x` on the grid of `r` (float64,
     round half to even)."""
     x = np.asarray(x, dtype=np.float64).ravel()
@@ -143,13 +260,17 @@ def compare(
     weights: str = "per-tensor",
     batch_size: int = 64,
     progress: bool = True,
+    peers: bool | list[str] = False,
 ) -> Comparison:
     """Score every method on every tapped tensor of `model` (a batch-norm-folded Keras model).
 
     `calib_images` make the histograms (and only they); `eval_images` give the raw activations
     for the true errors. With `accuracy` = ``(images, labels)``, each method's ranges are also
     exported and its top-1 measured (the int8 ``.tflite`` at 8 bits, the FakeQuant graph
-    otherwise).
+    otherwise). With `peers` (True: every installed one, or a list of labels of
+    :data:`PEERS`), the peers' own calibrators (PyTorch's ``HistogramObserver``, ONNX
+    Runtime's histogram calibrators) see the same calibration activations and are scored the
+    same way; their histogram cost is not defined (their grids are not qfcal's) and left NaN.
 
     Raises:
         ValueError: no calibration or evaluation images; bits outside 2..16.
@@ -170,29 +291,51 @@ def compare(
     if len(set(labels)) != len(labels):
         raise ValueError(f"methods must have distinct labels, got {labels}")
 
+    if peers is True:
+        peer_labels = [k for k, v in available_peers().items() if not v.startswith("not")]
+    else:
+        peer_labels = list(peers or [])
+    unknown = [p for p in peer_labels if p not in PEERS]
+    if unknown:
+        raise ValueError(f"peers must be among {', '.join(PEERS)}, got {unknown}")
+
     cal = qcal.calibrate(model, calib_images, batch_size=batch_size)
     names = list(cal.histograms)
-    results: dict[str, dict[str, qfcal.SearchResult]] = {m: {} for m in labels}
-    seconds: dict[str, dict[str, float]] = {m: {} for m in labels}
+    inner = [n for n in names if not isinstance(model.get_layer(n), layers.InputLayer)]
+    import keras
+
+    taps = keras.Model(model.inputs[0], [model.get_layer(n).output for n in inner])
+    results: dict[str, dict[str, Any]] = {m: {} for m in [*labels, *peer_labels]}
+    seconds: dict[str, dict[str, float]] = {m: {} for m in [*labels, *peer_labels]}
     for label, opts in methods:
         for n in names:
             t0 = time.perf_counter()
             results[label][n] = qfcal.search(cal.histograms[n], bits=bits, **opts)
             seconds[label][n] = time.perf_counter() - t0
-
-    # true errors, streamed batch by batch over the evaluation images
-    inner = [n for n in names if not isinstance(model.get_layer(n), layers.InputLayer)]
-    import keras
-
-    taps = keras.Model(model.inputs[0], [model.get_layer(n).output for n in inner])
+    if peer_labels:
+        # the peers see the same calibration activations, batch by batch, as qfcal did
+        acts: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names}
+        for batch in _batches(np.asarray(calib_images, dtype=np.float32), batch_size):
+            outs = taps(batch, training=False)
+            got = {n: np.asarray(o) for n, o in zip(inner, outs, strict=True)}
+            for n in names:
+                acts[n].append(got.get(n, batch))
+        for label in peer_labels:
+            if progress:
+                print(f"running {label} on {len(names)} tensors", flush=True)
+            for n in names:
+                t0 = time.perf_counter()
+                results[label][n] = PEERS[label](acts[n], bits)
+                seconds[label][n] = time.perf_counter() - t0
+    labels = [*labels, *peer_labels]
     sse = {(m, n): 0.0 for m in labels for n in names}
     energy = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
     for batch in _batches(np.asarray(eval_images, dtype=np.float32), batch_size):
         outs = taps(batch, training=False)
-        acts = {n: np.asarray(o) for n, o in zip(inner, outs, strict=True)}
+        ev = {n: np.asarray(o) for n, o in zip(inner, outs, strict=True)}
         for n in names:
-            x = acts.get(n, batch).astype(np.float64).ravel()
+            x = ev.get(n, batch).astype(np.float64).ravel()
             x = x[np.isfinite(x)]
             energy[n] += float(np.dot(x, x))
             count[n] += x.size
@@ -204,10 +347,11 @@ def compare(
         for m in labels:
             r = results[m][n]
             mse = sse[(m, n)] / max(1, count[n])
+            hist_mse = r.mse if isinstance(r, qfcal.SearchResult) else math.nan
             rows.append(
                 Row(
                     tensor=n, method=m, min=r.min, max=r.max, scale=r.scale,
-                    zero_point=r.zero_point, hist_mse=r.mse, true_mse=mse,
+                    zero_point=r.zero_point, hist_mse=hist_mse, true_mse=mse,
                     true_sqnr_db=_sqnr(energy[n] / max(1, count[n]), mse),
                     seconds=seconds[m][n],
                 )
@@ -244,7 +388,26 @@ def compare(
                 mean_true_sqnr_db=float(np.mean(finite)) if finite else math.nan,
             )
         )
+    notes = []
+    for p in peer_labels:
+        ours, why = COUNTERPART[p]
+        if ours not in labels:
+            continue
+        widths = [
+            (results[p][n].max - results[p][n].min) / (results[ours][n].max - results[ours][n].min)
+            for n in names
+        ]
+        ratios = [
+            sse[(p, n)] / sse[(ours, n)] for n in names if sse[(ours, n)] > 0 and sse[(p, n)] > 0
+        ]
+        notes.append(
+            f"{p} against qfcal's {ours}: range width ratio median {np.median(widths):.3f} "
+            f"(min {np.min(widths):.3f}, max {np.max(widths):.3f}); true MSE ratio median "
+            f"{np.median(ratios) if ratios else math.nan:.3f}. Why they differ: {why}."
+        )
     return Comparison(
+        peers=peer_labels,
+        peer_notes=notes,
         bits=bits,
         tensors=names,
         rows=rows,
@@ -321,10 +484,17 @@ def markdown(c: Comparison, title: str = "") -> str:
             f"| {m.method} | {m.best_true}/{n} tensors | {m.mean_true_sqnr_db:.2f} | {t1} | "
             f"{1e3 * m.seconds:.1f} ms |"
         )
+    own = [m for m in c.methods if m.method not in c.peers]
     out += [
         "",
-        f"All methods on all tensors: {1e3 * sum(m.seconds for m in c.methods):.0f} ms of "
-        "range search.",
+        f"All qfcal methods on all tensors: {1e3 * sum(m.seconds for m in own):.0f} ms of "
+        "range search (histograms collected once).",
+        "",
+        *(
+            ["", "## The peers' own calibrators", "", *[f"- {n}" for n in c.peer_notes]]
+            if c.peers
+            else []
+        ),
         "",
         "## Per tensor: true SQNR (dB) of each method's range on the held-apart batch",
         "",

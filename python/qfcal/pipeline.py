@@ -314,6 +314,7 @@ def compare(
     bits: int = 8,
     eval_images: int = 256,
     accuracy_images: int | None = None,
+    peers: bool = False,
 ) -> Any:
     """The calibration shoot-out (:mod:`qfcal.compare`) on the run's model: histograms from the
     calibration images, true errors on `eval_images` other training images, end-to-end top-1
@@ -346,6 +347,7 @@ def compare(
         bits=bits,
         accuracy=(to_float(data.images("test", acc_idx)), data.labels("test")[acc_idx]),
         weights=cfg.weights,
+        peers=peers,
     )
     out = folder / f"compare-{bits}bit"
     title = f"{cfg.arch} {cfg.variant} (alpha {cfg.alpha:g}), {cfg.weights} weights"

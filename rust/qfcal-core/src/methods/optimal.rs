@@ -10,6 +10,10 @@
 //! 2. comb and refine: the best basins of the scan are combed finely on the coarse copy (the cost
 //!    is rough at small scales for spiky or sparse data) and the best tooth is refined with
 //!    Brent's method on the full histogram;
+//!    for a sparse histogram (fewer than 32 values per occupied bin) the cost is rough at every
+//!    scale, with dips where grid points meet spikes, which the coarse copy smooths away: every
+//!    stretch of the scan within 5% of its least is also combed on the full histogram, at a
+//!    quarter bin width (relative to max|x|) or at most 256 teeth, and the best three refined;
 //! 3. clusters: data in narrow clusters (a near-constant tensor, spiky histograms) has its cost's
 //!    dips where a grid point sits on a cluster, far narrower than any scan: every such scale is
 //!    tried, and the best refined over its whole basin; a near-constant tensor needs only this
@@ -47,8 +51,10 @@ const COARSE_BINS: usize = 512;
 const BASINS: usize = 3;
 /// Scan points combed around when the histogram has few values per bin.
 const ROUGH_BASINS: usize = 16;
-/// Most teeth per scan interval when combing a rough cost on the full histogram.
-const ROUGH_TEETH: usize = 64;
+/// Coarse-scan costs within this factor of the least mark where a rough cost is combed.
+const ROUGH_REACH: f64 = 1.05;
+/// Most full-histogram evaluations of that comb.
+const ROUGH_EVALS: usize = 256;
 
 /// The best point found so far: ln Δ and its cost on the full histogram.
 type Best = (f64, f64);
@@ -84,9 +90,14 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         x_low = scan.last().map_or(lc, |t| t.0);
         // A rough cost dips wherever a grid point meets a spike: about every quarter bin width
         // (relative to the largest magnitude) of ln Δ, far finer than the coarse copy sees.
-        let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
-        let spacing = rough.then(|| 0.25 * width / dist.max_abs());
-        bracket = refine_basins(&scan, spacing, &mut ev_c, &mut ev_f, &mut best);
+        bracket = refine_basins(&scan, rough, &mut ev_c, &mut ev_f, &mut best);
+        if rough {
+            // A rough cost dips wherever a grid point meets a spike: about every quarter bin
+            // width (relative to the largest magnitude) of ln Δ, far finer than the coarse copy
+            // sees, and a dip anywhere near the best of the scan may be the deepest.
+            let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
+            comb_rough(&scan, 0.25 * width / dist.max_abs(), &mut ev_f, &mut best);
+        }
     }
     if !runs.is_empty() {
         let budget = if near_constant {
@@ -171,12 +182,11 @@ fn scan(
 /// full histogram. Returns the bracket (in ln Δ) the refinement used.
 fn refine_basins(
     scan: &[(f64, f64)],
-    rough_spacing: Option<f64>,
+    rough: bool,
     ev_c: &mut Evaluator,
     ev_f: &mut Evaluator,
     best: &mut Best,
 ) -> f64 {
-    let rough = rough_spacing.is_some();
     let mut minima: Vec<usize> = (0..scan.len())
         .filter(|&i| {
             let c = scan[i].1;
@@ -212,25 +222,11 @@ fn refine_basins(
         } else {
             scan[i].0 + step
         };
-        // Rough: comb on the full histogram at the spacing of its dips (the coarse copy has
-        // smoothed them away); otherwise on the coarse copy.
-        let (teeth, ev) = match rough_spacing {
-            Some(sp) => (
-                (((hi - lo) / sp).ceil() as usize).clamp(TEETH, ROUGH_TEETH),
-                &mut *ev_f,
-            ),
-            None => (TEETH, &mut *ev_c),
-        };
-        let tooth = (hi - lo) / (teeth + 1) as f64;
-        let c0 = if rough {
-            ev.eval(scan[i].0.exp()).cost
-        } else {
-            scan[i].1
-        };
-        let mut top = (scan[i].0, c0);
-        for t in 1..=teeth {
+        let tooth = (hi - lo) / (TEETH + 1) as f64;
+        let mut top = (scan[i].0, scan[i].1);
+        for t in 1..=TEETH {
             let x = lo + t as f64 * tooth;
-            let c = ev.eval(x.exp()).cost;
+            let c = ev_c.eval(x.exp()).cost;
             if c < top.1 {
                 top = (x, c);
             }
@@ -250,6 +246,49 @@ fn refine_basins(
         }
     }
     cands.first().map_or(0.0, |c| c.2)
+}
+
+/// Stage 2b, for a rough cost: comb, on the full histogram, every stretch of ln Δ whose scan
+/// cost is within `ROUGH_REACH` of the least, at `spacing` (or wider, to stay within
+/// `ROUGH_EVALS`), then refine the three best teeth.
+fn comb_rough(scan: &[(f64, f64)], spacing: f64, ev_f: &mut Evaluator, best: &mut Best) {
+    let least = scan.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+    // stretches around the selected scan points, merged (the scan runs from large Δ down)
+    let mut spans: Vec<(f64, f64)> = Vec::new();
+    for i in 0..scan.len() {
+        // (a NaN cost is never selected)
+        if scan[i].1.partial_cmp(&(ROUGH_REACH * least)) == Some(std::cmp::Ordering::Greater)
+            || scan[i].1.is_nan()
+        {
+            continue;
+        }
+        let lo = scan.get(i + 1).map_or(scan[i].0, |t| t.0);
+        let hi = if i > 0 { scan[i - 1].0 } else { scan[i].0 };
+        match spans.last_mut() {
+            Some(last) if lo <= last.1 && hi >= last.0 => last.0 = last.0.min(lo),
+            _ => spans.push((lo, hi)),
+        }
+    }
+    let total: f64 = spans.iter().map(|s| s.1 - s.0).sum();
+    if total.is_nan() || total <= 0.0 {
+        return;
+    }
+    let step = spacing.max(total / ROUGH_EVALS as f64);
+    let mut teeth: Vec<(f64, f64)> = Vec::new();
+    for &(lo, hi) in &spans {
+        let n = ((hi - lo) / step).ceil() as usize;
+        for t in 0..=n {
+            let x = lo + t as f64 * (hi - lo) / n.max(1) as f64;
+            teeth.push((x, ev_f.eval(x.exp()).cost));
+        }
+    }
+    teeth.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for &(x, _) in teeth.iter().take(3) {
+        let r = brent(|y| ev_f.eval(y.exp()).cost, x - step, x + step, 1e-12, 40);
+        if r.1 < best.1 {
+            *best = r;
+        }
+    }
 }
 
 /// Runs of bins narrower than two covering cells that hold at least 1% of the values, heaviest
