@@ -235,3 +235,29 @@ def test_image_folder_feeds_the_training_pipeline(tmp_path):
     xs, ys = next(iter(train.input_pipeline(ds, "train", 8, training=True, augment=True)))
     assert xs.shape == (6, 16, 16, 3) and sorted(ys.numpy().tolist()) == [0, 0, 0, 1, 1, 1]
     assert float(tf.reduce_max(xs)) == pytest.approx(250 / 255, abs=1e-6)
+
+
+def test_compare_on_the_run_folder(run_dir, tmp_path):
+    import shutil
+
+    from qfcal import compare
+
+    work = tmp_path / "cmp"
+    shutil.copytree(run_dir, work)
+    args = ["compare", "--out", str(work), "--bits", "8,4", "--eval-images", "32"]
+    args += ["--accuracy-images", "60", "--methods", "minmax,optimal,entropy"]
+    assert cli.main(args) == 0
+    for bits in (8, 4):
+        doc = json.loads((work / f"compare-{bits}bit" / "compare.json").read_text())
+        assert doc["bits"] == bits and doc["eval_images"] == 32 and doc["accuracy_images"] == 60
+        assert [m["method"] for m in doc["methods"]] == ["minmax", "optimal", "entropy"]
+        assert all(m["top1"] is not None for m in doc["methods"])
+        tensors = {r["tensor"] for r in doc["rows"]}
+        for t in tensors:
+            rows = {r["method"]: r for r in doc["rows"] if r["tensor"] == t}
+            assert rows["optimal"]["hist_mse"] <= min(r["hist_mse"] for r in rows.values()) * (
+                1 + 1e-6
+            )
+        assert (work / f"compare-{bits}bit" / "compare.md").is_file()
+    assert [m for m, _ in compare.METHODS] == [m for m, _ in cli.METHOD_LABELS]
+    assert cli.main(["compare", "--out", str(work), "--methods", "kl"]) == 2

@@ -73,6 +73,13 @@ def methods_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # the pipeline's commands (TensorFlow is imported only once one of them runs)
 
+# the shoot-out's methods (kept here too, so that --help needs no TensorFlow)
+METHOD_LABELS = [
+    ("minmax", None), ("percentile 99.9", None), ("percentile 99.99", None),
+    ("percentile 99.999", None), ("entropy", None), ("tf_enhanced", None), ("greedy", None),
+    ("optimal", None), ("optimal gamma 3", None),
+]  # fmt: skip
+
 # about 3 minutes on 2 cores: 20,000 training images once, the whole test set evaluated
 DEMO = {
     "arch": "v2",
@@ -259,6 +266,7 @@ def step_main(args: argparse.Namespace) -> int:
                 eval_images=args.eval_images,
                 accuracy_images=args.accuracy_images,
                 peers=args.peers,
+                methods=args.methods,
             )
             print(f"\n{bits}-bit activations: method, tensors with the lowest true error, top-1")
             for m in c.methods:
@@ -350,6 +358,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     c.add_argument(
         "--accuracy-images", type=int, metavar="N", help="test images for top-1 (default all)"
+    )
+    c.add_argument(
+        "--methods",
+        type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+        metavar="M[,M...]",
+        help="a subset of: " + ", ".join(m for m, _ in METHOD_LABELS) + " (default all)",
     )
     c.add_argument(
         "--peers",

@@ -315,6 +315,7 @@ def compare(
     eval_images: int = 256,
     accuracy_images: int | None = None,
     peers: bool = False,
+    methods: list[str] | None = None,
 ) -> Any:
     """The calibration shoot-out (:mod:`qfcal.compare`) on the run's model: histograms from the
     calibration images, true errors on `eval_images` other training images, end-to-end top-1
@@ -324,6 +325,13 @@ def compare(
     from qfcal.train import load_model, to_float
 
     cfg.check()
+    chosen = qcmp.METHODS
+    if methods:
+        known = dict(qcmp.METHODS)
+        bad = [m for m in methods if m not in known]
+        if bad:
+            raise ValueError(f"methods must be among {', '.join(known)}; got {bad}")
+        chosen = [(m, known[m]) for m in methods]
     if eval_images < 1:
         raise ValueError(f"eval_images must be at least 1, got {eval_images}")
     model = fold_batch_norm(load_model(folder / "model.keras"))
@@ -337,7 +345,7 @@ def compare(
     )
     acc_idx = np.arange(n_acc)
     print(
-        f"comparing {len(qcmp.METHODS)} methods at {bits} bits: {len(idx)} calibration images, "
+        f"comparing {len(chosen)} methods at {bits} bits: {len(idx)} calibration images, "
         f"{len(held)} held-apart training images, top-1 on {n_acc} test images"
     )
     c = qcmp.compare(
@@ -348,6 +356,7 @@ def compare(
         accuracy=(to_float(data.images("test", acc_idx)), data.labels("test")[acc_idx]),
         weights=cfg.weights,
         peers=peers,
+        methods=chosen,
     )
     out = folder / f"compare-{bits}bit"
     title = f"{cfg.arch} {cfg.variant} (alpha {cfg.alpha:g}), {cfg.weights} weights"
