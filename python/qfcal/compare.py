@@ -422,9 +422,11 @@ def compare(
 
 
 def _top1_keras(model: Any, images: Any, labels: Any, batch_size: int) -> float:
+    from qfcal.evaluate import call_keras
+
     hits = 0
     for i in range(0, len(images), batch_size):
-        logits = np.asarray(model(images[i : i + batch_size], training=False))
+        logits = call_keras(model, images[i : i + batch_size])
         hits += int(np.sum(np.argmax(logits, axis=1) == labels[i : i + batch_size]))
     return hits / len(images)
 
