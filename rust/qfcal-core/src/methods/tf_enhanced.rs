@@ -9,13 +9,18 @@ const DELTAS: i64 = 17;
 const OFFSETS: i64 = 21;
 const GAMMA: f64 = 3.0;
 
-/// AIMET's noise estimate: every bin's values sit at its midpoint.
-fn midpoint_noise(dist: &Dist, enc: &Encoding) -> f64 {
+/// AIMET's noise estimate: every bin's values sit at its midpoint. `mids` holds the occupied
+/// bins' (midpoint, count).
+fn midpoint_noise(mids: &[(f64, f64)], enc: &Encoding) -> f64 {
     let (lo, hi) = (enc.min(), enc.max());
+    let (l, h) = (enc.l() as f64, enc.h() as f64);
     let mut noise = 0.0;
-    for (a, b, c) in dist.bins() {
-        let x = 0.5 * (a + b);
-        let q = ((x / enc.scale).round()).clamp(enc.l() as f64, enc.h() as f64) * enc.scale;
+    for &(x, c) in mids {
+        // the grid index rounded half away from zero; clamping first keeps it small, so the
+        // integer conversion is exact (and far cheaper than a libm `round`)
+        let y = (x / enc.scale).clamp(l - 1.0, h + 1.0);
+        let r = (y.abs() + 0.5) as i64 as f64;
+        let q = r.copysign(y).clamp(l, h) * enc.scale;
         let e = (x - q) * (x - q) * c;
         noise += if x < lo || x > hi { GAMMA * e } else { e };
     }
@@ -37,13 +42,18 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
             .collect()
     };
     offsets.push(cover.l());
-    let mut best = (midpoint_noise(dist, &cover), cover);
+    let mids: Vec<(f64, f64)> = dist
+        .bins()
+        .filter(|t| t.2 > 0.0)
+        .map(|(a, b, c)| (0.5 * (a + b), c))
+        .collect();
+    let mut best = (midpoint_noise(&mids, &cover), cover);
     for i in 1..=DELTAS {
         let scale = (cover.scale * i as f64 / DELTAS as f64) as f32 as f64;
         for &l in &offsets {
             let l = l.clamp(-steps, 0);
             let enc = spec.encoding(scale, l);
-            let n = midpoint_noise(dist, &enc);
+            let n = midpoint_noise(&mids, &enc);
             if n < best.0 {
                 best = (n, enc);
             }
