@@ -130,12 +130,16 @@ class Dataset:
         """How many images `split` holds."""
         return len(self.labels(split))
 
-    def tf_data(self, split: str) -> tf.data.Dataset:
-        """`split` as an unbatched, unshuffled ``tf.data.Dataset`` of ``(uint8 image (h, w, c),
-        int64 label)`` in array order. Imports TensorFlow."""
+    def tf_data(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        """`split` as an unbatched ``tf.data.Dataset`` of ``(uint8 image (h, w, c), int64
+        label)`` in array order, or with `shuffle_seed` reshuffled (seeded) at every pass.
+        Imports TensorFlow."""
         import tensorflow as tf
 
-        return tf.data.Dataset.from_tensor_slices((self.images(split), self.labels(split)))
+        ds = tf.data.Dataset.from_tensor_slices((self.images(split), self.labels(split)))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(self.size(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+        return ds
 
     def subset(self, train: int | None, test: int | None, seed: int = 0) -> Dataset:
         """At most `train` and `test` images (None: all), drawn with `seed`, kept in their order.
@@ -345,13 +349,25 @@ class ImageFolder:
                 pos += len(batch)
         return out
 
-    def tf_data(self, split: str) -> tf.data.Dataset:
-        """`split` as an unbatched, unshuffled ``tf.data.Dataset`` of ``(uint8 image (h, w, c),
-        int64 label)`` in file order, decoded in parallel. Imports TensorFlow."""
+    def tf_data(self, split: str, shuffle_seed: int | None = None) -> tf.data.Dataset:
+        """`split` as an unbatched ``tf.data.Dataset`` of ``(uint8 image (h, w, c), int64
+        label)`` in file order, decoded in parallel; with `shuffle_seed` the file names (not the
+        decoded images, which would not fit in memory for ImageNet) are reshuffled, seeded, at
+        every pass. Imports TensorFlow."""
         import tensorflow as tf
 
-        labels = tf.data.Dataset.from_tensor_slices(self.labels(split))
-        return tf.data.Dataset.zip((self._pipeline(self.files(split)), labels))
+        if shuffle_seed is None:
+            labels = tf.data.Dataset.from_tensor_slices(self.labels(split))
+            return tf.data.Dataset.zip((self._pipeline(self.files(split)), labels))
+        pairs = tf.data.Dataset.from_tensor_slices(
+            (tf.constant(self.files(split), tf.string), self.labels(split))
+        ).shuffle(self.size(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+        decode = _decoder(self.image_size, self.channels)
+        return pairs.map(
+            lambda path, label: (decode(path), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
 
     def subset(self, train: int | None, test: int | None, seed: int = 0) -> ImageFolder:
         """At most `train` and `test` images (None: all), drawn with `seed`, kept in their order.

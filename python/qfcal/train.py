@@ -101,9 +101,8 @@ def input_pipeline(
 
     With ``training``, the examples are shuffled every epoch (seeded) and, with ``augment``,
     randomly shifted and (with ``flip``) mirrored."""
-    ds = data.tf_data(split)
+    ds = data.tf_data(split, shuffle_seed=seed if training else None)
     if training:
-        ds = ds.shuffle(min(data.size(split), 50_000), seed=seed, reshuffle_each_iteration=True)
         if augment:
             noise = tf.data.Dataset.random(seed=seed).batch(2)
             ds = tf.data.Dataset.zip((ds, noise)).map(
