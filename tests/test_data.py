@@ -97,7 +97,7 @@ def test_missing_dataset_says_where_it_looked_and_how_to_get_it(tmp_path, monkey
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.delenv("QFCAL_DATA", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")]}
+    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")], "debian": None}
     monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "fashion_mnist": spec})
     with pytest.raises(data.DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
         data.load("fashion-mnist", tmp_path / "empty")
@@ -461,7 +461,7 @@ def test_image_folder_errors_name_what_is_wrong(tmp_path, tf):
 def test_a_failed_download_is_reported_with_the_hints(tmp_path, monkeypatch):
     monkeypatch.setenv("QFCAL_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")]}
+    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")], "debian": None}
     monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "fashion_mnist": spec})
 
     def offline(name):
@@ -473,3 +473,25 @@ def test_a_failed_download_is_reported_with_the_hints(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "The download failed: OSError: no route to the storage of fashion_mnist" in msg
     assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "empty") in msg
+
+
+def test_debian_package_folders_come_from_dpkg(monkeypatch, tmp_path):
+    # the folders are whatever dpkg -L lists, not a hard-coded path
+    listing = f"/.\n{tmp_path}\n{tmp_path}/t10k-images-idx3-ubyte.gz\n{tmp_path}/README\n"
+
+    class Done:
+        stdout = listing
+
+    monkeypatch.setattr(data.shutil, "which", lambda name: "/usr/bin/dpkg")
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return Done()
+
+    monkeypatch.setattr(data.subprocess, "run", run)
+    assert data.debian_dirs("dataset-fashion-mnist") == [str(tmp_path)]
+    assert calls == [["dpkg", "-L", "dataset-fashion-mnist"]]
+    assert tmp_path in data.candidate_dirs("fashion_mnist")
+    monkeypatch.setattr(data.shutil, "which", lambda name: None)
+    assert data.debian_dirs("dataset-fashion-mnist") == []

@@ -141,7 +141,7 @@ def test_training_resumes_after_an_interruption(tmp_path, capsys):
 def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QFCAL_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")]}
+    spec = {**data.DATASETS["fashion_mnist"], "system": [str(tmp_path / "none")], "debian": None}
     monkeypatch.setattr(data, "DATASETS", {**data.DATASETS, "fashion_mnist": spec})
     args = ["run", *TINY, "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)]
     code = cli.main([*args, "--no-download"])

@@ -24,6 +24,8 @@ import copy
 import gzip
 import importlib.util
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,6 +41,8 @@ DATASETS: dict[str, dict[str, object]] = {
     "fashion_mnist": {
         "dirs": ["fashion-mnist", "fashion_mnist"],
         "system": ["/usr/share/datasets/fashion-mnist"],
+        # Debian's package: its folders are read from `dpkg -L` (the system path is a fallback)
+        "debian": "dataset-fashion-mnist",
         "packages": [],
         "classes": [
             "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -448,6 +452,20 @@ def package_dirs(name: str) -> list[Path]:
     return dirs
 
 
+def debian_dirs(package: str | None) -> list[str]:
+    """The folders holding IDX files that Debian's `package` installed (``dpkg -L``); empty
+    where there is no dpkg or no such package."""
+    if not package or shutil.which("dpkg") is None:
+        return []
+    try:
+        out = subprocess.run(
+            ["dpkg", "-L", package], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted({str(Path(f).parent) for f in out.splitlines() if f.endswith("-ubyte.gz")})
+
+
 def candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """The folders looked at for `name`, in order."""
     spec = DATASETS[name]
@@ -458,7 +476,8 @@ def candidate_dirs(name: str, data_dir: str | os.PathLike[str] | None = None) ->
     for root in roots:
         dirs.append(root)
         dirs.extend(root / d for d in spec["dirs"])  # type: ignore[attr-defined]
-    dirs.extend(Path(d) for d in spec["system"])  # type: ignore[attr-defined]
+    dirs.extend(Path(d) for d in debian_dirs(spec.get("debian")) if Path(d) not in dirs)  # type: ignore[arg-type]
+    dirs.extend(Path(d) for d in spec["system"] if Path(d) not in dirs)  # type: ignore[attr-defined]
     dirs.extend(package_dirs(name))
     keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     dirs.extend(keras_home / "datasets" / d for d in spec["dirs"])  # type: ignore[attr-defined]
