@@ -25,29 +25,6 @@ import qfcal  # noqa: E402
 from _machine import cpu_model, load  # noqa: E402
 
 
-def he_init(model: object, seed: int = 0) -> None:
-    """Variance-preserving random weights (a fresh Keras model's activations vanish with
-    depth, which would leave the int8 ranges degenerate)."""
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:  # type: ignore[attr-defined]
-        w = layer.get_weights()
-        if not w:
-            continue
-        k = w[0]
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            fan_in = k.shape[0] * k.shape[1]
-        elif k.ndim >= 2:
-            fan_in = int(np.prod(k.shape[:-1]))
-        else:
-            continue
-        w[0] = rng.normal(0, np.sqrt(2.0 / fan_in), k.shape).astype(np.float32)
-        if len(w) > 1:
-            w[1] = rng.normal(0, 0.05, w[1].shape).astype(np.float32)
-        layer.set_weights(w)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=50, help="timed single-image runs per model")
@@ -64,7 +41,7 @@ def main() -> int:
     for arch in ("v1", "v2"):
         for variant in ("standard", "qfriendly"):
             m = models.build(arch, variant, input_shape=shape, classes=1000, alpha=args.alpha)
-            he_init(m)
+            models.variance_preserving_init(m)
             m = fold.fold_batch_norm(m)
             res = calibrate.calibrate(m, x[:4], batch_size=2).search()
             ranges = {k: (r.min, r.max) for k, r in res.items()}

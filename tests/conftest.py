@@ -290,26 +290,3 @@ def sample_histogram() -> qfcal.Histogram:
     x[:50] = 0.0
     x[50:53] = [np.nan, np.inf, -np.inf]
     return hist_of(x, 256)
-
-
-def he_init(model, seed=0):
-    """Variance-preserving random weights, so activations keep their size through the depth
-    (a fresh Keras MobileNet's shrink to ~1e-9 at the logits)."""
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        w = layer.get_weights()
-        if not w:
-            continue
-        k = w[0]
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            fan_in = k.shape[0] * k.shape[1]
-        elif k.ndim >= 2:
-            fan_in = int(np.prod(k.shape[:-1]))
-        else:
-            continue
-        w[0] = rng.normal(0, np.sqrt(2.0 / fan_in), k.shape).astype(np.float32)
-        if len(w) > 1:
-            w[1] = rng.normal(0, 0.05, w[1].shape).astype(np.float32)
-        layer.set_weights(w)

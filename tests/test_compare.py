@@ -11,14 +11,13 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 import qfcal  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from conftest import he_init  # noqa: E402
 from qfcal import compare, export, fold, models  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
     m = fold.fold_batch_norm(models.build("v2", "qfriendly", input_shape=(16, 16, 1), alpha=0.25))
-    he_init(m, seed=3)
+    models.variance_preserving_init(m, seed=3)
     return m
 
 

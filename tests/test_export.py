@@ -11,13 +11,12 @@ calibrate = pytest.importorskip("qfcal.calibrate")
 export = pytest.importorskip("qfcal.export")
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from conftest import he_init  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=[("v2", "qfriendly"), ("v1", "standard")])
 def converted(request):
     m = fold.fold_batch_norm(models.build(*request.param, alpha=0.25))
-    he_init(m)
+    models.variance_preserving_init(m)
     x = np.random.default_rng(1).uniform(0, 1, (16, 32, 32, 1)).astype(np.float32)
     results = calibrate.calibrate(m, x).search(bits=8)
     ranges = {k: (r.min, r.max) for k, r in results.items()}

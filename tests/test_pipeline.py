@@ -237,7 +237,7 @@ def test_image_folder_feeds_the_training_pipeline(tmp_path):
     assert float(tf.reduce_max(xs)) == pytest.approx(250 / 255, abs=1e-6)
 
 
-def test_compare_on_the_run_folder(run_dir, tmp_path):
+def test_compare_on_the_run_folder(run_dir, tmp_path, capsys):
     import shutil
 
     from qfcal import compare
@@ -259,5 +259,9 @@ def test_compare_on_the_run_folder(run_dir, tmp_path):
                 1 + 1e-6
             )
         assert (work / f"compare-{bits}bit" / "compare.md").is_file()
-    assert [m for m, _ in compare.METHODS] == [m for m, _ in cli.METHOD_LABELS]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(m in text for m, _ in compare.METHODS), text
     assert cli.main(["compare", "--out", str(work), "--methods", "kl"]) == 2

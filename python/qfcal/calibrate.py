@@ -10,8 +10,6 @@ calibration images run through the model batch by batch; each tapped tensor feed
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import numpy as np
 from keras import layers
 
 import qfcal
+from qfcal._io import write_json_atomic as write_json_atomic  # re-exported
 
 _ACTIVATIONS = (layers.ReLU, layers.Activation)
 
@@ -132,14 +131,3 @@ def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
         }
         for name, r in results.items()
     }
-
-
-def write_json_atomic(path: str | os.PathLike[str], doc: Any) -> None:
-    """Write `doc` as JSON to a temporary file beside `path`, then rename it over `path`: a
-    crash never leaves a half-written file that looks valid."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)

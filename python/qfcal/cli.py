@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 import qfcal
+from qfcal.compare import METHODS, quantize_error  # numpy only
 
 
 def _synthetic(seed: int, batches: int, size: int) -> dict[str, list[npt.NDArray[np.float32]]]:
@@ -32,11 +33,6 @@ def _synthetic(seed: int, batches: int, size: int) -> dict[str, list[npt.NDArray
         out["gaussian"].append(rng.normal(0.3, 1.5, size).astype(np.float32))
         out["heavy_tail"].append(rng.standard_t(3, size).astype(np.float32))
     return out
-
-
-def _true_mse(x: npt.NDArray[np.float64], r: qfcal.SearchResult) -> float:
-    q = np.clip(np.round(x / r.scale) + r.zero_point, r.qmin, r.qmax)
-    return float(np.mean((x - (q - r.zero_point) * r.scale) ** 2))
 
 
 def _rows(name: str, batches: list[npt.NDArray[np.float32]], bits: int) -> Iterator[str]:
@@ -51,8 +47,9 @@ def _rows(name: str, batches: list[npt.NDArray[np.float32]], bits: int) -> Itera
         t = time.perf_counter()
         r = qfcal.search(h, bits=bits, method=m)
         ms = 1e3 * (time.perf_counter() - t)
+        true = quantize_error(raw, r) / raw.size
         yield (
-            f"{m:<12} {r.min:>10.4g} {r.max:>10.4g} {r.mse:>11.4e} {_true_mse(raw, r):>11.4e}"
+            f"{m:<12} {r.min:>10.4g} {r.max:>10.4g} {r.mse:>11.4e} {true:>11.4e}"
             f" {r.sqnr_db:>8.2f}  ({ms:.2f} ms)"
         )
 
@@ -73,12 +70,6 @@ def methods_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # the pipeline's commands (TensorFlow is imported only once one of them runs)
 
-# the shoot-out's methods (kept here too, so that --help needs no TensorFlow)
-METHOD_LABELS = [
-    ("minmax", None), ("percentile 99.9", None), ("percentile 99.99", None),
-    ("percentile 99.999", None), ("entropy", None), ("tf_enhanced", None), ("greedy", None),
-    ("optimal", None), ("optimal gamma 3", None),
-]  # fmt: skip
 
 # 2-3 minutes on 2 cores: 20,000 training images once, the whole test set evaluated
 DEMO = {
@@ -363,7 +354,7 @@ def parser() -> argparse.ArgumentParser:
         "--methods",
         type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
         metavar="M[,M...]",
-        help="a subset of: " + ", ".join(m for m, _ in METHOD_LABELS) + " (default all)",
+        help="a subset of: " + ", ".join(m for m, _ in METHODS) + " (default all)",
     )
     c.add_argument(
         "--peers",

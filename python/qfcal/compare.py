@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 import qfcal
-from qfcal.calibrate import write_json_atomic
+from qfcal._io import write_json_atomic, write_text_atomic
 
 # (label, qfcal.search options): the field's methods, as qfcal reimplements them
 METHODS: list[tuple[str, dict[str, Any]]] = [
@@ -245,10 +245,6 @@ def quantize_error(x: npt.NDArray[Any], r: qfcal.SearchResult | Grid) -> float:
     return float(np.dot(d, d))
 
 
-def _batches(images: npt.NDArray[Any], batch_size: int) -> list[npt.NDArray[Any]]:
-    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-
-
 def compare(
     model: Any,
     calib_images: npt.NDArray[np.float32],
@@ -315,7 +311,7 @@ def compare(
     if peer_labels:
         # the peers see the same calibration activations, batch by batch, as qfcal did
         acts: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names}
-        for batch in _batches(np.asarray(calib_images, dtype=np.float32), batch_size):
+        for batch in qcal._batches(np.asarray(calib_images, dtype=np.float32), batch_size):
             outs = taps(batch, training=False)
             got = {n: np.asarray(o) for n, o in zip(inner, outs, strict=True)}
             for n in names:
@@ -331,7 +327,7 @@ def compare(
     sse = {(m, n): 0.0 for m in labels for n in names}
     energy = dict.fromkeys(names, 0.0)
     count = dict.fromkeys(names, 0)
-    for batch in _batches(np.asarray(eval_images, dtype=np.float32), batch_size):
+    for batch in qcal._batches(np.asarray(eval_images, dtype=np.float32), batch_size):
         outs = taps(batch, training=False)
         ev = {n: np.asarray(o) for n, o in zip(inner, outs, strict=True)}
         for n in names:
@@ -614,7 +610,5 @@ def write(c: Comparison, folder: str | os.PathLike[str], title: str = "") -> lis
     if pngs:
         md += "\n## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in pngs)
         md += "\n"
-    tmp = folder / f"compare.md.tmp{os.getpid()}"
-    tmp.write_text(md, encoding="utf-8")
-    os.replace(tmp, folder / "compare.md")
+    write_text_atomic(folder / "compare.md", md)
     return [str(folder / "compare.json"), str(folder / "compare.md"), *pngs]

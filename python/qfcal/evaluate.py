@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -80,18 +81,25 @@ class TFLiteModel:
         return self._dequantize(self._it.get_tensor(self._out["index"]))
 
 
-def predict_tflite(
-    model: TFLiteModel, data: Any, batch_size: int = 256, label: str = "tflite"
+def _predict(
+    run: Callable[[npt.NDArray[np.float32]], Any], data: Any, batch_size: int, label: str
 ) -> npt.NDArray[np.int64]:
-    """Top-1 class of every test image."""
+    """Top-1 class of every test image under `run` (a batch of float images to logits)."""
     n = data.size("test")
     bar = progress(n, f"evaluating {label} on {n} test images")
     out = np.empty(n, dtype=np.int64)
     for i in range(0, n, batch_size):
         idx = np.arange(i, min(n, i + batch_size))
-        out[idx] = np.argmax(model(to_float(data.images("test", idx))), axis=1)
+        out[idx] = np.argmax(run(to_float(data.images("test", idx))), axis=1)
         bar.update(int(idx[-1]) + 1)
     return out
+
+
+def predict_tflite(
+    model: TFLiteModel, data: Any, batch_size: int = 256, label: str = "tflite"
+) -> npt.NDArray[np.int64]:
+    """Top-1 class of every test image."""
+    return _predict(model, data, batch_size, label)
 
 
 def call_keras(model: Any, x: Any) -> npt.NDArray[np.float32]:
@@ -105,15 +113,7 @@ def call_keras(model: Any, x: Any) -> npt.NDArray[np.float32]:
 
 def predict_keras(model: Any, data: Any, batch_size: int = 256) -> npt.NDArray[np.int64]:
     """Top-1 class of every test image under the Keras model (inference mode)."""
-    n = data.size("test")
-    bar = progress(n, f"evaluating the Keras float model on {n} test images")
-    out = np.empty(n, dtype=np.int64)
-    for i in range(0, n, batch_size):
-        idx = np.arange(i, min(n, i + batch_size))
-        logits = call_keras(model, to_float(data.images("test", idx)))
-        out[idx] = np.argmax(logits, axis=1)
-        bar.update(int(idx[-1]) + 1)
-    return out
+    return _predict(lambda x: call_keras(model, x), data, batch_size, "the Keras float model")
 
 
 def latency(

@@ -31,7 +31,8 @@ import numpy as np
 
 import qfcal
 from qfcal import data as qdata
-from qfcal.calibrate import ranges_json, write_json_atomic
+from qfcal._io import atomic_path, write_bytes_atomic, write_json_atomic
+from qfcal.calibrate import ranges_json
 
 
 @dataclass
@@ -209,9 +210,8 @@ def calibrate(
     )
     write_json_atomic(folder / "ranges.json", ranges_json(results))
     blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in cal.histograms.items()}
-    tmp = folder / f"histograms.tmp{os.getpid()}.npz"
-    np.savez(tmp, **blobs)  # type: ignore[arg-type]
-    os.replace(tmp, folder / "histograms.npz")
+    with atomic_path(folder / "histograms.npz") as tmp:
+        np.savez(tmp, **blobs)  # type: ignore[arg-type]
     _record(
         folder,
         "calibrate",
@@ -240,12 +240,6 @@ def load_histograms(path: Path) -> dict[str, qfcal.Histogram]:
         return {n: qfcal.Histogram.from_bytes(z[n].tobytes()) for n in z.files}
 
 
-def _write_bytes_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tuple[Path, Path]:
     """The float ``.tflite`` and the int8 ``.tflite`` built from the FakeQuant graph with the
     ranges of ``ranges.json``."""
@@ -258,7 +252,7 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
     keras_model = load_model(model_path or folder / "model.keras")
     print("converting to the float .tflite")
     float_path, int8_path = folder / "model_float.tflite", folder / "model_int8.tflite"
-    _write_bytes_atomic(float_path, qexp.to_float_tflite(keras_model))
+    write_bytes_atomic(float_path, qexp.to_float_tflite(keras_model))
     print(f"converting the FakeQuant graph to the int8 .tflite ({cfg.weights} weights)")
     int8 = qexp.to_int8_tflite(
         fold_batch_norm(keras_model),
@@ -267,7 +261,7 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
         weight_method=cfg.weight_method,
         int8_io=cfg.int8_io,
     )
-    _write_bytes_atomic(int8_path, int8)
+    write_bytes_atomic(int8_path, int8)
     _record(folder, "export", cfg)
     return float_path, int8_path
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 import qfcal
-from qfcal.calibrate import write_json_atomic
+from qfcal._io import atomic_path, write_json_atomic, write_text_atomic
 
 
 def _pct(x: float | None) -> str:
@@ -110,9 +110,8 @@ def _coarse(counts: np.ndarray, edges: np.ndarray, n: int = 96) -> tuple[np.ndar
 
 
 def _save_atomic(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
 
 
 def plots(
@@ -195,7 +194,5 @@ def write(
     pngs = plots(folder, report, histograms)
     write_json_atomic(folder / "report.json", report)
     md = folder / "report.md"
-    tmp = md.with_name(f"report.md.tmp{os.getpid()}")
-    tmp.write_text(markdown(report, pngs), encoding="utf-8")
-    os.replace(tmp, md)
+    write_text_atomic(md, markdown(report, pngs))
     return [str(folder / "report.json"), str(md), *pngs]

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from qfcal.calibrate import write_json_atomic
+from qfcal._io import atomic_path, write_json_atomic
 
 SCHEDULES = ("cosine", "step")
 OPTIMIZERS = ("adam", "sgd")
@@ -139,10 +139,8 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
 
 def save_model_atomic(model: keras.Model, path: str | os.PathLike[str]) -> None:
     """``model.save`` to a temporary ``.keras`` beside `path`, then rename it over `path`."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        model.save(tmp)
 
 
 class ModelFileError(ValueError):
