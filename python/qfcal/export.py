@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import layers
 
 import qfcal
-from qfcal.calibrate import tap_names
+from qfcal.calibrate import _inputs, tap_names
 
 WEIGHT_MODES = ("per-tensor", "per-channel")
 
@@ -82,11 +82,6 @@ def _weight_fq(w: np.ndarray, channel_axis: int | None, method: str = "minmax") 
     return tf.quantization.fake_quant_with_min_max_vars_per_channel(
         w, -peak, peak, num_bits=8, narrow_range=True
     )
-
-
-def _inputs(layer: Any) -> list[Any]:
-    x = layer.input
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 def fake_quant_function(

@@ -20,12 +20,9 @@ import keras
 import numpy as np
 from keras import layers
 
+from qfcal.calibrate import _inputs
+
 _CONVS = (layers.Conv2D, layers.DepthwiseConv2D)
-
-
-def _inputs(layer: Any) -> list[Any]:
-    x = layer.input
-    return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
 def _producer(tensor: Any) -> Any:
