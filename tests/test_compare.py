@@ -66,28 +66,56 @@ def test_ranges_are_what_search_gives_on_the_histograms(table):
             )  # fmt: skip
 
 
-def test_true_errors_recomputed_from_the_raw_tensors(table, model, images):
-    _, held = images
+def _raw(model, table, images):
+    """Every tapped tensor's raw activations on `images`, from a model of our own."""
     names = [
         n for n in table.tensors if not isinstance(model.get_layer(n), keras.layers.InputLayer)
     ]
     taps = keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
     raw = {
-        n: np.asarray(o, dtype=np.float64).ravel() for n, o in zip(names, taps(held), strict=True)
+        n: np.asarray(o, dtype=np.float64).ravel() for n, o in zip(names, taps(images), strict=True)
     }
-    raw.update({n: held.astype(np.float64).ravel() for n in table.tensors if n not in raw})
+    raw.update({n: images.astype(np.float64).ravel() for n in table.tensors if n not in raw})
+    return raw
+
+
+def _mse(x, lo, hi, scale):
+    # an independent formulation: clamp to the range, then snap to the nearest level
+    y = np.clip(x, lo, hi)
+    y = lo + np.round((y - lo) / scale) * scale
+    return float(np.mean((x - y) ** 2))
+
+
+def test_true_errors_recomputed_from_the_raw_tensors(table, model, images):
+    calib, held = images
+    raw, raw_calib = _raw(model, table, held), _raw(model, table, calib)
     for t in table.tensors:
         x = raw[t]
         for m, _ in compare.METHODS:
             r = table.row(t, m)
-            lo, hi = r.min, r.max
-            # an independent formulation: clamp to the range, then snap to the nearest level
-            y = np.clip(x, lo, hi)
-            y = lo + np.round((y - lo) / r.scale) * r.scale
-            mse = float(np.mean((x - y) ** 2))
+            mse = _mse(x, r.min, r.max, r.scale)
             assert r.true_mse == pytest.approx(mse, rel=1e-6, abs=1e-300), (t, m)
             sq = 10 * math.log10(float(np.mean(x * x)) / mse) if mse > 0 else math.inf
             assert r.true_sqnr_db == pytest.approx(sq, rel=1e-6), (t, m)
+            mse_calib = _mse(raw_calib[t], r.min, r.max, r.scale)
+            assert r.calib_mse == pytest.approx(mse_calib, rel=1e-6, abs=1e-300), (t, m)
+
+
+def test_oracle_is_optimal_on_the_evaluation_activations(table, model, images):
+    _, held = images
+    raw = _raw(model, table, held)
+    for t in table.tensors:
+        h = qfcal.Histogram(table.histograms[t].bins)
+        h.update(raw[t].astype(np.float32))
+        r = qfcal.search(h, bits=8)
+        mse = _mse(raw[t], r.min, r.max, r.scale)
+        assert table.oracle_mse[t] == pytest.approx(mse, rel=1e-6, abs=1e-300), t
+    lowest = [min(r.true_mse for r in table.rows if r.tensor == t) for t in table.tensors]
+    wins = sum(
+        table.oracle_mse[t] <= low * (1 + compare.TIE)
+        for t, low in zip(table.tensors, lowest, strict=True)
+    )
+    assert table.oracle_lowest == wins
 
 
 def test_method_summaries_follow_the_rows(table):
@@ -101,6 +129,20 @@ def test_method_summaries_follow_the_rows(table):
             <= min(o.true_mse for o in table.rows if o.tensor == r.tensor) * (1 + 1e-12)
         )
         assert s.best_true == wins and 0 <= wins <= n
+        near = sum(
+            1
+            for r in mine
+            if r.true_mse
+            <= min(o.true_mse for o in table.rows if o.tensor == r.tensor) * (1 + compare.NEAR)
+        )
+        assert s.near_best == near and wins <= near <= n
+        calib_wins = sum(
+            1
+            for r in mine
+            if r.calib_mse
+            <= min(o.calib_mse for o in table.rows if o.tensor == r.tensor) * (1 + 1e-12)
+        )
+        assert s.best_calib == calib_wins
         assert s.seconds == pytest.approx(sum(r.seconds for r in mine))
         assert s.top1 is None
     # every tensor has at least one best method

@@ -259,6 +259,13 @@ def test_compare_on_the_run_folder(run_dir, tmp_path, capsys):
                 1 + 1e-6
             )
         assert (work / f"compare-{bits}bit" / "compare.md").is_file()
+        assert doc["calibration_images"] == 10 and 0 <= doc["oracle_lowest"] <= len(tensors)
+    # a larger calibration set goes to its own folder; the run's own report stays
+    args = ["compare", "--out", str(work), "--calib-per-class", "2", "--eval-images", "16"]
+    assert cli.main([*args, "--accuracy-images", "20", "--methods", "optimal,minmax"]) == 0
+    doc = json.loads((work / "compare-8bit-2per-class" / "compare.json").read_text())
+    assert doc["calibration_images"] == 20 and doc["eval_images"] == 16
+    assert json.loads((work / "compare-8bit" / "compare.json").read_text())["eval_images"] == 32
     capsys.readouterr()
     with pytest.raises(SystemExit):
         cli.main(["compare", "--help"])

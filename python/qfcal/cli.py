@@ -263,7 +263,12 @@ def step_main(args: argparse.Namespace) -> int:
             for m in c.methods:
                 t1 = "-" if m.top1 is None else f"{100 * m.top1:.2f}%"
                 print(f"  {m.method:<18} {m.best_true:>3}/{len(c.tensors)}  {t1}")
-            print(f"report: {folder / f'compare-{bits}bit' / 'compare.md'}")
+            if c.oracle_lowest is not None:
+                print(
+                    f"  ceiling (optimal on the held-apart activations' own histogram): "
+                    f"{c.oracle_lowest}/{len(c.tensors)}"
+                )
+            print(f"report: {pipeline.compare_folder(cfg, folder, bits) / 'compare.md'}")
     else:
         report = pipeline.evaluate(cfg, folder, pipeline.load_data(cfg))
         _print_result(report, folder)
@@ -330,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
         help="every range method on every tensor of the run's model, side by side",
         description="The calibration shoot-out: per tensor and method the range, the cost on "
         "the histogram and the true error on held-apart activations; per method the "
-        "end-to-end top-1 and the search time. Writes DIR/compare-<bits>bit/compare.{md,json} "
+        "end-to-end top-1 and the search time; the ceiling a perfect calibration set would reach. "
+        "Writes DIR/compare-<bits>bit/compare.{md,json} "
         "and plots.",
     )
     _folder_option(c, required=True)
@@ -343,6 +349,11 @@ def parser() -> argparse.ArgumentParser:
         help="activation bit widths, e.g. 8,6,4 (default 8; below 8 the top-1 comes from "
         "the FakeQuant graph, TFLite having no such kernels)",
     )
+    c.add_argument(
+        "--calib-per-class", type=int, metavar="N",
+        help="calibration images per class (default: the run's, 1); not 1: the report goes to "
+        "compare-<bits>bit-<N>per-class/",
+    )  # fmt: skip
     c.add_argument(
         "--eval-images", type=int, default=256, metavar="N",
         help="held-apart training images whose raw activations give the true errors (256)",

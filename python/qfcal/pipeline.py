@@ -300,6 +300,13 @@ def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
     return report
 
 
+def compare_folder(cfg: RunConfig, folder: Path, bits: int) -> Path:
+    """Where :func:`compare` writes: ``compare-<bits>bit`` (``-<n>per-class`` when the
+    calibration set is not one image per class)."""
+    more = f"-{cfg.calib_per_class}per-class" if cfg.calib_per_class != 1 else ""
+    return Path(folder) / f"compare-{bits}bit{more}"
+
+
 def compare(
     cfg: RunConfig,
     folder: Path,
@@ -313,7 +320,8 @@ def compare(
 ) -> Any:
     """The calibration shoot-out (:mod:`qfcal.compare`) on the run's model: histograms from the
     calibration images, true errors on `eval_images` other training images, end-to-end top-1
-    on the first `accuracy_images` test images (all by default); ``compare-<bits>bit/``."""
+    on the first `accuracy_images` test images (all by default); written to
+    :func:`compare_folder`. The calibration set is `cfg.calib_per_class` images per class."""
     from qfcal import compare as qcmp
     from qfcal.fold import fold_batch_norm
     from qfcal.train import load_model, to_float
@@ -352,7 +360,7 @@ def compare(
         peers=peers,
         methods=chosen,
     )
-    out = folder / f"compare-{bits}bit"
+    out = compare_folder(cfg, folder, bits)
     title = f"{cfg.arch} {cfg.variant} (alpha {cfg.alpha:g}), {cfg.weights} weights"
     qcmp.write(c, out, title)
     return c
