@@ -601,3 +601,18 @@ def test_search_of_float64_data_beyond_the_float32_scale_range():
             continue  # a ValueError is an acceptable answer
         scale, lo, hi, loss = got
         assert math.isfinite(scale) and lo <= 0.0 <= hi and not math.isnan(loss), (method, got)
+
+
+def test_search_result_pickles_and_copies_as_a_value():
+    h = qfcal.Histogram()
+    h.update(np.random.default_rng(2).normal(size=5000))
+    for method in qfcal.methods():
+        r = qfcal.search(h, bits=6, gamma=2.0, method=method)
+        back = pickle.loads(pickle.dumps(r))
+        assert back == r and repr(back) == repr(r)
+        assert (back.loss, back.mse, back.sqnr_db, back.gamma) == (r.loss, r.mse, r.sqnr_db, 2.0)
+        assert copy.copy(r) is r and copy.deepcopy(r) is r
+    with pytest.raises(ValueError, match="not a SearchResult's state"):
+        qfcal._core._search_result(0.1, 300, -128, 127, 0.0, 0.0, 1.0, 1.0, "optimal")
+    with pytest.raises(ValueError, match="method"):
+        qfcal._core._search_result(0.1, 0, -128, 127, 0.0, 0.0, 1.0, 1.0, "kl")

@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "methods",
     "search",
+    "_search_result",
 ]
 
 __version__: str
@@ -202,6 +203,22 @@ class SearchResult:
     @property
     def method(self) -> str: ...
     def __eq__(self, other: object, /) -> bool: ...
+    def __copy__(self) -> SearchResult: ...
+    def __deepcopy__(self, memo: Any, /) -> SearchResult: ...
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]: ...
+
+def _search_result(
+    scale: float,
+    zero_point: int,
+    qmin: int,
+    qmax: int,
+    rounding: float,
+    clipping: float,
+    gamma: float,
+    sqnr_db: float,
+    method: str,
+) -> SearchResult:
+    """Rebuilds a pickled :class:`SearchResult`."""
 
 def search(
     hist: Histogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],

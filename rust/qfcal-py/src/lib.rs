@@ -429,6 +429,30 @@ impl PySearchResult {
     fn method(&self) -> &'static str {
         self.r.method.name()
     }
+    /// A frozen value: copies are the object itself.
+    fn __copy__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+    fn __deepcopy__<'py>(slf: PyRef<'py, Self>, _memo: &Bound<'py, PyAny>) -> PyRef<'py, Self> {
+        slf
+    }
+    /// Pickles as its fields (so results travel to worker processes and into saved state).
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let f = py.import("qfcal._core")?.getattr("_search_result")?;
+        let e = &self.r.encoding;
+        let args = (
+            e.scale,
+            e.zero_point,
+            e.qmin,
+            e.qmax,
+            self.r.loss.rounding,
+            self.r.loss.clipping,
+            self.r.gamma,
+            self.r.sqnr_db,
+            self.r.method.name(),
+        );
+        PyTuple::new(py, [f.into_any(), args.into_pyobject(py)?.into_any()])
+    }
     fn __repr__(&self) -> String {
         let e = &self.r.encoding;
         format!(
@@ -528,6 +552,43 @@ fn search(
     Ok(PySearchResult { r })
 }
 
+/// Rebuilds a pickled `SearchResult` (its `__reduce__`); checks the grid it is given.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn _search_result(
+    scale: f64,
+    zero_point: i64,
+    qmin: i64,
+    qmax: i64,
+    rounding: f64,
+    clipping: f64,
+    gamma: f64,
+    sqnr_db: f64,
+    method: &str,
+) -> PyResult<PySearchResult> {
+    let method: Method = method.parse().map_err(to_py)?;
+    if !(scale > 0.0 && scale.is_finite()) || qmin >= qmax || !(qmin..=qmax).contains(&zero_point) {
+        return Err(PyValueError::new_err(format!(
+            "not a SearchResult's state: scale {scale}, zero_point {zero_point}, qmin {qmin}, \
+             qmax {qmax}"
+        )));
+    }
+    Ok(PySearchResult {
+        r: core::SearchResult {
+            encoding: core::spec::Encoding {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            },
+            loss: core::cost::Loss { rounding, clipping },
+            gamma,
+            sqnr_db,
+            method,
+        },
+    })
+}
+
 /// The names of the search methods, `optimal` first.
 #[pyfunction]
 fn methods() -> Vec<&'static str> {
@@ -540,6 +601,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySearchResult>()?;
     m.add_function(wrap_pyfunction!(search, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
+    m.add_function(wrap_pyfunction!(_search_result, m)?)?;
     m.add(
         "EmptyHistogramError",
         m.py().get_type::<EmptyHistogramError>(),

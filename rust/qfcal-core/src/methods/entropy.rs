@@ -1,6 +1,7 @@
 //! `entropy`: TensorRT's KL-divergence calibration (as in ONNX Runtime and NVIDIA's tools).
 //!
-//! The density of `|x|` on 2048 bins; for each threshold bin `i` from 128 on, the reference
+//! The density of `|x|` on 2048 bins, the first bin's count replaced by the second's (the
+//! zero spike suppressed, as NVIDIA's tools do); for each threshold bin `i` from 128 on, the reference
 //! distribution (outliers folded into its last bin) is compared with its 128-level quantized
 //! copy, and the threshold of least KL divergence wins. The range is `[-t, t]` (or `[0, t]` for
 //! non-negative data), encoded on the grid.
@@ -16,7 +17,12 @@ pub fn entropy(dist: &Dist, spec: &QuantSpec) -> Encoding {
         return cover;
     }
     let levels = ((spec.levels() / 2) as usize).clamp(2, BINS);
-    let (hist, w) = dist.abs_resampled(BINS);
+    let (mut hist, w) = dist.abs_resampled(BINS);
+    // As NVIDIA's HistogramCalibrator (pytorch-quantization, Model Optimizer) does: the first
+    // bin takes the second's count. Otherwise the spike of exact zeros (ReLU outputs, image
+    // borders) dominates the first quantized level and the least divergence lies at a
+    // threshold that clips most of the distribution away.
+    hist[0] = hist[1];
     let i = best_threshold(&hist, levels);
     let t = i as f64 * w;
     let a = if dist.min() < 0.0 { -t } else { 0.0 };

@@ -53,8 +53,16 @@ const BASINS: usize = 3;
 const ROUGH_BASINS: usize = 16;
 /// Coarse-scan costs within this factor of the least mark where a rough cost is combed.
 const ROUGH_REACH: f64 = 1.05;
-/// Most full-histogram evaluations of that comb.
+/// At most this many occupied bins: also try the optimum of the grid of half the steps.
+const TINY_BINS: usize = 64;
+/// Least full-histogram evaluations of that comb.
 const ROUGH_EVALS: usize = 256;
+/// Work (evaluations times occupied bins and levels) that comb may spend: a histogram of a few
+/// hundred values gets thousands of teeth over a wider reach, since each costs little.
+const ROUGH_WORK: f64 = 2.0e6;
+/// The most teeth, and the widest reach, a tiny histogram gets.
+const ROUGH_EVALS_MAX: usize = 8192;
+const ROUGH_REACH_MAX: f64 = 1.5;
 
 /// The best point found so far: ln Δ and its cost on the full histogram.
 type Best = (f64, f64);
@@ -96,7 +104,24 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
             // width (relative to the largest magnitude) of ln Δ, far finer than the coarse copy
             // sees, and a dip anywhere near the best of the scan may be the deepest.
             let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
-            comb_rough(&scan, 0.25 * width / dist.max_abs(), &mut ev_f, &mut best);
+            let per_eval = (ev_f.nonzero_bins() + spec.levels() as usize) as f64;
+            let evals = ((ROUGH_WORK / per_eval) as usize).clamp(ROUGH_EVALS, ROUGH_EVALS_MAX);
+            // reach grows with the budget: 1.05 at 256 teeth, 1.5 at 8192
+            let t = ((evals / ROUGH_EVALS) as f64).log2() / 5.0;
+            let reach = ROUGH_REACH + t * (ROUGH_REACH_MAX - ROUGH_REACH);
+            let spacing = 0.25 * width / dist.max_abs();
+            // the least comb first, then (a tiny histogram) the larger one: it only adds
+            comb_rough(
+                &scan,
+                spacing,
+                ROUGH_EVALS,
+                ROUGH_REACH,
+                &mut ev_f,
+                &mut best,
+            );
+            if evals > ROUGH_EVALS {
+                comb_rough(&scan, spacing, evals, reach, &mut ev_f, &mut best);
+            }
         }
     }
     if !runs.is_empty() {
@@ -110,6 +135,30 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     }
     if rough {
         comb_sparse(dist, bracket, &mut ev_f, &mut best);
+    }
+    // A handful of occupied bins: the cost is a few needles. Every grid of half the steps at
+    // twice the scale lies inside this one, so this grid's optimum is at most that one's; the
+    // needle of the half grid's optimum (found the same way, down to 4 steps) is tried here.
+    let half = if rough && ev_f.nonzero_bins() <= TINY_BINS {
+        half_grid(spec)
+    } else {
+        None
+    };
+    if let Some(half) = half {
+        let sub = optimal(dist, &half, gamma);
+        if sub.scale.is_finite() && sub.scale > 0.0 {
+            let x = (0.5 * sub.scale).ln();
+            let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
+            let eps = (0.25 * width / dist.max_abs()).max(1e-9);
+            for r in [
+                (x, ev_f.eval(x.exp()).cost),
+                brent(|y| ev_f.eval(y.exp()).cost, x - eps, x + eps, 1e-12, 40),
+            ] {
+                if r.1 < best.1 {
+                    best = r;
+                }
+            }
+        }
     }
     // Store the scale as a float32 value TensorFlow reproduces; re-pick the window for it.
     let mut scale = best.0.exp() as f32 as f64;
@@ -128,6 +177,34 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         return spec.encoding(cover.scale, ec.l);
     }
     spec.encoding(scale, e.l)
+}
+
+/// The grid of one bit less (about half the steps) whose levels, at twice the scale, are all
+/// levels of `spec`'s grid (for some allowed zero point); None below 4 steps or where none has
+/// `spec`'s kind. Searching it is searching the same options at one bit less.
+fn half_grid(spec: &QuantSpec) -> Option<QuantSpec> {
+    let half = if spec.symmetric {
+        // grid indices a..=b around the fixed zero point; halved inward
+        let z = spec.symmetric_zero_point();
+        let (a, b) = (spec.qmin - z, spec.qmax - z);
+        let (a2, b2) = (-(-a).div_euclid(2), b.div_euclid(2));
+        let h = QuantSpec {
+            qmin: a2,
+            qmax: b2,
+            symmetric: true,
+        };
+        // its own symmetric zero point must be 0 for the indices to line up
+        (h.symmetric_zero_point() == 0).then_some(h)?
+    } else {
+        // any window of the half grid, doubled, fits the full window with the zero point
+        // moved; (steps - 1) / 2 steps is the grid of one bit less, plain or narrow
+        QuantSpec {
+            qmin: 0,
+            qmax: (spec.qmax - spec.qmin - 1) / 2,
+            symmetric: false,
+        }
+    };
+    (half.qmax - half.qmin >= 4).then_some(half)
 }
 
 /// Stage 1: (ln Δ, cost on the coarse copy) at decreasing Δ.
@@ -249,15 +326,22 @@ fn refine_basins(
 }
 
 /// Stage 2b, for a rough cost: comb, on the full histogram, every stretch of ln Δ whose scan
-/// cost is within `ROUGH_REACH` of the least, at `spacing` (or wider, to stay within
-/// `ROUGH_EVALS`), then refine the three best teeth.
-fn comb_rough(scan: &[(f64, f64)], spacing: f64, ev_f: &mut Evaluator, best: &mut Best) {
+/// cost is within `reach` times the least, at `spacing` (or wider, to stay within `evals`
+/// teeth), then refine the three best teeth.
+fn comb_rough(
+    scan: &[(f64, f64)],
+    spacing: f64,
+    evals: usize,
+    reach: f64,
+    ev_f: &mut Evaluator,
+    best: &mut Best,
+) {
     let least = scan.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
     // stretches around the selected scan points, merged (the scan runs from large Δ down)
     let mut spans: Vec<(f64, f64)> = Vec::new();
     for i in 0..scan.len() {
         // (a NaN cost is never selected)
-        if scan[i].1.partial_cmp(&(ROUGH_REACH * least)) == Some(std::cmp::Ordering::Greater)
+        if scan[i].1.partial_cmp(&(reach * least)) == Some(std::cmp::Ordering::Greater)
             || scan[i].1.is_nan()
         {
             continue;
@@ -273,7 +357,7 @@ fn comb_rough(scan: &[(f64, f64)], spacing: f64, ev_f: &mut Evaluator, best: &mu
     if total.is_nan() || total <= 0.0 {
         return;
     }
-    let step = spacing.max(total / ROUGH_EVALS as f64);
+    let step = spacing.max(total / evals as f64);
     let mut teeth: Vec<(f64, f64)> = Vec::new();
     for &(lo, hi) in &spans {
         let n = ((hi - lo) / step).ceil() as usize;
