@@ -17,6 +17,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+# TensorFlow and triton (which torch.optim pulls in through torch._dynamo) each carry their own
+# LLVM; loaded into one process, the second aborts it ("Option ... registered more than once").
+# The suite runs both frameworks in one pytest process and trains torch models on the CPU only,
+# which never needs triton: make `import triton` fail, as where it is not installed.
+sys.modules.setdefault("triton", None)  # type: ignore[arg-type]
+
 settings.register_profile(
     "qfcal",
     deadline=None,

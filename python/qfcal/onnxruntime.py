@@ -1,0 +1,679 @@
+"""qfcal's ranges for ONNX Runtime's static quantization, calibrated by streaming.
+
+ONNX Runtime's own calibrators keep every intermediate output of every calibration batch in
+memory until the end (hundreds of GB for a BERT, onnxruntime#10503). Here each float tensor of
+the model is histogrammed batch by batch into one :class:`qfcal.Histogram`, and the arrays are
+dropped as soon as they are counted, so memory stays that of one batch whatever the number of
+batches. qfcal then searches each tensor's range on ONNX Runtime's own integer grid, and
+ONNX Runtime's :func:`onnxruntime.quantization.quantize_static` does the quantization from
+those ranges through its public calibration cache (``calibration_cache_path``)::
+
+    from qfcal.onnxruntime import quantize_static
+    cal = quantize_static("model.onnx", "model.int8.onnx", reader)   # reader: as for ORT
+
+Every scale and zero point ONNX Runtime writes for a calibrated activation is the one qfcal
+found (checked against ONNX Runtime's own arithmetic when the ranges are made).
+
+Importing this module imports ``onnx`` and ``onnxruntime``; ``import qfcal`` does not.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantType,
+    TensorsData,
+)
+from onnxruntime.quantization import quantize_static as _ort_quantize_static
+from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+import qfcal
+
+__all__ = ["Calibration", "calibrate", "quantize_static"]
+
+# The element types histogrammed (what ORT's calibrators take, plus double).
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
+# Options of ORT's own calibrators; with a calibration cache ORT never reads them.
+_ORT_CALIBRATION_OPTIONS = (
+    "CalibTensorRangeSymmetric",
+    "CalibMovingAverage",
+    "CalibMovingAverageConstant",
+    "CalibMaxIntermediateOutputs",
+    "CalibPercentile",
+    "CalibStridedMinMax",
+)
+_CACHE_PR = "microsoft/onnxruntime#28221"
+
+
+def _ort_has_cache() -> bool:
+    return "calibration_cache_path" in inspect.signature(_ort_quantize_static).parameters
+
+
+def _require_cache(what: str) -> None:
+    if not _ort_has_cache():
+        raise RuntimeError(
+            f"{what} needs an onnxruntime whose quantize_static takes calibration_cache_path "
+            f"(added by {_CACHE_PR}, 2026); installed: onnxruntime {onnxruntime.__version__}. "
+            "Upgrade onnxruntime (pip install -U onnxruntime), or use qfcal.onnxruntime.calibrate "
+            "and hand Calibration.tensors_data() to ONNX Runtime's quantizer yourself."
+        )
+
+
+def _quant_type(value: object, name: str = "activation_type") -> Any:
+    """A QuantType from a QuantType or its name ("QInt8")."""
+    if isinstance(value, QuantType):
+        return value
+    if isinstance(value, str) and value in QuantType.__members__:
+        return QuantType[value]
+    names = ", ".join(t for t in QuantType.__members__ if "FLOAT" not in t)
+    raise ValueError(f"{name} must be a QuantType ({names}), got {value!r}")
+
+
+def _grid(quant_type: Any, symmetric: bool, reduce_range: bool = False) -> tuple[int, int]:
+    """(qmin, qmax) exactly as ONNX Runtime's quantizer takes them for an activation."""
+    if quant_type == QuantType.QFLOAT8E4M3FN:
+        raise ValueError(
+            "activation_type QFLOAT8E4M3FN is a float format: qfcal searches integer grids "
+            "(QInt8, QUInt8, QInt16, QUInt16, QInt4, QUInt4)"
+        )
+    qmin, qmax = get_qmin_qmax_for_qType(
+        quant_type.tensor_type, reduce_range=reduce_range, symmetric=symmetric
+    )
+    return int(qmin), int(qmax)
+
+
+def _ort_params(
+    lo: np.float32, hi: np.float32, qmin: int, qmax: int, symmetric: bool
+) -> tuple[int, np.float32]:
+    """The (zero point, scale) ONNX Runtime's quantizer derives from the range [lo, hi]."""
+    dtype = np.int32  # wide enough for every integer grid; ORT's arithmetic is dtype-free here
+    zp, scale = compute_scale_zp(
+        np.float32(lo), np.float32(hi), np.array(qmin, dtype), np.array(qmax, dtype), symmetric
+    )
+    return int(np.asarray(zp)), np.float32(np.asarray(scale))
+
+
+def _ort_bounds(r: qfcal.SearchResult, symmetric: bool) -> tuple[np.float32, np.float32] | None:
+    """float32 (lowest, highest) from which ONNX Runtime recomputes exactly r's scale and zero
+    point, or None where no nearby float32 pair does (never seen)."""
+    s = np.float32(r.scale)
+    if symmetric:
+        # ORT symmetrizes to [-absmax, absmax] and divides 2 * absmax by qmax - qmin; the grid's
+        # own min/max differ in magnitude on even-sized grids (uint8: -128 s .. 127 s).
+        x0 = np.float32((r.qmax - r.qmin) / 2.0 * float(s))
+        pairs: Iterator[tuple[np.float32, np.float32]] = ((-x, x) for x in _neighbours(x0))
+    else:
+        lo0, hi0 = np.float32(r.min), np.float32(r.max)
+        pairs = ((lo, hi) for hi in _neighbours(hi0) for lo in _neighbours(lo0, 2))
+    for lo, hi in pairs:
+        if _ort_params(lo, hi, r.qmin, r.qmax, symmetric) == (r.zero_point, s):
+            return lo, hi
+    return None
+
+
+def _neighbours(x: np.float32, steps: int = 8) -> Iterator[np.float32]:
+    """x, then the float32 values 1, 2, ... steps ulps away on either side."""
+    yield x
+    up = down = x
+    for _ in range(steps):
+        up = np.nextafter(up, np.float32(np.inf))
+        down = np.nextafter(down, np.float32(-np.inf))
+        yield up
+        yield down
+
+
+def _check_search_options(method: str, gamma: float, percentile: float) -> None:
+    """Raise now, before any inference, what qfcal.search would raise at the end."""
+    if method not in qfcal.methods():
+        raise ValueError(f"method must be one of {', '.join(qfcal.methods())}, got {method!r}")
+    probe = qfcal.Histogram(16)
+    probe.update(np.array([-1.0, 0.5, 1.0], dtype=np.float32))
+    qfcal.search(probe, method=method, gamma=gamma, percentile=percentile)
+
+
+class Calibration:
+    """One histogram per calibrated tensor and qfcal's range for each, on ORT's grid.
+
+    Attributes:
+        histograms: tensor name -> :class:`qfcal.Histogram` (exact, mergeable, picklable).
+        ranges: tensor name -> :class:`qfcal.SearchResult` (``scale``, ``zero_point``, ``min``,
+            ``max``, ``loss``, ``sqnr_db``...), on the grid ONNX Runtime uses for the
+            activation type (``QInt8``: -128..127, ``QUInt8``: 0..255; symmetric ``QInt8``:
+            -127..127 with zero point 0, symmetric ``QUInt8``: zero point 128).
+        bounds: tensor name -> ``(lowest, highest)`` float32: what ONNX Runtime is given, from
+            which its own arithmetic gives back exactly the scale and zero point in ``ranges``.
+        skipped: tensor name -> why it has no range (no finite value seen, ...).
+        activation_type, symmetric, method, gamma, percentile: the search settings.
+        batches: number of calibration batches the histograms hold (0 if built from histograms).
+
+    ``Calibration(histograms, ...)`` builds one from histograms made elsewhere, e.g. merged
+    from several processes; :meth:`search` redoes the searches with other settings.
+    """
+
+    def __init__(
+        self,
+        histograms: Mapping[str, qfcal.Histogram],
+        *,
+        activation_type: QuantType | str = "QInt8",
+        symmetric: bool = False,
+        method: str = "optimal",
+        gamma: float = 1.0,
+        percentile: float = 99.99,
+        tensor_overrides: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        batches: int = 0,
+    ) -> None:
+        self.activation_type: Any = _quant_type(activation_type)
+        self.symmetric = bool(symmetric)
+        self.method = method
+        self.gamma = gamma
+        self.percentile = percentile
+        self.batches = batches
+        self.tensor_overrides: dict[str, list[dict[str, Any]]] = {
+            k: [dict(o) for o in v] for k, v in (tensor_overrides or {}).items()
+        }
+        _check_search_options(method, gamma, percentile)
+        _grid(self.activation_type, self.symmetric)  # rejects float8 up front
+        self.histograms: dict[str, qfcal.Histogram] = dict(histograms)
+        self.ranges: dict[str, qfcal.SearchResult] = {}
+        self.bounds: dict[str, tuple[np.float32, np.float32]] = {}
+        self.skipped: dict[str, str] = {}
+        for name, hist in self.histograms.items():
+            if not isinstance(hist, qfcal.Histogram):
+                raise TypeError(
+                    f"histograms[{name!r}] must be a qfcal.Histogram, got {type(hist).__name__}"
+                )
+            quant_type, symmetric_t, reduce_range = self._tensor_grid(name)
+            qmin, qmax = _grid(quant_type, symmetric_t, reduce_range)
+            try:
+                r = qfcal.search(
+                    hist,
+                    qmin=qmin,
+                    qmax=qmax,
+                    symmetric=symmetric_t,
+                    method=method,
+                    gamma=gamma,
+                    percentile=percentile,
+                )
+            except qfcal.EmptyHistogramError:
+                self.skipped[name] = f"no finite value among {hist.total} seen"
+                continue
+            b = _ort_bounds(r, symmetric_t)
+            if b is None:  # pragma: no cover - never seen; kept so nothing is lost silently
+                warnings.warn(
+                    f"ONNX Runtime will not reproduce qfcal's scale {r.scale!r} and zero point "
+                    f"{r.zero_point} for tensor {name!r} exactly (it gets the range "
+                    f"[{r.min!r}, {r.max!r}])",
+                    stacklevel=2,
+                )
+                b = (np.float32(r.min), np.float32(r.max))
+            self.ranges[name] = r
+            self.bounds[name] = b
+        if self.skipped:
+            warnings.warn(
+                f"no range for {len(self.skipped)} tensor(s), ONNX Runtime gets none for them: "
+                + "; ".join(f"{k!r}: {v}" for k, v in self.skipped.items()),
+                stacklevel=2,
+            )
+
+    def _tensor_grid(self, name: str) -> tuple[Any, bool, bool]:
+        """(quant type, symmetric, reduce_range) of a tensor: ORT's per-tensor overrides
+        (``TensorQuantOverrides``: quant_type, symmetric, reduce_range), else the defaults."""
+        over = self.tensor_overrides.get(name) or [{}]
+        o = over[0] if len(over) == 1 else {}
+        quant_type = _quant_type(
+            o.get("quant_type", self.activation_type),
+            f"TensorQuantOverrides[{name!r}]['quant_type']",
+        )
+        return quant_type, bool(o.get("symmetric", self.symmetric)), bool(o.get("reduce_range"))
+
+    def search(
+        self,
+        *,
+        activation_type: QuantType | str | None = None,
+        symmetric: bool | None = None,
+        method: str | None = None,
+        gamma: float | None = None,
+        percentile: float | None = None,
+    ) -> Calibration:
+        """A new Calibration from the same histograms with other settings (no inference)."""
+        return Calibration(
+            self.histograms,
+            activation_type=self.activation_type if activation_type is None else activation_type,
+            symmetric=self.symmetric if symmetric is None else symmetric,
+            method=self.method if method is None else method,
+            gamma=self.gamma if gamma is None else gamma,
+            percentile=self.percentile if percentile is None else percentile,
+            tensor_overrides=self.tensor_overrides,
+            batches=self.batches,
+        )
+
+    def tensors_data(self) -> Any:
+        """The ranges as ONNX Runtime's ``TensorsData`` (labelled ``CalibrationMethod.MinMax``:
+        plain lowest/highest pairs, what ORT's quantizer reads)."""
+        return TensorsData(CalibrationMethod.MinMax, dict(self.bounds))
+
+    def save_cache(self, path: str | os.PathLike[str]) -> Path:
+        """Write the ranges as an ONNX Runtime calibration cache (JSON, written atomically),
+        for ``onnxruntime.quantization.quantize_static(model, out, None,
+        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=path)``."""
+        _require_cache("Calibration.save_cache")
+        from onnxruntime.quantization import save_tensors_data
+
+        p = Path(path)
+        save_tensors_data(self.tensors_data(), p)
+        return p
+
+    def __repr__(self) -> str:
+        return (
+            f"Calibration({len(self.ranges)} tensors, {self.batches} batches, "
+            f"activation_type={self.activation_type.name}, symmetric={self.symmetric}, "
+            f"method={self.method!r})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming calibration
+
+
+def _load(model: str | os.PathLike[str] | Any, arg: str = "model") -> Any:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, str | os.PathLike):
+        p = Path(model)
+        if not p.is_file():
+            raise FileNotFoundError(f"{arg} must be an ONNX model file, {str(p)!r} does not exist")
+        return onnx.load(str(p))
+    raise TypeError(f"{arg} must be a path or an onnx.ModelProto, got {type(model).__name__}")
+
+
+def _batches(data_reader: object, arg: str = "data_reader") -> Iterator[Mapping[str, Any]]:
+    """The batches of an ORT CalibrationDataReader (get_next() until None) or an iterable."""
+    get_next = getattr(data_reader, "get_next", None)
+    if callable(get_next):
+
+        def read() -> Iterator[Mapping[str, Any]]:
+            while True:
+                batch = get_next()
+                if batch is None:
+                    return
+                yield batch
+
+        return read()
+    if isinstance(data_reader, Mapping):
+        raise TypeError(
+            f"{arg} must yield input dicts; got one dict (keys {list(data_reader)[:5]}): "
+            "pass a list of dicts or a CalibrationDataReader"
+        )
+    if isinstance(data_reader, Iterable) and not isinstance(data_reader, str | bytes):
+        return iter(data_reader)
+    raise TypeError(
+        f"{arg} must be an onnxruntime CalibrationDataReader (get_next() -> dict or None) or an "
+        f"iterable of input dicts, got {type(data_reader).__name__}"
+    )
+
+
+class _Progress:
+    def __init__(self, enabled: bool, tensors: int) -> None:
+        self.enabled = enabled
+        self.tensors = tensors
+        self.start = self.last = time.monotonic()
+        self.tty = enabled and sys.stderr.isatty()
+
+    def update(self, batches: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        end = "\r" if self.tty else "\n"
+        print(
+            f"qfcal: calibrating {self.tensors} tensors: {batches} batches, "
+            f"{now - self.start:.1f} s",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def done(self, batches: int) -> None:
+        if self.enabled:
+            print(
+                f"qfcal: calibrated {self.tensors} tensors on {batches} batches in "
+                f"{time.monotonic() - self.start:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def calibrate(
+    model: str | os.PathLike[str] | Any,
+    data_reader: Any,
+    *,
+    method: str = "optimal",
+    activation_type: QuantType | str = "QInt8",
+    symmetric: bool = False,
+    gamma: float = 1.0,
+    percentile: float = 99.99,
+    bins: int = qfcal.DEFAULT_BINS,
+    op_types: Sequence[str] | None = None,
+    providers: Sequence[Any] | None = None,
+    tensor_overrides: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    progress: bool = True,
+) -> Calibration:
+    """Histogram every float activation of `model` over the calibration batches, streaming,
+    and search each tensor's range with qfcal.
+
+    Args:
+        model: an ONNX model file or an ``onnx.ModelProto`` (not modified).
+        data_reader: an ``onnxruntime.quantization.CalibrationDataReader`` (``get_next()``
+            returns an input dict, then None) or any iterable of input dicts
+            ``{input name: numpy array}``. Read once.
+        method: a qfcal search method (:func:`qfcal.methods`): ``optimal`` (default),
+            ``greedy``, ``tf_enhanced``, ``entropy``, ``percentile``, ``minmax``.
+        activation_type: ORT's ``QuantType`` of the activations (or its name); sets the grid.
+        symmetric: ORT's ``extra_options["ActivationSymmetric"]``.
+        gamma, percentile: passed to :func:`qfcal.search`.
+        bins: bins of each :class:`qfcal.Histogram`.
+        op_types: histogram only the inputs and outputs of nodes of these op types (default:
+            of every node, as ONNX Runtime's calibrators do).
+        providers: execution providers of the calibration session (default CPU).
+        tensor_overrides: ORT's ``extra_options["TensorQuantOverrides"]``; a tensor's
+            ``quant_type``, ``symmetric`` and ``reduce_range`` set its grid.
+        progress: print a counter line to stderr (every 0.5 s on a terminal, 10 s otherwise).
+
+    The model gets every float tensor that is an input or output of a node (initializers
+    excepted) as an extra graph output; one ONNX Runtime session (graph optimizations off, as
+    ORT's calibrators run) computes them batch by batch, each is added to its histogram and
+    dropped. Graph inputs are histogrammed straight from the batch. Memory is the model, one
+    batch of activations and a few kB per histogram.
+
+    Raises:
+        FileNotFoundError: `model` is a path to no file.
+        ValueError: unknown method, bad gamma/percentile/bins/activation_type, a batch naming
+            an input the model does not have or missing one, or no batch at all.
+        TypeError: `data_reader` or a batch of the wrong kind.
+        RuntimeError: ONNX Runtime failed on a batch (the batch number and shapes are named).
+    """
+    _check_search_options(method, gamma, percentile)
+    at = _quant_type(activation_type)
+    _grid(at, bool(symmetric))
+    qfcal.Histogram(bins)  # validates bins
+    proto = _load(model)
+    batches = _batches(data_reader)
+    with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
+        session, graph_inputs, fetch = _augmented_session(proto, tmp, op_types, providers)
+        hists, count = _stream(session, graph_inputs, fetch, batches, bins, progress)
+    _warn_non_finite(hists)
+    return Calibration(
+        hists,
+        activation_type=at,
+        symmetric=symmetric,
+        method=method,
+        gamma=gamma,
+        percentile=percentile,
+        tensor_overrides=tensor_overrides,
+        batches=count,
+    )
+
+
+def _augmented_session(
+    proto: Any, tmp: str, op_types: Sequence[str] | None, providers: Sequence[Any] | None
+) -> tuple[Any, dict[str, bool], list[str]]:
+    """A session computing every float node tensor; (session, {graph input: histogrammed?
+    (float)}, names of the extra outputs to fetch)."""
+    if op_types is not None and (
+        isinstance(op_types, str) or not all(isinstance(t, str) for t in op_types)
+    ):
+        raise TypeError(f"op_types must be a sequence of op type names, got {op_types!r}")
+    # Shape inference on a file, so models over 2 GB work too (weights as external data).
+    src = os.path.join(tmp, "model.onnx")
+    onnx.save_model(proto, src, save_as_external_data=True, location="model.data")
+    onnx.shape_inference.infer_shapes_path(src, src)
+    m = onnx.load(src, load_external_data=False)
+    g = m.graph
+    inits = {i.name for i in g.initializer}
+    types: dict[str, Any] = {vi.name: vi for vi in g.value_info}
+    types.update({vi.name: vi for vi in g.output})
+    types.update({vi.name: vi for vi in g.input})
+
+    def is_float(name: str) -> bool:
+        vi = types.get(name)
+        return (
+            vi is not None
+            and vi.type.HasField("tensor_type")
+            and vi.type.tensor_type.elem_type in _FLOAT_TYPES
+        )
+
+    graph_inputs = {i.name: is_float(i.name) for i in g.input if i.name not in inits}
+    wanted: list[str] = []
+    seen: set[str] = set()
+    untyped: list[str] = []
+    ops = None if op_types is None else set(op_types)
+    for node in g.node:
+        if ops is not None and node.op_type not in ops:
+            continue
+        for name in list(node.input) + list(node.output):
+            if not name or name in seen or name in inits or name in graph_inputs:
+                continue
+            seen.add(name)
+            if name not in types:
+                untyped.append(name)
+            elif is_float(name):
+                wanted.append(name)
+    if untyped:
+        warnings.warn(
+            f"{len(untyped)} tensor(s) have no type after ONNX shape inference and are not "
+            f"calibrated (ONNX Runtime's calibrators skip them too): {untyped[:10]}",
+            stacklevel=3,
+        )
+    outputs = {o.name for o in g.output}
+    for name in wanted:
+        if name not in outputs:
+            g.output.append(types[name])
+    aug = os.path.join(tmp, "augmented.onnx")
+    onnx.save_model(m, aug)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(
+        aug,
+        sess_options=options,
+        providers=list(providers) if providers is not None else ["CPUExecutionProvider"],
+    )
+    return session, graph_inputs, wanted
+
+
+def _stream(
+    session: Any,
+    graph_inputs: dict[str, bool],
+    fetch: list[str],
+    batches: Iterator[Mapping[str, Any]],
+    bins: int,
+    progress: bool,
+) -> tuple[dict[str, qfcal.Histogram], int]:
+    required = set(graph_inputs)
+    hists: dict[str, qfcal.Histogram] = {}
+    for name, floating in graph_inputs.items():
+        if floating:
+            hists[name] = qfcal.Histogram(bins)
+    for name in fetch:
+        hists[name] = qfcal.Histogram(bins)
+    bar = _Progress(progress, len(hists))
+    count = 0
+    for batch in batches:
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"calibration batch {count} must be a dict {{input name: array}}, "
+                f"got {type(batch).__name__}"
+            )
+        unknown = sorted(set(batch) - required)
+        if unknown:
+            raise ValueError(
+                f"calibration batch {count} names input(s) {unknown} that the model does not "
+                f"have; its inputs are {sorted(required)}"
+            )
+        missing = sorted(required - set(batch))
+        if missing:
+            raise ValueError(
+                f"calibration batch {count} lacks model input(s) {missing} (it has {sorted(batch)})"
+            )
+        try:
+            outs = session.run(fetch, dict(batch))
+        except Exception as e:
+            shapes = {k: getattr(v, "shape", type(v).__name__) for k, v in batch.items()}
+            raise RuntimeError(
+                f"onnxruntime failed on calibration batch {count} (inputs {shapes}): {e}"
+            ) from e
+        for name, floating in graph_inputs.items():
+            if floating:
+                hists[name].update(np.asarray(batch[name]))
+        for name, value in zip(fetch, outs, strict=True):
+            hists[name].update(value)
+        del outs  # drop the activations: only the histograms are kept
+        count += 1
+        bar.update(count)
+    if count == 0:
+        raise ValueError("data_reader yielded no calibration batch")
+    bar.done(count)
+    return hists, count
+
+
+def _warn_non_finite(hists: Mapping[str, qfcal.Histogram]) -> None:
+    bad = {k: (h.nan, h.pos_inf + h.neg_inf) for k, h in hists.items() if h.finite < h.total}
+    if bad:
+        warnings.warn(
+            "NaN/Inf among calibration activations (counted apart; ranges cover the finite "
+            "values): " + "; ".join(f"{k!r}: {n} NaN, {i} Inf" for k, (n, i) in bad.items()),
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# quantize_static
+
+
+def quantize_static(
+    model_input: str | os.PathLike[str] | Any,
+    model_output: str | os.PathLike[str],
+    calibration_data_reader: Any,
+    *,
+    method: str = "optimal",
+    gamma: float = 1.0,
+    percentile: float = 99.99,
+    bins: int = qfcal.DEFAULT_BINS,
+    progress: bool = True,
+    **ort_kwargs: Any,
+) -> Calibration:
+    """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
+
+    Calibrates with :func:`calibrate` (grid from ``activation_type`` and
+    ``extra_options["ActivationSymmetric"]``, per-tensor grids from
+    ``extra_options["TensorQuantOverrides"]``), writes the ranges as an ONNX Runtime
+    calibration cache and calls ONNX Runtime's own ``quantize_static`` with it and
+    ``calibration_data_reader=None``, so ORT runs no calibration of its own.
+
+    Args:
+        model_input, model_output, calibration_data_reader: as for ONNX Runtime (the reader may
+            also be any iterable of input dicts).
+        method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`.
+        **ort_kwargs: every other argument of ONNX Runtime's ``quantize_static``
+            (``quant_format``, ``per_channel``, ``activation_type``, ``weight_type``,
+            ``op_types_to_quantize``, ``nodes_to_exclude``, ``calibration_providers``,
+            ``extra_options``, ...), passed through. ``calibration_cache_path``, if given, is
+            where the cache is written (overwriting a file there) and kept for reuse; by default
+            a temporary file. ``calibrate_method`` is not accepted: qfcal picks the ranges
+            (``method``). ``extra_options["MinimumRealRange"]`` still widens ranges narrower
+            than it, as ORT documents; ORT's own calibrator options (``Calib*``) are ignored,
+            with a warning.
+
+    Returns:
+        The :class:`Calibration` (histograms and ranges) the model was quantized with.
+
+    Raises:
+        TypeError: an argument ONNX Runtime's quantize_static does not take, or
+            ``calibrate_method``.
+        ValueError: options that would make ORT change qfcal's ranges
+            (``ActivationRestrictedAsymmetric`` on uint8, ``SmoothQuant``), and what
+            :func:`calibrate` raises.
+        RuntimeError: the installed ONNX Runtime has no calibration cache.
+    """
+    _require_cache("qfcal.onnxruntime.quantize_static")
+    accepted = set(inspect.signature(_ort_quantize_static).parameters)
+    if "calibrate_method" in ort_kwargs:
+        raise TypeError(
+            f"calibrate_method={ort_kwargs['calibrate_method']!r}: qfcal computes the ranges, "
+            f"choose them with method= (one of {', '.join(qfcal.methods())})"
+        )
+    unknown = sorted(
+        set(ort_kwargs) - (accepted - {"model_input", "model_output", "calibration_data_reader"})
+    )
+    if unknown:
+        raise TypeError(
+            f"onnxruntime.quantization.quantize_static takes no argument {unknown[0]!r} "
+            f"(onnxruntime {onnxruntime.__version__})"
+        )
+    extra = dict(ort_kwargs.get("extra_options") or {})
+    activation_type = _quant_type(ort_kwargs.get("activation_type", QuantType.QInt8))
+    symmetric = bool(extra.get("ActivationSymmetric", False))
+    if extra.get("SmoothQuant", False):
+        raise ValueError(
+            "extra_options['SmoothQuant']=True rewrites the model before ONNX Runtime "
+            "calibrates it; qfcal's ranges are for the model as given. Apply SmoothQuant first "
+            "(or quantize with ONNX Runtime's own calibration)."
+        )
+    if (
+        extra.get("ActivationRestrictedAsymmetric", False)
+        and activation_type == QuantType.QUInt8
+        and not symmetric
+    ):
+        raise ValueError(
+            "extra_options['ActivationRestrictedAsymmetric']=True makes ONNX Runtime move every "
+            "uint8 zero point to 0 or 128 and recompute the scale, replacing qfcal's ranges; "
+            "use ActivationSymmetric=True (qfcal then searches the symmetric grid) or drop it"
+        )
+    ignored = [k for k in _ORT_CALIBRATION_OPTIONS if k in extra]
+    if ignored:
+        warnings.warn(
+            f"extra_options {ignored} configure ONNX Runtime's own calibrators, which qfcal "
+            "replaces; they are ignored",
+            stacklevel=2,
+        )
+    op_types = ort_kwargs.get("op_types_to_quantize") or None
+    cal = calibrate(
+        model_input,
+        calibration_data_reader,
+        method=method,
+        activation_type=activation_type,
+        symmetric=symmetric,
+        gamma=gamma,
+        percentile=percentile,
+        bins=bins,
+        op_types=op_types,
+        providers=ort_kwargs.get("calibration_providers"),
+        tensor_overrides=extra.get("TensorQuantOverrides"),
+        progress=progress,
+    )
+    kwargs = dict(ort_kwargs)
+    cache = kwargs.pop("calibration_cache_path", None)
+    with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
+        path = Path(cache) if cache is not None else Path(tmp) / "qfcal-calibration.json"
+        cal.save_cache(path)
+        _ort_quantize_static(
+            model_input,
+            model_output,
+            None,
+            calibrate_method=CalibrationMethod.MinMax,
+            calibration_cache_path=path,
+            **kwargs,
+        )
+    return cal

@@ -1,0 +1,296 @@
+"""qfcal's ranges in TensorFlow Lite's own converter, for any Keras or SavedModel model.
+
+>>> import qfcal.tflite
+>>> tflite_bytes = qfcal.tflite.quantize(keras_model, representative_dataset)
+>>> open("model_int8.tflite", "wb").write(tflite_bytes)
+
+The converter calibrates as usual (its representative dataset, its min/max per tensor); qfcal
+then runs the calibrated float model in the LiteRT interpreter over the same data with every
+tensor kept, so it sees exactly the tensors the converter will quantize, histograms them, writes
+``qfcal.search``'s ranges over the converter's min/max and lets the converter's own quantizer
+finish. The private TensorFlow APIs this needs are wrapped, version-checked, in
+:mod:`qfcal._tf_private`.
+
+Importing this module imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+import qfcal
+from qfcal import _tf_private
+from qfcal._tf_private import TFPrivateAPIError
+
+__all__ = ["QuantizedModel", "TensorRange", "TFPrivateAPIError", "quantize"]
+
+
+@dataclass(frozen=True)
+class TensorRange:
+    """One quantized tensor: the converter's calibrated range and qfcal's."""
+
+    name: str
+    index: int  # in the calibrated float model's first subgraph
+    converter_min: float
+    converter_max: float
+    result: qfcal.SearchResult  # qfcal's range (what the int8 model uses)
+    histogram: qfcal.Histogram
+
+
+class QuantizedModel(bytes):
+    """The int8 ``.tflite`` flatbuffer (a :class:`bytes`: write it to a file or hand it to an
+    interpreter as is), with what qfcal did to it: :attr:`ranges`, one :class:`TensorRange`
+    per calibrated tensor, and :attr:`samples`, the representative samples seen."""
+
+    ranges: dict[str, TensorRange]
+    samples: int
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the flatbuffer atomically (write, then rename)."""
+        from qfcal._io import write_bytes_atomic
+
+        write_bytes_atomic(path, bytes(self))
+
+
+def _converter(model_or_converter: Any) -> Any:
+    if isinstance(model_or_converter, tf.lite.TFLiteConverter):
+        return model_or_converter
+    if hasattr(model_or_converter, "convert") and hasattr(
+        model_or_converter, "representative_dataset"
+    ):
+        return model_or_converter  # a converter of another flavour (from_concrete_functions...)
+    import keras
+
+    if isinstance(model_or_converter, keras.Model):
+        conv = tf.lite.TFLiteConverter.from_keras_model(model_or_converter)
+    elif isinstance(model_or_converter, str | os.PathLike):
+        path = os.fspath(model_or_converter)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"model_or_converter: {path!r} is not a SavedModel directory (pass a Keras "
+                "model, a SavedModel directory or a tf.lite.TFLiteConverter)"
+            )
+        conv = tf.lite.TFLiteConverter.from_saved_model(path)
+    else:
+        raise TypeError(
+            "model_or_converter must be a keras.Model, a SavedModel directory or a "
+            f"tf.lite.TFLiteConverter, got {type(model_or_converter).__name__}"
+        )
+    # a model qfcal converts itself is fully integer: every op int8 or an error
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return conv
+
+
+def _interpreter(content: bytes) -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - ai-edge-litert is in the tf extra
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with warnings.catch_warnings():
+        # keeping every tensor is the point here (one sample's worth, not the dataset's)
+        warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+        return Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+
+
+def _feeder(interp: Any) -> Callable[[Any], None]:
+    """Sets one representative sample (a list/tuple in input order, a dict by signature input
+    name, or one array) on the interpreter's inputs."""
+    details = interp.get_input_details()
+    by_name: dict[str, Any] = {}
+    sigs = interp.get_signature_list()
+    if sigs:
+        runner = interp.get_signature_runner(next(iter(sigs)))
+        by_name = {k: v for k, v in runner.get_input_details().items()}
+
+    def put(detail: Mapping[str, Any], value: Any, what: str) -> None:
+        a = np.asarray(value)
+        if a.dtype != detail["dtype"]:
+            a = a.astype(detail["dtype"])
+        if tuple(a.shape) != tuple(detail["shape"]):
+            if a.ndim != len(detail["shape"]):
+                raise ValueError(
+                    f"representative_dataset: {what} has shape {a.shape}, the model's input "
+                    f"{detail['name']!r} has shape {tuple(detail['shape'])}"
+                )
+            interp.resize_tensor_input(detail["index"], a.shape)
+            interp.allocate_tensors()
+        interp.set_tensor(detail["index"], a)
+
+    def feed(sample: Any) -> None:
+        if isinstance(sample, Mapping):
+            unknown = [k for k in sample if k not in by_name]
+            if unknown:
+                raise ValueError(
+                    f"representative_dataset: sample keys {unknown} are not inputs of the "
+                    f"model's signature (inputs: {sorted(by_name)})"
+                )
+            for k, v in sample.items():
+                put(by_name[k], v, f"input {k!r}")
+            return
+        values = list(sample) if isinstance(sample, list | tuple) else [sample]
+        if len(values) != len(details):
+            raise ValueError(
+                f"representative_dataset: a sample has {len(values)} arrays, the model has "
+                f"{len(details)} inputs"
+            )
+        for i, (d, v) in enumerate(zip(details, values, strict=True)):
+            put(d, v, f"array {i}")
+
+    return feed
+
+
+def _samples(representative_dataset: Any) -> Iterable[Any]:
+    if callable(representative_dataset):
+        return representative_dataset()  # type: ignore[no-any-return]
+    gen = getattr(representative_dataset, "input_gen", None)
+    if callable(gen):
+        return gen()  # type: ignore[no-any-return]
+    raise TypeError(
+        "representative_dataset must be a callable returning an iterable of samples (as the "
+        f"TFLite converter takes), got {type(representative_dataset).__name__}"
+    )
+
+
+def quantize(
+    model_or_converter: Any,
+    representative_dataset: Callable[[], Iterable[Any]],
+    *,
+    method: str = "optimal",
+    gamma: float = 1.0,
+    percentile: float = 99.99,
+    bins: int = qfcal.DEFAULT_BINS,
+    per_channel: bool | None = None,
+    inference_input_type: Any = None,
+    inference_output_type: Any = None,
+    progress: bool = False,
+) -> QuantizedModel:
+    """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
+    configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
+
+    `representative_dataset` is what the converter takes: a callable returning an iterable of
+    samples (each a list of input arrays, a dict by signature input name, or one array); it is
+    called twice, once by the converter and once by qfcal. The converter calibrates as usual;
+    qfcal histograms the very tensors it calibrated (the calibrated float model run in the
+    LiteRT interpreter, every tensor kept), replaces each min/max with ``qfcal.search(hist,
+    bits=8, method=method, gamma=gamma, percentile=percentile)`` and lets the converter's
+    quantizer finish. Weights are quantized by the converter (per channel unless `per_channel`
+    is False or the converter says otherwise). `inference_input_type` /
+    `inference_output_type` (``tf.int8``, ``tf.uint8``, ``tf.float32``) override the
+    converter's model I/O types.
+
+    Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
+
+    Raises:
+        ValueError: an unknown `method`, a bad `gamma`/`percentile`/`bins` (from qfcal.search),
+            a representative dataset that yields nothing or does not fit the model's inputs.
+        TypeError: a model or dataset of the wrong kind.
+        TFPrivateAPIError: this TensorFlow's private converter APIs are not the ones qfcal
+            knows.
+    """
+    if method not in qfcal.methods():
+        raise ValueError(f"method must be one of {', '.join(qfcal.methods())}, got {method!r}")
+    if not isinstance(bins, int | np.integer) or not 16 <= bins <= 1 << 20:
+        raise ValueError(f"bins must be an integer in 16..1048576, got {bins!r}")
+    # the search's own checks of gamma and percentile, before the conversion's minutes
+    qfcal.search(
+        (np.ones(2), np.array([0.0, 1.0, 2.0])), method=method, gamma=gamma, percentile=percentile
+    )
+    if not callable(representative_dataset) and not callable(
+        getattr(representative_dataset, "input_gen", None)
+    ):
+        raise TypeError(
+            "representative_dataset must be a callable returning an iterable of samples (as "
+            f"the TFLite converter takes), got {type(representative_dataset).__name__}"
+        )
+    _tf_private.check_version()
+    conv = _converter(model_or_converter)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative_dataset
+    if per_channel is not None:
+        conv._experimental_disable_per_channel = not per_channel
+    if inference_input_type is not None:
+        conv.inference_input_type = inference_input_type
+    if inference_output_type is not None:
+        conv.inference_output_type = inference_output_type
+
+    try:
+        calibrated = _tf_private.calibrate_only(conv)
+    except ValueError as e:
+        raise ValueError(
+            f"the converter's calibration over representative_dataset failed: {e}"
+        ) from e
+    graph = _tf_private.read_model(calibrated)
+    tensors = graph.subgraphs[0].tensors
+    marked = {
+        i: t
+        for i, t in enumerate(tensors)
+        if t.quantization is not None
+        and t.quantization.min is not None
+        and len(t.quantization.min) == 1
+        and t.quantization.max is not None
+        and len(t.quantization.max) == 1
+    }
+    if not marked:
+        raise ValueError(
+            "the converter calibrated no tensor (no float activations to quantize in this model?)"
+        )
+
+    interp = _interpreter(calibrated)
+    interp.allocate_tensors()
+    feed = _feeder(interp)
+    hists = {i: qfcal.Histogram(int(bins)) for i in marked}
+    seen = 0
+    for sample in _samples(representative_dataset):
+        feed(sample)
+        interp.invoke()
+        for i, h in hists.items():
+            h.update(interp.get_tensor(i))
+        seen += 1
+        if progress and seen % 10 == 0:
+            print(f"\rqfcal.tflite: {seen} samples histogrammed", end="", file=sys.stderr)
+    if progress:
+        print(f"\rqfcal.tflite: {seen} samples histogrammed", file=sys.stderr)
+    if seen == 0:
+        raise ValueError("representative_dataset yielded no samples")
+
+    ranges: dict[str, TensorRange] = {}
+    for i, t in marked.items():
+        h = hists[i]
+        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        if h.finite == 0:
+            continue  # never finite (not reached?): the converter's range stays
+        r = qfcal.search(h, bits=8, method=method, gamma=gamma, percentile=percentile)
+        ranges[name] = TensorRange(
+            name=name,
+            index=i,
+            converter_min=float(t.quantization.min[0]),
+            converter_max=float(t.quantization.max[0]),
+            result=r,
+            histogram=h,
+        )
+        t.quantization.min = [r.min]
+        t.quantization.max = [r.max]
+
+    in_type = conv.inference_input_type or tf.float32
+    out_type = conv.inference_output_type or tf.float32
+    quantized = _tf_private.quantize_calibrated(
+        _tf_private.write_model(graph),
+        disable_per_channel=bool(conv._experimental_disable_per_channel),
+        disable_per_channel_for_dense_layers=bool(
+            getattr(conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False)
+        ),
+        input_type=in_type,
+        output_type=out_type,
+    )
+    out = QuantizedModel(quantized)
+    out.ranges = ranges
+    out.samples = seen
+    return out

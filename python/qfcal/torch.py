@@ -1,0 +1,475 @@
+"""PyTorch quantization observer whose ranges come from qfcal's histogram and search.
+
+Eager mode (``model`` with QuantStub/DeQuantStub, in eval mode)::
+
+    model.qconfig = qfcal.torch.qconfig("x86")
+    prepared = torch.ao.quantization.prepare(model)
+    for x in calibration_batches:
+        prepared(x)
+    quantized = torch.ao.quantization.convert(prepared)
+
+:class:`QfcalObserver` is a ``torch.ao.quantization`` observer (eager mode, FX graph mode and,
+on torch up to 2.9, ``torch.ao``'s own PT2E, which is not tested here). It histograms every
+tensor it sees with :class:`qfcal.Histogram` and picks the scale and zero point with
+:func:`qfcal.search` (``method="optimal"`` by default) over exactly the levels
+``quant_min..quant_max`` give: a ``reduce_range`` or 4-bit observer searches 128 or 16 levels,
+where torch's ``HistogramObserver`` searches as if there were 256.
+
+PT2E moved out of torch (2.10+) into the separate ``torchao`` package, whose PT2E flow only
+accepts observers derived from its own copy of the base classes: :func:`pt2e_observer` returns
+the class that fits the installed flow (see :func:`pt2e_flow`).
+
+This module imports torch when it is imported; ``import qfcal`` does not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import warnings
+from typing import Any, cast
+
+import numpy as np
+import torch  # the real torch: absolute import, not this module
+from torch.ao.quantization.observer import UniformQuantizationObserverBase
+from torch.ao.quantization.qconfig import QConfig
+
+import qfcal
+
+__all__ = [
+    "QfcalObserver",
+    "pt2e_flow",
+    "pt2e_observer",
+    "qconfig",
+]
+
+# dtype -> the integer range its quantized values can hold (what quant_min/quant_max must fit).
+_DTYPE_RANGES: dict[torch.dtype, tuple[int, int]] = {
+    torch.quint8: (0, 255),
+    torch.uint8: (0, 255),
+    torch.qint8: (-128, 127),
+    torch.int8: (-128, 127),
+    torch.quint4x2: (0, 15),
+    torch.int16: (-(2**15), 2**15 - 1),
+    torch.uint16: (0, 2**16 - 1),
+}
+_QSCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+# Backend -> reduce_range of torch's own default activation observer (get_default_qconfig).
+_BACKEND_REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False, "onednn": False}
+_STATE_VERSION = 1
+
+_probe = qfcal.Histogram(16)
+_probe.update(np.array([-1.0, 1.0], dtype=np.float32))
+
+
+def _torch_symmetric_zero_point(
+    dtype: torch.dtype, quant_min: int, quant_max: int, customized: bool
+) -> int:
+    """The zero point torch's observers use for ``per_tensor_symmetric``
+    (``UniformQuantizationObserverBase._calculate_qparams``)."""
+    if dtype in (torch.quint8, torch.uint8):
+        return (quant_min + quant_max) // 2 if customized else 128
+    if dtype == torch.uint16:
+        return 2**15
+    return 0
+
+
+class _QfcalObserverImpl(torch.nn.Module):
+    """The observer's logic, shared by the ``torch.ao`` and the ``torchao`` PT2E class (each
+    puts its own ``UniformQuantizationObserverBase`` after this class)."""
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+    eps: torch.Tensor
+    dtype: torch.dtype
+    qscheme: torch.qscheme
+    quant_min: int
+    quant_max: int
+    has_customized_qrange: bool
+
+    def __init__(
+        self,
+        bins: int = qfcal.DEFAULT_BINS,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: torch.qscheme = torch.per_tensor_affine,
+        reduce_range: bool = False,
+        quant_min: int | None = None,
+        quant_max: int | None = None,
+        factory_kwargs: dict[str, Any] | None = None,
+        eps: float = torch.finfo(torch.float32).eps,
+        is_dynamic: bool = False,
+        *,
+        method: str = "optimal",
+        gamma: float = 1.0,
+        percentile: float = 99.99,
+        **kwargs: Any,
+    ) -> None:
+        name = type(self).__name__
+        if qscheme not in _QSCHEMES:
+            raise ValueError(
+                f"qscheme must be torch.per_tensor_affine or torch.per_tensor_symmetric, got "
+                f"{qscheme}: {name} is per-tensor (per-channel weights: torch's "
+                "PerChannelMinMaxObserver)"
+            )
+        if dtype not in _DTYPE_RANGES:
+            raise ValueError(
+                f"dtype must be one of {', '.join(map(str, _DTYPE_RANGES))}, got {dtype}"
+            )
+        if is_dynamic:
+            raise ValueError(
+                f"is_dynamic must be False, got {is_dynamic!r}: {name} calibrates static ranges"
+            )
+        if (quant_min is None) != (quant_max is None):
+            raise ValueError(
+                "quant_min and quant_max must be given together, got "
+                f"quant_min={quant_min!r}, quant_max={quant_max!r}"
+            )
+        if quant_min is not None and quant_max is not None:
+            lo, hi = _DTYPE_RANGES[dtype]
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (quant_min, quant_max))
+            if not (ok and lo <= quant_min <= 0 <= quant_max <= hi and quant_min < quant_max):
+                raise ValueError(
+                    f"quant_min and quant_max must be integers with {lo} <= quant_min <= 0 <= "
+                    f"quant_max <= {hi} (dtype {dtype}) and quant_min < quant_max, got "
+                    f"quant_min={quant_min!r}, quant_max={quant_max!r}"
+                )
+        if isinstance(bins, bool) or not isinstance(bins, int):
+            raise TypeError(f"bins must be an int, got {bins!r}")
+        hist = qfcal.Histogram(bins)  # ValueError naming bins when out of range
+        # gamma, method and percentile are checked by qfcal's own search, on a 2-level grid.
+        qfcal.search(_probe, qmin=0, qmax=1, method=method, gamma=gamma, percentile=percentile)
+        cast(Any, super()).__init__(
+            dtype=dtype,
+            qscheme=qscheme,
+            reduce_range=reduce_range,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            factory_kwargs=factory_kwargs,
+            eps=eps,
+            is_dynamic=is_dynamic,
+            **kwargs,
+        )
+        self.bins = bins
+        self.method = method
+        self.gamma = float(gamma)
+        self.percentile = float(percentile)
+        self._hist = hist
+        self._negate = False
+        if self.qscheme == torch.per_tensor_symmetric:
+            qmin, qmax = self.quant_min, self.quant_max
+            zp = _torch_symmetric_zero_point(dtype, qmin, qmax, self.has_customized_qrange)
+            middle = (qmin + qmax + 1) // 2  # where qfcal's symmetric search puts it
+            if zp != middle:
+                # Torch's zero point for unsigned custom ranges, (qmin + qmax) // 2, is one below
+                # qfcal's: the grid is qfcal's mirrored, so the search runs on -x and maps back.
+                if qmin + qmax - zp != middle:
+                    raise ValueError(
+                        f"qscheme=torch.per_tensor_symmetric with dtype {dtype} and quant range "
+                        f"quant_min={qmin}, quant_max={qmax} (reduce_range={reduce_range}): "
+                        f"torch fixes the zero point at {zp}, which is not the middle of the "
+                        "range qfcal's symmetric search needs; give a range centered on the "
+                        "zero point as quant_min/quant_max (e.g. -8..7 for qint8, 0..127 for "
+                        "quint8) or use torch.per_tensor_affine"
+                    )
+                self._negate = True
+        self.register_buffer("min_val", torch.tensor(float("inf"), **_factory(factory_kwargs)))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **_factory(factory_kwargs)))
+
+    # -- observing -------------------------------------------------------------------------
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        """Histogram ``x_orig`` (an empty tensor is ignored) and return it unchanged."""
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach()
+        if x.dtype not in (torch.float16, torch.float32, torch.float64):
+            x = x.to(torch.float32)
+        values = x.cpu().resolve_conj().resolve_neg().numpy()
+        self._hist.update(np.negative(values) if self._negate else values)
+        lo, hi = self._hist.min, self._hist.max
+        if lo is not None and hi is not None:
+            if self._negate:
+                lo, hi = -hi, -lo
+            self.min_val.fill_(lo)
+            self.max_val.fill_(hi)
+        return x_orig
+
+    @property
+    def histogram(self) -> qfcal.Histogram:
+        """The histogram the search runs on: of the values seen, or of their negatives for the
+        mirrored grids (``per_tensor_symmetric`` with an unsigned custom range, see
+        :class:`QfcalObserver`)."""
+        return self._hist
+
+    @property
+    def negated(self) -> bool:
+        """Whether :attr:`histogram` holds the negated values (mirrored grids)."""
+        return self._negate
+
+    def search(self) -> qfcal.SearchResult:
+        """:func:`qfcal.search` on the histogram with this observer's grid and options. For a
+        mirrored grid (:attr:`negated`) the result describes ``-x``: its zero point maps to
+        ``quant_min + quant_max - zero_point`` and its range to ``[-max, -min]``.
+
+        Raises:
+            qfcal.EmptyHistogramError: no finite value has been seen.
+        """
+        return qfcal.search(
+            self._hist,
+            qmin=self.quant_min,
+            qmax=self.quant_max,
+            symmetric=self.qscheme == torch.per_tensor_symmetric,
+            method=self.method,
+            gamma=self.gamma,
+            percentile=self.percentile,
+        )
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, zero_point)``, tensors of shape ``(1,)`` (float32; int32 for affine and
+        int64 for symmetric schemes, as torch's observers give).
+
+        Before any finite value was seen this warns and returns scale 1 and zero point 0, as
+        torch's ``HistogramObserver`` does (so a model with an unused branch still converts).
+        Magnitudes qfcal does not search (``max|x|`` below ``2**-110`` or above ``2**100``) warn
+        and fall back to torch's min/max qparams.
+        """
+        device = self.eps.device
+        if self._hist.finite == 0:
+            warnings.warn(
+                f"{type(self).__name__} has seen no finite value ({self._hist.total} values "
+                "seen): returning scale 1.0 and zero point 0, as torch's observers do; run "
+                "calibration data through the model before convert",
+                UserWarning,
+                stacklevel=2,
+            )
+            return torch.tensor([1.0], device=device), torch.tensor([0], device=device)
+        skipped = self._hist.total - self._hist.finite
+        if skipped:
+            warnings.warn(
+                f"{type(self).__name__}: {skipped} non-finite values (NaN/Inf) ignored",
+                UserWarning,
+                stacklevel=2,
+            )
+        try:
+            r = self.search()
+        except ValueError as e:  # options were checked at construction: a magnitude qfcal refuses
+            warnings.warn(
+                f"{type(self).__name__}: {e}; falling back to torch's min/max qparams",
+                UserWarning,
+                stacklevel=2,
+            )
+            base: Any = self  # the UniformQuantizationObserverBase that follows this class
+            return cast(
+                tuple[torch.Tensor, torch.Tensor],
+                base._calculate_qparams(self.min_val, self.max_val),
+            )
+        zp = r.zero_point
+        if self._negate:
+            zp = self.quant_min + self.quant_max - zp
+        symmetric = self.qscheme == torch.per_tensor_symmetric
+        return (
+            torch.tensor([r.scale], dtype=torch.float32, device=device),
+            torch.tensor([zp], dtype=torch.int64 if symmetric else torch.int32, device=device),
+        )
+
+    def reset_min_max_vals(self) -> None:
+        """Forget every value seen (a fresh histogram)."""
+        self._hist = qfcal.Histogram(self.bins)
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+    # -- state dict: the histogram's bytes travel as the module's extra state -------------------
+
+    def get_extra_state(self) -> dict[str, Any]:
+        data = self._hist.to_bytes()
+        return {
+            "version": _STATE_VERSION,
+            "histogram": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+            "negated": self._negate,
+        }
+
+    def set_extra_state(self, state: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(state, dict) or "histogram" not in state:
+            raise ValueError(f"{name}: the saved extra state is not a qfcal observer's")
+        if state.get("version", 0) > _STATE_VERSION:
+            raise ValueError(
+                f"{name}: the state was saved by a newer qfcal (state version "
+                f"{state.get('version')}, this one reads {_STATE_VERSION})"
+            )
+        negated = bool(state.get("negated", False))
+        if negated != self._negate:
+            raise ValueError(
+                f"{name}: the state holds a histogram of {'negated' if negated else 'plain'} "
+                "values, for a different grid: load it into an observer with the same dtype, "
+                "qscheme and quant_min/quant_max"
+            )
+        tensor = cast(torch.Tensor, state["histogram"])
+        hist = qfcal.Histogram.from_bytes(tensor.cpu().numpy().astype(np.uint8).tobytes())
+        self._hist = hist
+        self.bins = hist.bins
+
+    def extra_repr(self) -> str:
+        return (
+            f"method={self.method!r}, gamma={self.gamma}, bins={self.bins}, "
+            f"quant_min={self.quant_min}, quant_max={self.quant_max}, "
+            f"min_val={float(self.min_val)}, max_val={float(self.max_val)}"
+        )
+
+
+def _factory(factory_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    return cast(dict[str, Any], torch.nn.factory_kwargs(factory_kwargs))  # type: ignore[no-untyped-call]
+
+
+# (mypy: torch's base declares calculate_qparams(**kwargs); ours takes none, as torch's observers)
+class QfcalObserver(_QfcalObserverImpl, UniformQuantizationObserverBase):  # type: ignore[misc]
+    """Per-tensor observer: exact streaming histogram, ranges by :func:`qfcal.search`.
+
+    Args:
+        bins: histogram bins (16..1048576; qfcal's default 4096). qfcal's bins never resample:
+            the histogram is exact for any batching.
+        dtype, qscheme, reduce_range, quant_min, quant_max, eps, factory_kwargs: as torch's
+            observers. The search covers exactly ``quant_min..quant_max`` (after
+            ``reduce_range``). ``qscheme`` is ``torch.per_tensor_affine`` or
+            ``torch.per_tensor_symmetric``; the symmetric zero point is torch's (0 for signed
+            dtypes, 128 for quint8/uint8, ``(quant_min + quant_max) // 2`` for unsigned custom
+            ranges: the grid qfcal's symmetric search mirrors, so such an observer histograms
+            ``-x``). ``eps`` is accepted for compatibility and not used (qfcal's scales are
+            positive float32 values).
+        method, gamma, percentile: passed to :func:`qfcal.search` (``optimal``, ``greedy``,
+            ``tf_enhanced``, ``entropy``, ``percentile``, ``minmax``).
+
+    ``calculate_qparams`` before any finite value warns and returns scale 1, zero point 0 (as
+    torch's observers do). The histogram is saved in the state dict (the module's extra
+    state, a uint8 tensor of :meth:`qfcal.Histogram.to_bytes`), so a calibrated model can be
+    saved, reloaded and converted. :meth:`search` gives the whole :class:`qfcal.SearchResult`
+    (loss, SQNR).
+
+    Raises:
+        ValueError: a per-channel or unknown ``qscheme``, an unsupported ``dtype``,
+            ``is_dynamic=True``, a bad quant range, a symmetric range torch centers elsewhere,
+            or a bad ``bins``/``method``/``gamma``/``percentile`` (each naming the value).
+    """
+
+
+def qconfig(
+    backend: str = "x86",
+    *,
+    method: str = "optimal",
+    gamma: float = 1.0,
+    percentile: float = 99.99,
+    bins: int = qfcal.DEFAULT_BINS,
+    reduce_range: bool | None = None,
+    weight: Any = None,
+) -> QConfig:
+    """An eager-mode ``QConfig``: :class:`QfcalObserver` on activations (quint8, per-tensor
+    affine; ``reduce_range`` as torch's default qconfig for ``backend``: True for
+    ``x86``/``fbgemm``, False for ``qnnpack``/``onednn``, and given to the observer as
+    ``quant_min=0, quant_max=127``, the same 128 levels) and torch's default weight observer for
+    the backend (per-channel symmetric int8 min/max; per-tensor for ``qnnpack``) unless
+    ``weight`` gives another observer constructor. ``method``, ``gamma``, ``percentile`` and
+    ``bins`` go to the observer.
+
+    Raises:
+        ValueError: an unknown ``backend``, or a bad observer option (checked here, not at
+            ``prepare``).
+    """
+    from torch.ao.quantization.observer import (
+        default_per_channel_weight_observer,
+        default_weight_observer,
+    )
+
+    if backend not in _BACKEND_REDUCE_RANGE:
+        raise ValueError(
+            f"backend must be one of {', '.join(_BACKEND_REDUCE_RANGE)}, got {backend!r}"
+        )
+    if reduce_range is None:
+        reduce_range = _BACKEND_REDUCE_RANGE[backend]
+    options: dict[str, Any] = {
+        # reduce_range's 128 levels, given as torch asks (reduce_range=True warns it is deprecated)
+        "quant_min": 0,
+        "quant_max": 127 if reduce_range else 255,
+        "method": method,
+        "gamma": gamma,
+        "percentile": percentile,
+        "bins": bins,
+    }
+    QfcalObserver(**options)  # fail now on bad options, not inside prepare()
+    if weight is None:
+        weight = (
+            default_weight_observer if backend == "qnnpack" else default_per_channel_weight_observer
+        )
+    activation = QfcalObserver.with_args(**options)
+    return QConfig(activation=activation, weight=weight)  # type: ignore[no-untyped-call]
+
+
+# -- PT2E ----------------------------------------------------------------------------------------
+
+
+def pt2e_flow() -> str | None:
+    """Which PT2E flow the installed packages offer: ``"torchao"`` (``torchao.quantization.pt2e``,
+    where PT2E lives since torch 2.10), ``"torch.ao"`` (``torch.ao.quantization.quantize_pt2e``,
+    torch up to 2.9), or None. torchao is preferred when both are there."""
+    for flow, module in (
+        ("torchao", "torchao.quantization.pt2e.quantize_pt2e"),
+        ("torch.ao", "torch.ao.quantization.quantize_pt2e"),
+    ):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return flow
+        except ImportError:  # a parent package is missing
+            continue
+    return None
+
+
+_PT2E_CLASSES: dict[str, type[torch.nn.Module]] = {}
+
+
+def pt2e_observer(flow: str | None = None) -> type[torch.nn.Module]:
+    """The observer class for a PT2E quantizer's ``QuantizationSpec(observer_or_fake_quant_ctr=
+    cls.with_args(method=...))``: :class:`QfcalObserver` for ``torch.ao``'s flow, and for
+    torchao's (which only accepts observers built on its own base classes) the same observer
+    built on ``torchao.quantization.pt2e.UniformQuantizationObserverBase``.
+
+    Args:
+        flow: ``"torchao"``, ``"torch.ao"`` or None for :func:`pt2e_flow`'s choice.
+
+    Raises:
+        ImportError: the flow is not installed (PT2E needs ``pip install torchao`` with torch
+            2.10 or later).
+        ValueError: an unknown ``flow``.
+    """
+    if flow is None:
+        flow = pt2e_flow()
+        if flow is None:
+            raise ImportError(
+                f"PT2E quantization is not available with torch {torch.__version__}: since "
+                "torch 2.10 it lives in the torchao package (pip install torchao)"
+            )
+    if flow == "torch.ao":
+        importlib.import_module("torch.ao.quantization.quantize_pt2e")
+        return QfcalObserver
+    if flow != "torchao":
+        raise ValueError(f"flow must be 'torchao', 'torch.ao' or None, got {flow!r}")
+    if flow not in _PT2E_CLASSES:
+        try:
+            pt2e = importlib.import_module("torchao.quantization.pt2e")
+        except ImportError as e:
+            raise ImportError(
+                "torchao's PT2E flow is not installed (pip install torchao): " + str(e)
+            ) from e
+        base = pt2e.UniformQuantizationObserverBase
+
+        class QfcalPT2EObserver(_QfcalObserverImpl, base):  # type: ignore[misc, valid-type]
+            __doc__ = QfcalObserver.__doc__
+
+        # importable as qfcal.torch.QfcalPT2EObserver (module __getattr__), so models pickle
+        QfcalPT2EObserver.__qualname__ = "QfcalPT2EObserver"
+        _PT2E_CLASSES[flow] = QfcalPT2EObserver
+    return _PT2E_CLASSES[flow]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "QfcalPT2EObserver":  # built on torchao's base classes, on first use
+        return pt2e_observer("torchao")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

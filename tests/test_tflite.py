@@ -1,0 +1,218 @@
+"""qfcal.tflite on a Keras model qfcal did not build (residual add, max pool, concatenation,
+dense head), trained briefly on real Fashion-MNIST: qfcal's ranges end up in the converter's
+int8 model, and its accuracy is compared with the converter's own calibration."""
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+pytest.importorskip("ai_edge_litert")
+import keras  # noqa: E402
+import qfcal  # noqa: E402
+import qfcal.tflite as qtflite  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from qfcal import _tf_private, data  # noqa: E402
+from readme_examples import run as run_example  # noqa: E402
+
+CALIB = 64  # representative samples
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    ds = data.load("fashion_mnist")
+    x = ds.images("train", np.arange(4000)).astype(np.float32) / 255.0
+    y = ds.labels("train")[:4000]
+    xt = ds.images("test", np.arange(2000)).astype(np.float32) / 255.0
+    yt = ds.labels("test")[:2000]
+    return x, y, xt, yt
+
+
+@pytest.fixture(scope="module")
+def model(fmnist):
+    x, y, _, _ = fmnist
+    keras.utils.set_random_seed(5)
+    i = keras.Input((28, 28, 1))
+    a = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(i)
+    b = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(a)
+    c = keras.layers.MaxPooling2D(name="pool1")(keras.layers.Add()([a, b]))
+    e1 = keras.layers.Conv2D(16, 1, activation="relu", name="branch1")(c)
+    e2 = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="branch3")(c)
+    g = keras.layers.MaxPooling2D(name="pool2")(keras.layers.Concatenate()([e1, e2]))
+    h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten(name="flatten")(g))
+    out = keras.layers.Dense(10)(h)
+    m = keras.Model(i, out)
+    m.compile(
+        keras.optimizers.Adam(3e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    m.fit(x, y, epochs=4, batch_size=64, verbose=0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def rep(fmnist):
+    x = fmnist[0]
+
+    def representative_dataset():
+        for k in range(CALIB):
+            yield [x[k : k + 1]]
+
+    return representative_dataset
+
+
+@pytest.fixture(scope="module")
+def quantized(model, rep):
+    return qtflite.quantize(model, rep, inference_input_type=tf.int8, inference_output_type=tf.int8)
+
+
+def _top1(content, xt, yt):
+    it = Interpreter(model_content=bytes(content))
+    it.allocate_tensors()
+    i0, o0 = it.get_input_details()[0], it.get_output_details()[0]
+    ok = 0
+    for k in range(len(xt)):
+        x = xt[k : k + 1]
+        if i0["dtype"] == np.int8:
+            s, z = i0["quantization"]
+            x = np.clip(np.round(x / s) + z, -128, 127).astype(np.int8)
+        it.set_tensor(i0["index"], x)
+        it.invoke()
+        ok += int(np.argmax(it.get_tensor(o0["index"])[0]) == yt[k])
+    return ok / len(xt)
+
+
+def _int8_params(content):
+    it = Interpreter(model_content=bytes(content))
+    it.allocate_tensors()
+    out = {}
+    for d in it.get_tensor_details():
+        q = d["quantization_parameters"]
+        if d["dtype"] == np.int8 and len(q["scales"]) == 1:
+            out[d["name"]] = (float(q["scales"][0]), int(q["zero_points"][0]))
+    return out
+
+
+def test_every_activation_range_is_qfcals(quantized):
+    assert quantized.samples == CALIB
+    assert len(quantized.ranges) >= 9  # input, 4 convs, add, 2 pools, concat, dense, output
+    params = _int8_params(quantized)
+    ours = {
+        (float(np.float32(r.result.scale)), r.result.zero_point) for r in quantized.ranges.values()
+    }
+    # TFLite's max pool, reshape and concatenation kernels need one scale on both sides: there
+    # the quantizer gives a tensor its neighbour's range (the pool's input's; the concatenation's
+    # output's), which is one of qfcal's ranges too. Every other tensor has its own.
+    shared = ("pool1", "pool2", "flatten", "branch1", "branch3")
+    for name, r in quantized.ranges.items():
+        want = (float(np.float32(r.result.scale)), r.result.zero_point)
+        got = params.get(name)
+        assert got is not None, f"{name} is not an int8 tensor of the quantized model"
+        assert got in ours, (name, got, want)
+        if not any(f"/{s}" in name for s in shared):
+            assert got == want, (name, got, want)
+
+
+def test_histograms_saw_the_tensors_the_converter_calibrated(quantized):
+    # the converter's min/max come from its own run over the same samples: qfcal's histogram of
+    # the same tensor has the same extremes (up to the kernels' last bits)
+    for name, r in quantized.ranges.items():
+        h = r.histogram
+        assert h.total > 0, name
+        span = max(1e-6, r.converter_max - r.converter_min)
+        # the converter widens the inputs of a shared-scale op to the op's range, so qfcal's
+        # extremes sit inside the converter's, never outside
+        assert h.min >= r.converter_min - 1e-4 * span, (name, h.min, r.converter_min)
+        assert h.max <= r.converter_max + 1e-4 * span, (name, h.max, r.converter_max)
+    exact = sum(
+        abs(r.histogram.max - r.converter_max) <= 1e-5 * max(1.0, abs(r.converter_max))
+        for r in quantized.ranges.values()
+    )
+    assert exact >= len(quantized.ranges) - 2
+
+
+def test_accuracy_against_the_converters_own_calibration(model, rep, quantized, fmnist):
+    _, _, xt, yt = fmnist
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = conv.inference_output_type = tf.int8
+    default = conv.convert()
+    logits = model.predict(xt, verbose=0)
+    float_top1 = float(np.mean(np.argmax(logits, axis=1) == yt))
+    ours, theirs = _top1(quantized, xt, yt), _top1(default, xt, yt)
+    print(
+        f"\ntop-1 on {len(xt)} Fashion-MNIST test images: float {float_top1:.4f}, int8 with "
+        f"qfcal ranges {ours:.4f}, int8 with the converter's calibration {theirs:.4f}"
+    )
+    assert float_top1 > 0.7  # the model learned something, so the comparison means something
+    # 2,000 images: one image is 0.05 points; int8 may cost about a point at most
+    assert ours >= float_top1 - 0.01
+    assert ours >= theirs - 0.01
+
+
+def test_other_entry_points_and_options(model, rep, tmp_path):
+    saved = tmp_path / "saved"
+    model.export(str(saved), verbose=False)
+    a = qtflite.quantize(str(saved), rep, method="minmax", per_channel=False)
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    b = qtflite.quantize(conv, rep, method="percentile", percentile=99.9)
+    for q, method in ((a, "minmax"), (b, "percentile")):
+        assert all(r.result.method == method for r in q.ranges.values())
+    # minmax ranges cover the histogram; the file is written atomically and loads
+    r = next(iter(a.ranges.values()))
+    assert r.result.min <= r.histogram.min and r.result.max >= r.histogram.max
+    a.save(tmp_path / "m.tflite")
+    assert (tmp_path / "m.tflite").read_bytes() == bytes(a)
+    # dict samples, by the signature's input name
+    it = Interpreter(model_content=bytes(a))
+    key = next(iter(it.get_signature_runner().get_input_details()))
+
+    def by_name():
+        for s in rep():
+            yield {key: s[0]}
+
+    c = qtflite.quantize(model, by_name)
+    assert c.samples == CALIB
+
+
+def test_bad_input(model, rep, fmnist):
+    with pytest.raises(ValueError, match="method must be one of"):
+        qtflite.quantize(model, rep, method="kl")
+    with pytest.raises(ValueError, match="bins must be"):
+        qtflite.quantize(model, rep, bins=3)
+    with pytest.raises(TypeError, match="model_or_converter must be"):
+        qtflite.quantize(42, rep)
+    with pytest.raises(FileNotFoundError, match="not a SavedModel directory"):
+        qtflite.quantize("/nonexistent/model", rep)
+    with pytest.raises(TypeError, match="representative_dataset must be a callable"):
+        qtflite.quantize(model, [1, 2, 3])
+
+    def wrong():
+        for _ in range(3):
+            yield [np.zeros((1, 28, 28, 1), np.float32), np.zeros((1, 3), np.float32)]
+
+    with pytest.raises(ValueError, match="representative_dataset failed: .*expected 1 items got 2"):
+        qtflite.quantize(model, wrong)
+    with pytest.raises(ValueError, match="gamma"):
+        qtflite.quantize(model, rep, gamma=-1.0)
+
+
+def test_a_changed_private_api_gives_a_clear_error(monkeypatch):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    monkeypatch.delattr(flatbuffer_utils, "convert_bytearray_to_object")
+    with pytest.raises(qtflite.TFPrivateAPIError, match="convert_bytearray_to_object.*checked"):
+        _tf_private.read_model(b"")
+    monkeypatch.setattr(_tf_private, "_version", lambda: (9, 0))
+    with pytest.warns(UserWarning, match="checked with TensorFlow"):
+        _tf_private.check_version()
+
+
+def test_readme_example(model, rep, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ns = run_example("tflite", {"model": model, "representative_dataset": rep})
+    assert (tmp_path / "model_int8.tflite").read_bytes() == bytes(ns["tflite_model"])
+    assert isinstance(ns["tflite_model"], qtflite.QuantizedModel)
+    assert qfcal.search  # the example uses the package, not a copy
