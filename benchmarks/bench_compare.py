@@ -106,7 +106,7 @@ def main() -> int:
                 f"{100 * (best_other.top1 or 0):.2f}%), scored in {row['score_seconds']:.2f} s",
                 flush=True,
             )
-    out = Path(args.runs) / "compare_summary.json"
+    out = Path(args.runs) / f"compare_summary_{args.calib_per_class.replace(',', '-')}.json"
     out.write_text(json.dumps(summary, indent=1))
 
     labels = [m for m, _ in compare.METHODS]

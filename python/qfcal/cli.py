@@ -133,6 +133,28 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="no shift/flip"
     )
+    g.add_argument(
+        "--distribute",
+        choices=("auto", "none", "mirrored"),
+        help="tf.distribute strategy: mirrored = MirroredStrategy over every visible GPU "
+        "(data parallel, the global batch split across them); auto (default) = mirrored "
+        "with more than one GPU",
+    )
+
+
+def _dask_scheduler(text: str) -> str:
+    """--dask's value, checked before any step runs (Dask installed, a valid local:N)."""
+    import importlib.util
+
+    from qfcal.distributed import check_scheduler  # numpy only
+
+    try:
+        text = check_scheduler(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if importlib.util.find_spec("distributed") is None:
+        raise argparse.ArgumentTypeError('needs Dask: pip install "dask[distributed]"')
+    return text
 
 
 def _calib_options(p: argparse.ArgumentParser) -> None:
@@ -148,6 +170,14 @@ def _calib_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--gamma", type=float, help="weight of clipping against rounding loss (1.0)")
     g.add_argument("--percentile", type=float, help="for --method percentile (99.99)")
+    g.add_argument(
+        "--dask",
+        type=_dask_scheduler,
+        metavar="SCHEDULER",
+        help="calibrate on a Dask cluster: a scheduler address (tcp://host:8786), a scheduler "
+        "file (.json), 'local' (one worker process per core) or 'local:N' (N workers); every "
+        "worker reads the model file itself, the ranges are bit-identical to one process's",
+    )
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
@@ -224,7 +254,7 @@ def run_main(args: argparse.Namespace, demo: bool = False) -> int:
     cfg = _config(args, DEMO if demo else None)
     folder = Path(args.out) if args.out else (Path("runs/demo") if demo else None)
     folder = folder or pipeline.default_folder(cfg)
-    report = pipeline.run(cfg, folder)
+    report = pipeline.run(cfg, folder, dask=args.dask)
     _print_result(report, folder)
     return 0
 
@@ -241,7 +271,7 @@ def step_main(args: argparse.Namespace) -> int:
     elif args.command == "calibrate":
         if not folder.is_dir():
             folder.mkdir(parents=True)
-        pipeline.calibrate(cfg, folder, pipeline.load_data(cfg), model)
+        pipeline.calibrate(cfg, folder, pipeline.load_data(cfg), model, dask=args.dask)
         print(f"ranges: {folder / 'ranges.json'}")
     elif args.command == "export":
         f, i = pipeline.export(cfg, folder, model)

@@ -53,6 +53,7 @@ class RunConfig:
     schedule: str = "cosine"
     augment: bool = True
     seed: int = 0
+    distribute: str = "auto"
     calib_per_class: int = 1
     method: str = "optimal"
     gamma: float = 1.0
@@ -90,6 +91,12 @@ class RunConfig:
             )
         if self.calib_per_class < 1:
             raise ValueError(f"calib_per_class must be at least 1, got {self.calib_per_class}")
+        from qfcal.train import STRATEGIES
+
+        if self.distribute not in STRATEGIES:
+            raise ValueError(
+                f"distribute must be one of {', '.join(STRATEGIES)}, got {self.distribute!r}"
+            )
         if not self.alpha > 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
         if self.latency_runs < 1:
@@ -173,7 +180,13 @@ def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") 
     }
     t0 = time.perf_counter()
     model, history = qtrain.train(
-        model, data, cfg.train_config(), folder / "checkpoints", meta=meta, verbose=verbose
+        model,
+        data,
+        cfg.train_config(),
+        folder / "checkpoints",
+        meta=meta,
+        verbose=verbose,
+        distribute=cfg.distribute,
     )
     qtrain.save_model_atomic(model, folder / "model.keras")
     _record(
@@ -186,21 +199,39 @@ def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") 
 
 
 def calibrate(
-    cfg: RunConfig, folder: Path, data: Any, model_path: Path | None = None
+    cfg: RunConfig, folder: Path, data: Any, model_path: Path | None = None, dask: Any = None
 ) -> dict[str, qfcal.SearchResult]:
     """Fold batch norm, histogram every int8 tensor over the calibration images (one per class
-    by default), search the ranges; ``ranges.json`` and ``histograms.npz`` in `folder`."""
+    by default), search the ranges; ``ranges.json`` and ``histograms.npz`` in `folder`.
+
+    `dask`: a Dask scheduler address, ``"local"``, ``"local:N"`` or a ``distributed.Client``
+    (:func:`qfcal.distributed.dask_client`): the images are cut at batch boundaries, one shard
+    per worker thread, each worker loads the model file itself, and the merged histograms (so
+    both files) are bit-identical to those of one process."""
     from qfcal import calibrate as qcal
     from qfcal.fold import fold_batch_norm
     from qfcal.train import load_model, to_float
 
     cfg.check()
-    model = fold_batch_norm(load_model(model_path or folder / "model.keras"))
+    path = model_path or folder / "model.keras"
+    model = fold_batch_norm(load_model(path)) if dask is None else None
     idx = qdata.calibration_indices(data.labels("train"), cfg.calib_per_class, seed=cfg.seed)
     images = to_float(data.images("train", idx))
     print(f"calibrating on {len(idx)} training images ({cfg.calib_per_class} per class)")
     t0 = time.perf_counter()
-    cal = qcal.calibrate(model, images)
+    extra: dict[str, Any] = {}
+    if dask is None:
+        cal = qcal.calibrate(model, images)
+    else:
+        from qfcal import distributed as qdist
+
+        with qdist.dask_client(dask) as client:
+            # batch_size 32: qcal.calibrate's default above; shards hold whole batches of it
+            parts = qdist.split_batches(images, 32, qdist.client_threads(client))
+            print(f"on Dask ({client.scheduler.address}): {len(parts)} shards")
+            hists = qdist.calibrate_keras_dask(path, parts, client, batch_size=32)
+        cal = qcal.Calibration(hists)
+        extra = {"dask_shards": len(parts)}
     t1 = time.perf_counter()
     results = cal.search(method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8)
     t2 = time.perf_counter()
@@ -221,6 +252,7 @@ def calibrate(
             "tensors": len(results),
             "histogram_seconds": t1 - t0,
             "search_seconds": t2 - t1,
+            **extra,
         },
     )
     return results
@@ -366,8 +398,11 @@ def compare(
     return c
 
 
-def run(cfg: RunConfig, folder: Path | None = None, verbose: int | str = "auto") -> dict[str, Any]:
-    """Train, calibrate, export, evaluate; returns the report."""
+def run(
+    cfg: RunConfig, folder: Path | None = None, verbose: int | str = "auto", dask: Any = None
+) -> dict[str, Any]:
+    """Train, calibrate (on Dask when `dask` names a scheduler: see :func:`calibrate`),
+    export, evaluate; returns the report."""
     cfg.check()
     folder = folder or default_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
@@ -377,6 +412,6 @@ def run(cfg: RunConfig, folder: Path | None = None, verbose: int | str = "auto")
         f"{data.image_shape}, {data.num_classes} classes ({data.source}); run folder {folder}"
     )
     train(cfg, folder, data, verbose=verbose)
-    calibrate(cfg, folder, data)
+    calibrate(cfg, folder, data, dask=dask)
     export(cfg, folder)
     return evaluate(cfg, folder, data)

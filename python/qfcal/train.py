@@ -11,6 +11,14 @@ inside it) plus ``<dir>/state.json`` (epochs done, history, configuration), both
 atomically after every epoch. :func:`train` on a folder with a checkpoint of the same
 configuration resumes after the last finished epoch.
 
+Training on several devices uses TensorFlow's own distribution strategies (:func:`strategy`):
+``"mirrored"`` is a ``tf.distribute.MirroredStrategy`` over every visible GPU (synchronous
+data parallelism: each replica takes its share of the global batch, gradients are all-reduced);
+``"auto"`` picks it when more than one GPU is visible. The model is rebuilt inside the
+strategy's scope from the one passed in, so callers build models as usual. Results do not depend
+on the strategy beyond floating-point summation order, and a checkpoint written under one
+strategy resumes under another.
+
 TensorFlow is imported by this module only.
 """
 
@@ -31,6 +39,7 @@ import tensorflow as tf
 from qfcal._io import atomic_path, write_json_atomic
 
 SCHEDULES = ("cosine", "step")
+STRATEGIES = ("auto", "none", "mirrored")
 OPTIMIZERS = ("adam", "sgd")
 # Datasets whose classes survive a mirror image (digits do not).
 NO_FLIP = ("mnist",)
@@ -137,6 +146,35 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
     )
 
 
+def strategy(name: str | Any = "auto") -> Any:
+    """A ``tf.distribute.Strategy`` for `name`: ``"none"`` (the default strategy: one device),
+    ``"mirrored"`` (``MirroredStrategy`` over all visible GPUs, or the CPU when there is none),
+    ``"auto"`` (mirrored with more than one GPU, else none), or a Strategy, returned as is.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if isinstance(name, tf.distribute.Strategy):
+        return name
+    if name not in STRATEGIES:
+        raise ValueError(f"distribute must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _in_scope(model: keras.Model, dist: Any) -> keras.Model:
+    """`model` with its variables created under `dist` (a copy with the same weights), or
+    `model` itself under the default strategy."""
+    if not tf.distribute.has_strategy() and dist is tf.distribute.get_strategy():
+        return model
+    with dist.scope():
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model_atomic(model: keras.Model, path: str | os.PathLike[str]) -> None:
     """``model.save`` to a temporary ``.keras`` beside `path`, then rename it over `path`."""
     with atomic_path(path) as tmp:
@@ -204,8 +242,13 @@ def train(
     meta: dict[str, Any] | None = None,
     verbose: int | str = "auto",
     callbacks: list[Any] | None = None,
+    distribute: str | Any = "auto",
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train `model` on `data`'s training split, checkpointing into `checkpoint_dir`.
+
+    `distribute` chooses the devices (:func:`strategy`): with a MirroredStrategy the model and
+    optimizer are (re)created in its scope and each step's global batch of
+    ``config.batch_size`` images is split across the replicas.
 
     If `checkpoint_dir` holds a checkpoint of the same configuration and `meta` (architecture,
     dataset...), training resumes from it: the model passed in is then replaced by the saved
@@ -215,6 +258,7 @@ def train(
     Returns the trained model and the per-epoch history (losses and accuracies).
     """
     meta = dict(meta or {})
+    dist = strategy(distribute)
     folder = Path(checkpoint_dir)
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / "state.json"
@@ -233,12 +277,20 @@ def train(
             )
         done = int(state["epochs_done"])
         history = {k: list(v) for k, v in state.get("history", {}).items()}
-        model = load_model(folder / "last.keras")
+        with dist.scope():
+            model = load_model(folder / "last.keras")
         if done >= config.epochs:
             return model, history
         print(f"resuming from {folder / 'last.keras'} after epoch {done} of {config.epochs}")
     else:
-        compile_model(model, config, steps)
+        model = _in_scope(model, dist)
+        with dist.scope():
+            compile_model(model, config, steps)
+    if dist.num_replicas_in_sync > 1:
+        print(
+            f"training on {dist.num_replicas_in_sync} replicas ({type(dist).__name__}), global "
+            f"batch {config.batch_size}"
+        )
     train_ds = input_pipeline(
         data,
         "train",
