@@ -43,6 +43,12 @@ class Histogram:
     +Inf and -Inf are never binned either; they are counted in :attr:`nan`, :attr:`pos_inf` and
     :attr:`neg_inf`.
 
+    A histogram may be shared between threads: updates, merges and reads from many threads at
+    once never fail and give exactly what a serial run gives (the histogram is locked inside;
+    :meth:`update` counts with the GIL released, in parallel when the lock is taken, merging
+    under it). An internal error (a bug) raises RuntimeError instead of crashing; a histogram it
+    interrupted mid-change raises RuntimeError from then on rather than give inexact counts.
+
     Raises:
         ValueError: ``bins`` is outside ``16..=1048576``.
     """
@@ -51,19 +57,23 @@ class Histogram:
     def update(self, values: npt.ArrayLike) -> None:
         """Add every value of ``values`` (a numpy array of any shape, or anything numpy reads).
 
-        float32 contiguous arrays are read without copying and split over all cores; float16,
-        float64, strided and byte-swapped arrays are converted chunk by chunk. The GIL is
-        released while the values are read.
+        float32 and float64 arrays whose values are contiguous in memory, in any axis order
+        (C, Fortran, transposed, reversed), are read in place; strided, broadcast (stride 0) and
+        byte-swapped arrays and float16 are read in memory order a block at a time (unaligned
+        ones, such as fields of packed record arrays, are copied first). Large arrays are split
+        over all cores. Counts are exact 64-bit integers, also beyond ``2**32``
+        values. The GIL is released while the values are read.
 
         Raises:
-            TypeError: the dtype is not float16, float32 or float64.
+            TypeError: the dtype is not float16, float32 or float64 (integers included).
         """
 
     def merge(self, other: Histogram) -> None:
-        """Add ``other`` into this histogram, exactly.
+        """Add ``other`` into this histogram, exactly (``h.merge(h)`` doubles ``h``).
 
         Raises:
-            ValueError: the two histograms have different ``bins``.
+            ValueError: the two histograms have different ``bins`` (they are not coarsened to
+                one another: build both with the same ``bins``).
         """
 
     def __add__(self, other: Histogram, /) -> Histogram: ...

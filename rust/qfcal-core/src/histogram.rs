@@ -679,12 +679,23 @@ impl Histogram {
         if s.nonzero == 0 {
             return;
         }
-        let sub = sub.get_or_insert_with(|| SubCounts::new(self.bins));
         let grows = !self.has_window() || s.min < self.min_nz() || s.max > self.max_nz();
         if grows {
-            self.flush(sub);
+            if let Some(sub) = sub.as_mut() {
+                self.flush(sub);
+            }
             self.cover(s.min, s.max);
         }
+        // A block whose nonzero values all lie in one bin (a constant or near-constant block,
+        // such as a broadcast value or a saturated activation) is counted without binning.
+        let inv = pow2(-self.k);
+        let g = index(s.min, inv);
+        if g == index(s.max, inv) {
+            self.counts[(g - self.lo) as usize] += s.nonzero;
+            self.nonzero += s.nonzero;
+            return;
+        }
+        let sub = sub.get_or_insert_with(|| SubCounts::new(self.bins));
         // Four lanes of u32 cannot overflow before 2^32 pending values.
         if sub.pending + block.len() as u64 >= 1 << 32 {
             self.flush(sub);
@@ -767,28 +778,38 @@ impl Histogram {
     }
 
     /// Adds values that arrive in pieces: `fill` refills `buf` and returns `false` when there is
-    /// nothing more (used for strided, byte-swapped or float16 input, converted chunk by chunk).
+    /// nothing more.
     pub fn update_chunked<T: Sample>(&mut self, mut fill: impl FnMut(&mut Vec<T>) -> bool) {
-        let mut sub = None;
+        let mut feeder = self.feeder();
         let mut buf: Vec<T> = Vec::with_capacity(BLOCK);
         loop {
             buf.clear();
             let more = fill(&mut buf);
-            for block in buf.chunks(BLOCK) {
-                T::feed(self, block, &mut sub);
-            }
+            feeder.extend_from_slice(&buf);
             if !more {
                 break;
             }
         }
-        if let Some(mut sub) = sub {
-            self.flush(&mut sub);
+    }
+
+    /// A [`Feeder`]: adds values pushed one at a time or a slice at a time (strided, byte-swapped
+    /// or converted input), on this thread.
+    pub fn feeder<T: Sample>(&mut self) -> Feeder<'_, T> {
+        Feeder {
+            h: self,
+            sub: None,
+            buf: Vec::with_capacity(BLOCK),
         }
     }
 
     /// Adds every value of `values`; large arrays are split across `threads` threads (0: all
     /// available cores). The result does not depend on the split.
     pub fn update<T: Sample>(&mut self, values: &[T], threads: usize) {
+        if values.len() < PAR_MIN {
+            // one part whatever the thread count (and no system call to count the cores)
+            self.update_serial(values);
+            return;
+        }
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -962,6 +983,67 @@ impl Histogram {
     }
 }
 
+/// Adds values to a histogram as they come, a block at a time: [`push`](Feeder::push) and
+/// [`extend_from_slice`](Feeder::extend_from_slice) may be mixed freely, and the histogram is the
+/// same as after one [`Histogram::update`] with all the values. The counts are complete once the
+/// feeder is dropped (or [`finish`](Feeder::finish)ed).
+pub struct Feeder<'a, T: Sample> {
+    h: &'a mut Histogram,
+    sub: Option<SubCounts>,
+    buf: Vec<T>,
+}
+
+impl<T: Sample> Feeder<'_, T> {
+    /// Adds one value.
+    #[inline(always)]
+    pub fn push(&mut self, x: T) {
+        self.buf.push(x);
+        if self.buf.len() == BLOCK {
+            self.drain();
+        }
+    }
+
+    /// Adds every value of `values`; whole blocks are read in place.
+    pub fn extend_from_slice(&mut self, mut values: &[T]) {
+        if !self.buf.is_empty() {
+            let n = (BLOCK - self.buf.len()).min(values.len());
+            self.buf.extend_from_slice(&values[..n]);
+            values = &values[n..];
+            if self.buf.len() == BLOCK {
+                self.drain();
+            }
+        }
+        let mut blocks = values.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            T::feed(self.h, block, &mut self.sub);
+        }
+        self.buf.extend_from_slice(blocks.remainder());
+    }
+
+    fn drain(&mut self) {
+        if !self.buf.is_empty() {
+            T::feed(self.h, &self.buf, &mut self.sub);
+            self.buf.clear();
+        }
+    }
+
+    /// Completes the counts (as dropping the feeder does).
+    pub fn finish(self) {}
+}
+
+impl<T: Sample> Drop for Feeder<'_, T> {
+    fn drop(&mut self) {
+        // After a panic the histogram is incomplete anyway: do not risk a second one.
+        if std::thread::panicking() {
+            return;
+        }
+        self.drain();
+        if let Some(sub) = self.sub.as_mut() {
+            self.h.flush(sub);
+        }
+    }
+}
+
 fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
@@ -1033,6 +1115,36 @@ mod tests {
         c.update(&v, 2);
         assert_eq!(a, b);
         assert_eq!(a, c);
+    }
+
+    #[test]
+    fn one_bin_blocks_count_like_any_other() {
+        // Blocks whose values all share a bin are counted without binning each value: the same
+        // histogram as when they are mixed with other values into every block.
+        let c = 1.5f32;
+        let near = f32::from_bits(c.to_bits() + 3); // 3 ulps away: its own one-bin blocks
+        let others: Vec<f32> = (0..5000).map(|i| (i as f32 - 2500.0) * 0.01).collect();
+        let mut constant: Vec<f32> = vec![c; 3 * BLOCK + 17];
+        constant.extend(std::iter::repeat_n(near, BLOCK));
+        constant.extend([0.0, f32::NAN, -0.0]);
+        let mut a = Histogram::new(256).unwrap();
+        a.update(&constant, 1);
+        assert!(a.occupied().1.len() > 128); // c and near at either end of the window
+        a.update(&others, 1);
+        let mut mixed: Vec<f32> = constant.iter().chain(&others).copied().collect();
+        let n = mixed.len();
+        for i in 0..n {
+            mixed.swap(i, (i * 7919) % n);
+        }
+        let mut b = Histogram::new(256).unwrap();
+        b.update(&mixed, 1);
+        assert_eq!(a, b);
+        let mut f = Histogram::new(256).unwrap();
+        let mut feeder = f.feeder::<f32>();
+        mixed.iter().rev().for_each(|&x| feeder.push(x));
+        feeder.finish();
+        assert_eq!(f, b);
+        assert_eq!(b.total(), n as u64);
     }
 
     #[test]

@@ -1,13 +1,17 @@
 //! Thin PyO3 layer over qfcal-core: array borrowing, GIL release, error mapping, pickling.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, TryLockError};
 
+use numpy::ndarray::{ArrayViewD, ArrayViewMut1, Axis, Slice, Zip};
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::MutexExt;
 use pyo3::types::{PyBytes, PyTuple};
-use qfcal_core::histogram::DEFAULT_BINS;
+use qfcal_core::histogram::{BLOCK, DEFAULT_BINS};
 use qfcal_core::{self as core, Dist, Method, SearchOptions, SpecOptions};
 
 create_exception!(
@@ -69,39 +73,163 @@ fn guard<T>(f: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     }
 }
 
-/// Adds a readonly view's values to `h`: zero-copy for contiguous input, chunk by chunk otherwise.
-fn feed<T: core::histogram::Sample + numpy::Element>(
-    py: Python<'_>,
-    h: &mut core::Histogram,
-    arr: &Bound<'_, PyArrayDyn<T>>,
-    swap: impl Fn(T) -> T + Sync,
-    swapped: bool,
-) -> PyResult<()> {
-    let ro = arr.readonly();
-    if let (Ok(slice), false) = (ro.as_slice(), swapped) {
-        py.detach(|| {
-            guard(|| {
-                h.update(slice, 0);
-                Ok(())
+/// A float dtype `update` reads, and how its values reach the histogram.
+trait Input: numpy::Element + Copy + Send + Sync {
+    type Out: core::histogram::Sample;
+    /// The value as the histogram reads it (`swapped`: stored in the other byte order).
+    fn convert(self, swapped: bool) -> Self::Out;
+    /// The values themselves, where the histogram reads them as they are.
+    fn as_is(values: &[Self], swapped: bool) -> Option<&[Self::Out]>;
+}
+
+impl Input for f32 {
+    type Out = f32;
+    #[inline(always)]
+    fn convert(self, swapped: bool) -> f32 {
+        if swapped {
+            f32::from_bits(self.to_bits().swap_bytes())
+        } else {
+            self
+        }
+    }
+    fn as_is(values: &[f32], swapped: bool) -> Option<&[f32]> {
+        (!swapped).then_some(values)
+    }
+}
+
+impl Input for f64 {
+    type Out = f64;
+    #[inline(always)]
+    fn convert(self, swapped: bool) -> f64 {
+        if swapped {
+            f64::from_bits(self.to_bits().swap_bytes())
+        } else {
+            self
+        }
+    }
+    fn as_is(values: &[f64], swapped: bool) -> Option<&[f64]> {
+        (!swapped).then_some(values)
+    }
+}
+
+impl Input for half::f16 {
+    type Out = f32;
+    #[inline(always)]
+    fn convert(self, swapped: bool) -> f32 {
+        if swapped {
+            half::f16::from_bits(self.to_bits().swap_bytes()).to_f32()
+        } else {
+            self.to_f32()
+        }
+    }
+    fn as_is(_: &[half::f16], _: bool) -> Option<&[f32]> {
+        None
+    }
+}
+
+/// The same values in memory order (the histogram does not depend on the order): negative
+/// strides flipped, broadcast (stride-0) axes outermost, the others by decreasing stride, axes
+/// of length 1 dropped and neighbours that one stride walks merged. A transposed or
+/// Fortran-ordered array becomes one contiguous slice; a broadcast array becomes the repeats of
+/// its contiguous rows.
+fn memory_order<T>(mut v: ArrayViewD<'_, T>) -> ArrayViewD<'_, T> {
+    for a in 0..v.ndim() {
+        if v.strides()[a] < 0 {
+            v.invert_axis(Axis(a));
+        }
+    }
+    let mut axes: Vec<usize> = (0..v.ndim()).collect();
+    axes.sort_by_key(|&a| (v.strides()[a] != 0, std::cmp::Reverse(v.strides()[a])));
+    let mut v = v.permuted_axes(axes);
+    loop {
+        while let Some(a) = (0..v.ndim()).find(|&a| v.shape()[a] == 1) {
+            v = v.index_axis_move(Axis(a), 0);
+        }
+        if !(1..v.ndim()).any(|a| v.merge_axes(Axis(a - 1), Axis(a))) {
+            return v;
+        }
+    }
+}
+
+/// The least each thread gets of a view split across threads.
+const PAR_MIN: usize = 1 << 18;
+
+/// Adds a view's values to `h`, on all cores for large views: a view that is one slice the
+/// histogram reads in place goes to `Histogram::update`; any other is cut along its longest
+/// axis, each part counted into a histogram of its own on its own thread, and the parts merged
+/// (exact, as every merge is).
+fn add_view<T: Input>(h: &mut core::Histogram, view: ArrayViewD<'_, T>, swapped: bool) {
+    if view.is_empty() {
+        return;
+    }
+    let v = memory_order(view);
+    if let Some(values) = v.as_slice().and_then(|s| T::as_is(s, swapped)) {
+        h.update(values, 0);
+        return;
+    }
+    let Some(axis) = (0..v.ndim()).max_by_key(|&a| v.shape()[a]) else {
+        return add_rows(h, v, swapped);
+    };
+    if v.len() < 2 * PAR_MIN {
+        return add_rows(h, v, swapped);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let len = v.shape()[axis];
+    let parts = threads.min(v.len() / PAR_MIN).min(len);
+    if parts <= 1 {
+        return add_rows(h, v, swapped);
+    }
+    let step = len.div_ceil(parts);
+    let bins = h.bins();
+    let partials: Vec<core::Histogram> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..len)
+            .step_by(step)
+            .map(|start| {
+                let part = v.slice_axis(Axis(axis), Slice::from(start..(start + step).min(len)));
+                scope.spawn(move || {
+                    let mut mine = core::Histogram::new(bins).expect("bins already validated");
+                    add_rows(&mut mine, part, swapped);
+                    mine
+                })
             })
-        })
-    } else {
-        let view = ro.as_array();
-        py.detach(|| {
-            guard(|| {
-                let mut it = view.iter();
-                h.update_chunked(|buf: &mut Vec<T>| {
-                    for _ in 0..core::histogram::BLOCK * 4 {
-                        match it.next() {
-                            Some(&x) => buf.push(if swapped { swap(x) } else { x }),
-                            None => return false,
-                        }
-                    }
-                    true
-                });
-                Ok(())
-            })
-        })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    for p in &partials {
+        h.merge(p).expect("same bins");
+    }
+}
+
+/// Adds a view in memory order (see [`memory_order`]) on this thread: rows the histogram reads
+/// in place are read there, the others converted a block at a time.
+fn add_rows<T: Input>(h: &mut core::Histogram, v: ArrayViewD<'_, T>, swapped: bool) {
+    let mut feeder = h.feeder::<T::Out>();
+    if v.ndim() == 0 {
+        v.iter().for_each(|&x| feeder.push(x.convert(swapped)));
+        return;
+    }
+    let mut buf: Vec<T::Out> = Vec::new();
+    for row in v.lanes(Axis(v.ndim() - 1)) {
+        if let Some(values) = row.as_slice().and_then(|s| T::as_is(s, swapped)) {
+            feeder.extend_from_slice(values);
+            continue;
+        }
+        if buf.is_empty() {
+            buf = vec![row[0].convert(swapped); BLOCK.min(v.len())];
+        }
+        let mut start = 0;
+        while start < row.len() {
+            let end = (start + BLOCK).min(row.len());
+            let part = row.slice_axis(Axis(0), Slice::from(start..end));
+            Zip::from(ArrayViewMut1::from(&mut buf[..end - start]))
+                .and(part)
+                .for_each(|out, &x| *out = x.convert(swapped));
+            feeder.extend_from_slice(&buf[..end - start]);
+            start = end;
+        }
     }
 }
 
@@ -126,10 +254,82 @@ fn g6(x: f64) -> String {
 }
 
 /// An exact, order-independent, mergeable histogram (see the stub for the full docs).
-#[pyclass(module = "qfcal._core", name = "Histogram", eq)]
-#[derive(Clone, PartialEq)]
+///
+/// Safe to share between threads: the histogram sits behind a mutex. `update` counts with the
+/// GIL released, under the lock when it is free, and otherwise into a histogram of its own that
+/// it then merges under the lock (exact either way, and threads feeding one histogram still run
+/// in parallel). A lock is never waited for while the GIL is held (`lock_py_attached` detaches
+/// first), and no lock is held while waiting for another, except by `==`, which takes both in
+/// address order, so no two threads can deadlock.
+#[pyclass(module = "qfcal._core", name = "Histogram", frozen)]
 struct PyHistogram {
-    inner: core::Histogram,
+    /// `inner`'s bins, readable without the lock.
+    bins: usize,
+    inner: Mutex<core::Histogram>,
+}
+
+fn poisoned() -> PyErr {
+    PyRuntimeError::new_err(
+        "this Histogram was left incomplete by an internal error in qfcal (please report it): \
+         its counts are no longer exact",
+    )
+}
+
+impl PyHistogram {
+    fn wrap(h: core::Histogram) -> PyHistogram {
+        PyHistogram {
+            bins: h.bins(),
+            inner: Mutex::new(h),
+        }
+    }
+
+    /// Runs `f` on the histogram under its lock (waited for with the GIL released).
+    fn read<T>(&self, py: Python<'_>, f: impl FnOnce(&core::Histogram) -> T) -> PyResult<T> {
+        let h = self.inner.lock_py_attached(py).map_err(|_| poisoned())?;
+        guard(|| Ok(f(&h)))
+    }
+
+    /// Runs `f` on the histogram under its lock; a panic inside leaves the lock poisoned, so
+    /// that a histogram it left half-updated refuses to be used.
+    fn write<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut core::Histogram) -> PyResult<T>,
+    ) -> PyResult<T> {
+        guard(|| f(&mut *self.inner.lock_py_attached(py).map_err(|_| poisoned())?))
+    }
+
+    fn snapshot(&self, py: Python<'_>) -> PyResult<core::Histogram> {
+        self.read(py, |h| h.clone())
+    }
+
+    /// Adds an array's values with the GIL released.
+    fn add<T: Input>(
+        &self,
+        py: Python<'_>,
+        arr: &Bound<'_, PyArrayDyn<T>>,
+        swapped: bool,
+    ) -> PyResult<()> {
+        let ro = arr.readonly();
+        let view = ro.as_array();
+        let (cell, bins) = (&self.inner, self.bins);
+        py.detach(|| {
+            guard(|| {
+                match cell.try_lock() {
+                    Ok(mut h) => add_view(&mut h, view, swapped),
+                    Err(TryLockError::WouldBlock) => {
+                        // Another thread is updating: count on our own, merge under the lock.
+                        let mut mine = core::Histogram::new(bins).map_err(to_py)?;
+                        add_view(&mut mine, view, swapped);
+                        let mut h = cell.lock().map_err(|_| poisoned())?;
+                        h.merge(&mine).map_err(to_py)?;
+                    }
+                    Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+                }
+                Ok(())
+            })
+        })
+    }
 }
 
 #[pymethods]
@@ -145,12 +345,10 @@ impl PyHistogram {
         let b = bins.get("bins", &range)?;
         let b = usize::try_from(b)
             .map_err(|_| PyValueError::new_err(format!("bins must be in {range}, got {b}")))?;
-        Ok(PyHistogram {
-            inner: core::Histogram::new(b).map_err(to_py)?,
-        })
+        guard(|| Ok(PyHistogram::wrap(core::Histogram::new(b).map_err(to_py)?)))
     }
 
-    fn update(&mut self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn update(&self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
         let np = py.import("numpy")?;
         let arr = if values.is_instance(&np.getattr("ndarray")?)? {
             values.clone()
@@ -166,171 +364,180 @@ impl PyHistogram {
                 dtype.str()?
             )));
         }
+        // Rust reads floats at their natural alignment only: an unaligned array (a view into
+        // a byte buffer at an odd offset) is copied into an aligned one first.
+        let arr = if arr
+            .getattr("flags")?
+            .getattr("aligned")?
+            .extract::<bool>()?
+        {
+            arr
+        } else {
+            arr.call_method0("copy")?
+        };
         let swapped = !dtype.getattr("isnative")?.extract::<bool>()?;
-        // A byte-swapped array is read as native and swapped chunk by chunk.
+        // A byte-swapped array is read as native and its values swapped as they are read.
         let arr = if swapped {
             arr.call_method1("view", (dtype.call_method1("newbyteorder", ("=",))?,))?
         } else {
             arr
         };
-        let h = &mut self.inner;
         match size {
-            4 => feed(
-                py,
-                h,
-                arr.cast::<PyArrayDyn<f32>>()?,
-                |x: f32| f32::from_bits(x.to_bits().swap_bytes()),
-                swapped,
-            ),
-            8 => feed(
-                py,
-                h,
-                arr.cast::<PyArrayDyn<f64>>()?,
-                |x: f64| f64::from_bits(x.to_bits().swap_bytes()),
-                swapped,
-            ),
-            _ => {
-                let a = arr.cast::<PyArrayDyn<half::f16>>()?;
-                let ro = a.readonly();
-                let view = ro.as_array();
-                py.detach(|| {
-                    guard(|| {
-                        let mut it = view.iter();
-                        h.update_chunked(|buf: &mut Vec<f32>| {
-                            for _ in 0..core::histogram::BLOCK * 4 {
-                                match it.next() {
-                                    Some(&x) => {
-                                        let x = if swapped {
-                                            half::f16::from_bits(x.to_bits().swap_bytes())
-                                        } else {
-                                            x
-                                        };
-                                        buf.push(x.to_f32())
-                                    }
-                                    None => return false,
-                                }
-                            }
-                            true
-                        });
-                        Ok(())
-                    })
-                })
-            }
+            4 => self.add(py, arr.cast::<PyArrayDyn<f32>>()?, swapped),
+            8 => self.add(py, arr.cast::<PyArrayDyn<f64>>()?, swapped),
+            _ => self.add(py, arr.cast::<PyArrayDyn<half::f16>>()?, swapped),
         }
     }
 
-    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
-        // `h.merge(h)` doubles `h`: read the other side before borrowing this one mutably.
-        let theirs = other.borrow().inner.clone();
-        guard(|| slf.borrow_mut().inner.merge(&theirs).map_err(to_py))
+    fn merge(&self, py: Python<'_>, other: PyRef<'_, PyHistogram>) -> PyResult<()> {
+        // A copy of the other side first: `h.merge(h)` doubles `h`, and no thread ever holds
+        // one histogram's lock while waiting for another's.
+        let theirs = other.snapshot(py)?;
+        self.write(py, |h| h.merge(&theirs).map_err(to_py))
     }
 
-    fn __add__(&self, other: &PyHistogram) -> PyResult<PyHistogram> {
-        let mut out = self.clone();
-        guard(|| out.inner.merge(&other.inner).map_err(to_py))?;
-        Ok(out)
+    fn __add__(&self, py: Python<'_>, other: PyRef<'_, PyHistogram>) -> PyResult<PyHistogram> {
+        let mut out = self.snapshot(py)?;
+        other.read(py, |theirs| out.merge(theirs))?.map_err(to_py)?;
+        Ok(PyHistogram::wrap(out))
     }
 
-    fn __iadd__(&mut self, other: &PyHistogram) -> PyResult<()> {
-        guard(|| self.inner.merge(&other.inner).map_err(to_py))
+    fn __iadd__(&self, py: Python<'_>, other: PyRef<'_, PyHistogram>) -> PyResult<()> {
+        self.merge(py, other)
     }
 
-    fn copy(&self) -> PyHistogram {
-        self.clone()
+    fn __richcmp__(
+        &self,
+        py: Python<'_>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let Ok(other) = other.cast::<PyHistogram>() else {
+            return Ok(py.NotImplemented());
+        };
+        let other = other.get();
+        let eq = if std::ptr::eq(self, other) {
+            true
+        } else {
+            // Both locks, in address order (the one place that holds two).
+            let (a, b) = if (self as *const Self) < (other as *const Self) {
+                (self, other)
+            } else {
+                (other, self)
+            };
+            let ga = a.inner.lock_py_attached(py).map_err(|_| poisoned())?;
+            let gb = b.inner.lock_py_attached(py).map_err(|_| poisoned())?;
+            guard(|| Ok(*ga == *gb))?
+        };
+        match op {
+            CompareOp::Eq => Ok(eq.into_pyobject(py)?.to_owned().into_any().unbind()),
+            CompareOp::Ne => Ok((!eq).into_pyobject(py)?.to_owned().into_any().unbind()),
+            _ => Ok(py.NotImplemented()),
+        }
     }
 
-    fn __copy__(&self) -> PyHistogram {
-        self.clone()
+    fn copy(&self, py: Python<'_>) -> PyResult<PyHistogram> {
+        Ok(PyHistogram::wrap(self.snapshot(py)?))
     }
 
-    fn __deepcopy__(&self, _memo: &Bound<'_, PyAny>) -> PyHistogram {
-        self.clone()
+    fn __copy__(&self, py: Python<'_>) -> PyResult<PyHistogram> {
+        self.copy(py)
     }
 
-    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.to_bytes())
+    fn __deepcopy__(&self, py: Python<'_>, _memo: &Bound<'_, PyAny>) -> PyResult<PyHistogram> {
+        self.copy(py)
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.read(py, |h| h.to_bytes())?;
+        Ok(PyBytes::new(py, &b))
     }
 
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<PyHistogram> {
         guard(|| {
-            Ok(PyHistogram {
-                inner: core::Histogram::from_bytes(data).map_err(to_py)?,
-            })
+            Ok(PyHistogram::wrap(
+                core::Histogram::from_bytes(data).map_err(to_py)?,
+            ))
         })
     }
 
     fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let ctor = py.get_type::<PyHistogram>().getattr("from_bytes")?;
-        let args = PyTuple::new(py, [self.to_bytes(py)])?;
+        let args = PyTuple::new(py, [self.to_bytes(py)?])?;
         PyTuple::new(py, [ctor.into_any(), args.into_any()])
     }
 
     #[getter]
     fn bins(&self) -> usize {
-        self.inner.bins()
+        self.bins
     }
     #[getter]
-    fn counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        self.inner.occupied().1.to_vec().into_pyarray(py).into_any()
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.read(py, |h| h.occupied().1.to_vec())?;
+        Ok(c.into_pyarray(py).into_any())
     }
     #[getter]
-    fn edges<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
-        self.inner.edges().into_pyarray(py).into_any()
+    fn edges<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.read(py, |h| h.edges())?;
+        Ok(e.into_pyarray(py).into_any())
     }
     #[getter]
-    fn bin_width(&self) -> Option<f64> {
-        self.inner.bin_width()
+    fn bin_width(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        self.read(py, |h| h.bin_width())
     }
     #[getter]
-    fn min(&self) -> Option<f64> {
-        self.inner.min()
+    fn min(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        self.read(py, |h| h.min())
     }
     #[getter]
-    fn max(&self) -> Option<f64> {
-        self.inner.max()
+    fn max(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        self.read(py, |h| h.max())
     }
     #[getter]
-    fn total(&self) -> u64 {
-        self.inner.total()
+    fn total(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.total())
     }
     #[getter]
-    fn finite(&self) -> u64 {
-        self.inner.finite()
+    fn finite(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.finite())
     }
     #[getter]
-    fn nonzero(&self) -> u64 {
-        self.inner.nonzero()
+    fn nonzero(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.nonzero())
     }
     #[getter]
-    fn zeros(&self) -> u64 {
-        self.inner.zeros()
+    fn zeros(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.zeros())
     }
     #[getter]
-    fn nan(&self) -> u64 {
-        self.inner.nan()
+    fn nan(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.nan())
     }
     #[getter]
-    fn pos_inf(&self) -> u64 {
-        self.inner.pos_inf()
+    fn pos_inf(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.pos_inf())
     }
     #[getter]
-    fn neg_inf(&self) -> u64 {
-        self.inner.neg_inf()
+    fn neg_inf(&self, py: Python<'_>) -> PyResult<u64> {
+        self.read(py, |h| h.neg_inf())
     }
 
     /// Counts and edges with the zeros put back into the bin that holds 0 (the grid widened to
     /// reach 0 when needed): what `np.histogram` would give on the same edges.
-    fn to_numpy<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
-        let (first, counts, k) = self.inner.with_zeros_binned();
-        let w = 2f64.powi(k);
-        let edges: Vec<f64> = if counts.is_empty() {
-            Vec::new()
-        } else {
-            (0..=counts.len())
-                .map(|i| (first + i as i64) as f64 * w)
-                .collect()
-        };
+    fn to_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let (counts, edges) = self.read(py, |h| {
+            let (first, counts, k) = h.with_zeros_binned();
+            let w = 2f64.powi(k);
+            let edges: Vec<f64> = if counts.is_empty() {
+                Vec::new()
+            } else {
+                (0..=counts.len())
+                    .map(|i| (first + i as i64) as f64 * w)
+                    .collect()
+            };
+            (counts, edges)
+        })?;
         PyTuple::new(
             py,
             [
@@ -338,33 +545,39 @@ impl PyHistogram {
                 edges.into_pyarray(py).into_any(),
             ],
         )
-        .expect("a pair")
     }
 
-    fn __repr__(&self) -> String {
-        let h = &self.inner;
-        let fmt = |v: Option<f64>| v.map_or("None".to_string(), g6);
-        let width = h
-            .exponent()
-            .map_or("None".to_string(), |k| format!("2**{k}"));
-        let mut s = format!(
-            "Histogram(bins={}, total={}, min={}, max={}, bin_width={}, zeros={}",
-            h.bins(),
-            h.total(),
-            fmt(h.min()),
-            fmt(h.max()),
-            width,
-            h.zeros()
-        );
-        if h.nan() + h.pos_inf() + h.neg_inf() > 0 {
-            s += &format!(
-                ", nan={}, pos_inf={}, neg_inf={}",
-                h.nan(),
-                h.pos_inf(),
-                h.neg_inf()
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let text = self.read(py, |h| {
+            let fmt = |v: Option<f64>| v.map_or("None".to_string(), g6);
+            let width = h
+                .exponent()
+                .map_or("None".to_string(), |k| format!("2**{k}"));
+            let mut s = format!(
+                "Histogram(bins={}, total={}, min={}, max={}, bin_width={}, zeros={}",
+                h.bins(),
+                h.total(),
+                fmt(h.min()),
+                fmt(h.max()),
+                width,
+                h.zeros()
             );
-        }
-        s + ")"
+            if h.nan() + h.pos_inf() + h.neg_inf() > 0 {
+                s += &format!(
+                    ", nan={}, pos_inf={}, neg_inf={}",
+                    h.nan(),
+                    h.pos_inf(),
+                    h.neg_inf()
+                );
+            }
+            s + ")"
+        });
+        text.unwrap_or_else(|_| {
+            format!(
+                "Histogram(bins={}, <left incomplete by an internal error>)",
+                self.bins
+            )
+        })
     }
 }
 
@@ -501,7 +714,7 @@ fn dist_from_pair(py: Python<'_>, pair: &Bound<'_, PyAny>) -> PyResult<Dist> {
     }
     let edges = out.pop().unwrap();
     let counts = out.pop().unwrap();
-    Dist::new(counts, edges, 0.0).map_err(to_py)
+    guard(|| Dist::new(counts, edges, 0.0).map_err(to_py))
 }
 
 use pyo3::types::IntoPyDict;
@@ -545,7 +758,7 @@ fn search(
         percentile,
     };
     let dist = match hist.cast::<PyHistogram>() {
-        Ok(h) => h.borrow().inner.to_dist().map_err(to_py)?,
+        Ok(h) => h.get().read(py, |h| h.to_dist())?.map_err(to_py)?,
         Err(_) => dist_from_pair(py, hist)?,
     };
     let r = py.detach(|| guard(|| core::search(&dist, &opts).map_err(to_py)))?;
@@ -567,7 +780,13 @@ fn _search_result(
     method: &str,
 ) -> PyResult<PySearchResult> {
     let method: Method = method.parse().map_err(to_py)?;
-    if !(scale > 0.0 && scale.is_finite()) || qmin >= qmax || !(qmin..=qmax).contains(&zero_point) {
+    let lim = core::spec::MAX_LEVELS;
+    if !(scale > 0.0 && scale.is_finite())
+        || qmin >= qmax
+        || !(qmin..=qmax).contains(&zero_point)
+        || qmin < -lim
+        || qmax > lim
+    {
         return Err(PyValueError::new_err(format!(
             "not a SearchResult's state: scale {scale}, zero_point {zero_point}, qmin {qmin}, \
              qmax {qmax}"
@@ -595,6 +814,19 @@ fn methods() -> Vec<&'static str> {
     Method::ALL.iter().map(|m| m.name()).collect()
 }
 
+/// Debug builds only (release builds, wheels included, have no way to make the core panic):
+/// panics inside the guard, under `h`'s lock when given, so that the tests can check that a
+/// panic reaches Python as a RuntimeError and that a histogram it interrupted refuses to be used.
+#[cfg(debug_assertions)]
+#[pyfunction]
+#[pyo3(signature = (h = None))]
+fn _debug_panic(py: Python<'_>, h: Option<PyRef<'_, PyHistogram>>) -> PyResult<()> {
+    match h {
+        Some(h) => h.write(py, |_| panic!("forced panic (debug build)")),
+        None => guard(|| panic!("forced panic (debug build)")),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyHistogram>()?;
@@ -602,6 +834,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(search, m)?)?;
     m.add_function(wrap_pyfunction!(methods, m)?)?;
     m.add_function(wrap_pyfunction!(_search_result, m)?)?;
+    #[cfg(debug_assertions)]
+    m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     m.add(
         "EmptyHistogramError",
         m.py().get_type::<EmptyHistogramError>(),
