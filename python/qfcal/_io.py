@@ -21,6 +21,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        # the bytes reach the disk before the name does, so not even a power cut between the
+        # two leaves a file under `path` that is shorter than what was written
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
