@@ -227,3 +227,14 @@ def test_peers_own_calibrators_on_the_same_tensors(model, images):
         assert 0.8 < float(np.median(widths)) < 1.25
     with pytest.raises(ValueError, match="peers must be among"):
         compare.compare(model, calib, held, methods=two, peers=["tensorrt"])
+
+
+def test_ort_peers_take_a_last_smaller_batch():
+    # found by the shoot-out with 100 calibration images in batches of 64: ONNX Runtime's
+    # collector stacks the batches it is given, which needs one shape
+    pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4, 4, 8)).astype(np.float32)
+    for peer in (compare._ort_entropy, compare._ort_percentile):
+        split, whole = peer([x[:64], x[64:]], 8), peer([x], 8)
+        assert split == whole

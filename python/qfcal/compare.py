@@ -198,7 +198,10 @@ def _ort(batches: list[npt.NDArray[np.float32]], bits: int, method: str) -> Grid
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         col = _ort_collector(method)
-        col.collect({"t": [np.asarray(b, dtype=np.float32) for b in batches]})
+        # the collector stacks its list with np.asarray, which needs batches of one shape (a
+        # last, smaller batch fails): one flat array holds the same values
+        flat = np.concatenate([np.asarray(b, dtype=np.float32).ravel() for b in batches])
+        col.collect({"t": [flat]})
         out = col.compute_collection_result()["t"]
     lo, hi = (out[0], out[1]) if isinstance(out, tuple) else out.range_value
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
