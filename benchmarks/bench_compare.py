@@ -49,7 +49,15 @@ def main() -> int:
         default="1,10",
         help="calibration set sizes to run, images per class (the seed's is 1)",
     )
+    p.add_argument(
+        "--score-only",
+        action="store_true",
+        help="only time the scoring: every qfcal method on every tensor's histogram, 7 rounds "
+        "(no true errors, no top-1; for a quiet machine)",
+    )
     args = p.parse_args()
+    if args.score_only:
+        return score_only(args)
     bits_list = [int(b) for b in args.bits.split(",")]
     per_class_list = [int(k) for k in args.calib_per_class.split(",")]
     print(f"qfcal {qfcal.__version__}; cpu: {cpu_model()}; load {load()}")
@@ -145,6 +153,47 @@ def main() -> int:
             f"all methods scored in {r['score_seconds']:.2f} s "
             f"({'met' if r['score_seconds'] < 1.0 else 'NOT met'})"
         )
+    print(f"load at the end: {load()}")
+    return 0
+
+
+def score_only(args: argparse.Namespace) -> int:
+    """All qfcal methods on all tensors of each model, from the calibration histograms, timed
+    in 7 rounds (median and best of the round totals)."""
+    import statistics
+
+    from qfcal import calibrate
+    from qfcal import data as qdata
+    from qfcal.fold import fold_batch_norm
+    from qfcal.train import load_model, to_float
+
+    print(f"qfcal {qfcal.__version__}; cpu: {cpu_model()}; load {load()}")
+    bits_list = [int(b) for b in args.bits.split(",")]
+    for name in MODELS:
+        folder = Path(args.runs) / f"{name}_per-tensor"
+        if not (folder / "model.keras").is_file():
+            print(f"{folder}: no model (run bench_pipeline.py first); skipped")
+            continue
+        cfg = pipeline.RunConfig(**pipeline.read_run(folder)["config"])
+        ds = pipeline.load_data(cfg)
+        model = fold_batch_norm(load_model(folder / "model.keras"))
+        for per_class in (int(k) for k in args.calib_per_class.split(",")):
+            idx = qdata.calibration_indices(ds.labels("train"), per_class, seed=cfg.seed)
+            hists = calibrate.calibrate(model, to_float(ds.images("train", idx))).histograms
+            for bits in bits_list:
+                rounds = []
+                for _ in range(7):
+                    t0 = time.perf_counter()
+                    for _label, opts in compare.METHODS:
+                        for h in hists.values():
+                            qfcal.search(h, bits=bits, **opts)
+                    rounds.append(time.perf_counter() - t0)
+                print(
+                    f"{name} {bits}-bit, {len(idx)} calibration images: {len(compare.METHODS)} "
+                    f"methods x {len(hists)} tensors in {statistics.median(rounds):.3f} s median, "
+                    f"{min(rounds):.3f} s best",
+                    flush=True,
+                )
     print(f"load at the end: {load()}")
     return 0
 

@@ -235,7 +235,8 @@ COUNTERPART = {
     "ort entropy": (
         "entropy",
         "ONNX Runtime's default is 128 bins and 128 levels, which leaves KL one candidate "
-        "(the min/max range); qfcal's entropy uses TensorRT's 2048 bins",
+        "(the min/max range); qfcal's entropy uses TensorRT's 2048 bins and, as NVIDIA's "
+        "calibrators do, gives the zero bin its neighbour's count",
     ),
     "ort percentile 99.999": (
         "percentile 99.999",

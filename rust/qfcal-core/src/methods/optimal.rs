@@ -59,7 +59,7 @@ const TINY_BINS: usize = 64;
 const ROUGH_EVALS: usize = 256;
 /// Work (evaluations times occupied bins and levels) that comb may spend: a histogram of a few
 /// hundred values gets thousands of teeth over a wider reach, since each costs little.
-const ROUGH_WORK: f64 = 2.0e6;
+const ROUGH_WORK: f64 = 4.0e5;
 /// The most teeth, and the widest reach, a tiny histogram gets.
 const ROUGH_EVALS_MAX: usize = 8192;
 const ROUGH_REACH_MAX: f64 = 1.5;
