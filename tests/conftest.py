@@ -258,6 +258,19 @@ def grid_range(bits=8, signed=True, narrow_range=False, qmin=None, qmax=None):
 # Byte format
 
 
+def int8_tensors(tflite: bytes) -> dict[str, tuple[float, int]]:
+    """Every per-tensor int8 tensor of a ``.tflite``: name -> (scale, zero point)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=bytes(tflite))
+    out = {}
+    for d in it.get_tensor_details():
+        q = d["quantization_parameters"]
+        if d["dtype"] == np.int8 and len(q["scales"]) == 1:
+            out[d["name"]] = (float(q["scales"][0]), int(q["zero_points"][0]))
+    return out
+
+
 def fnv1a64(data: bytes) -> int:
     h = 0xCBF29CE484222325
     for byte in data:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import int8_tensors
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
@@ -21,16 +22,6 @@ def converted(request):
     results = calibrate.calibrate(m, x).search(bits=8)
     ranges = {k: (r.min, r.max) for k, r in results.items()}
     return m, x, results, export.to_int8_tflite(m, ranges)
-
-
-def int8_tensors(tflite: bytes) -> dict:
-    it = Interpreter(model_content=tflite)
-    out = {}
-    for d in it.get_tensor_details():
-        q = d["quantization_parameters"]
-        if d["dtype"] == np.int8 and len(q["scales"]) == 1:
-            out[d["name"]] = (float(q["scales"][0]), int(q["zero_points"][0]))
-    return out
 
 
 def test_every_range_qfcal_chose_is_in_the_tflite(converted):

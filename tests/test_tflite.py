@@ -11,6 +11,7 @@ import keras  # noqa: E402
 import qfcal  # noqa: E402
 import qfcal.tflite as qtflite  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from conftest import int8_tensors  # noqa: E402
 from qfcal import _tf_private, data  # noqa: E402
 from readme_examples import run as run_example  # noqa: E402
 
@@ -82,21 +83,10 @@ def _top1(content, xt, yt):
     return ok / len(xt)
 
 
-def _int8_params(content):
-    it = Interpreter(model_content=bytes(content))
-    it.allocate_tensors()
-    out = {}
-    for d in it.get_tensor_details():
-        q = d["quantization_parameters"]
-        if d["dtype"] == np.int8 and len(q["scales"]) == 1:
-            out[d["name"]] = (float(q["scales"][0]), int(q["zero_points"][0]))
-    return out
-
-
 def test_every_activation_range_is_qfcals(quantized):
     assert quantized.samples == CALIB
     assert len(quantized.ranges) >= 9  # input, 4 convs, add, 2 pools, concat, dense, output
-    params = _int8_params(quantized)
+    params = int8_tensors(quantized)
     ours = {
         (float(np.float32(r.result.scale)), r.result.zero_point) for r in quantized.ranges.values()
     }
