@@ -41,51 +41,12 @@ CALIBRATORS = ("qfcal", "Entropy", "Percentile", "MinMax")
 
 
 def build_onnx(seed: int = 0) -> object:
-    """The CNN of tests/test_onnxruntime.py (NCHW, batch dimension free), random weights."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """The CNN of tests/test_onnxruntime.py (tests/onnx_cnn.py), random weights."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from onnx_cnn import build_onnx as build
+    from onnx_cnn import random_weights
 
-    rng = np.random.default_rng(seed)
-
-    def he(*shape: int) -> np.ndarray:
-        fan_in = int(np.prod(shape[1:]))
-        return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
-
-    w = {
-        "c1.weight": he(16, 1, 3, 3),
-        "c1.bias": np.zeros(16, np.float32),
-        "c2.weight": he(16, 16, 3, 3),
-        "c2.bias": np.zeros(16, np.float32),
-        "c3.weight": he(32, 16, 3, 3),
-        "c3.bias": np.zeros(32, np.float32),
-        "fc.weight": he(10, 32 * 7 * 7),
-        "fc.bias": np.zeros(10, np.float32),
-    }
-    n = helper.make_node
-    nodes = [
-        n("Conv", ["input", "c1.weight", "c1.bias"], ["conv1"], strides=[2, 2], pads=[1] * 4),
-        n("Relu", ["conv1"], ["relu1"]),
-        n("Conv", ["relu1", "c2.weight", "c2.bias"], ["conv2"], pads=[1] * 4),
-        n("Relu", ["conv2"], ["relu2"]),
-        n("Add", ["relu1", "relu2"], ["add"]),
-        n("Conv", ["add", "c3.weight", "c3.bias"], ["conv3"], strides=[2, 2], pads=[1] * 4),
-        n("Relu", ["conv3"], ["relu3"]),
-        n("Flatten", ["relu3"], ["flat"]),
-        n("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
-    ]
-    for i, node in enumerate(nodes):
-        node.name = f"{node.op_type.lower()}_{i}"
-    graph = helper.make_graph(
-        nodes,
-        "fashion_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(v, k) for k, v in w.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return build(random_weights(seed))
 
 
 # every float tensor the calibrators see: input, 5 tensors of 16x14x14, 3 of 32x7x7, logits

@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 import qfcal  # noqa: E402
 import qfcal.onnxruntime as qo  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx_cnn import build_onnx  # noqa: E402
 from onnxruntime.quantization import (  # noqa: E402
     CalibrationDataReader,
     CalibrationMethod,
@@ -52,35 +53,6 @@ class Reader(CalibrationDataReader):  # type: ignore[misc]
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self.it, None)
-
-
-def build_onnx(w: dict[str, np.ndarray]) -> Any:
-    """The CNN as an ONNX graph (NCHW, batch dimension free) with the given weights."""
-    n = helper.make_node
-    nodes = [
-        n("Conv", ["input", "c1.weight", "c1.bias"], ["conv1"], strides=[2, 2], pads=[1] * 4),
-        n("Relu", ["conv1"], ["relu1"]),
-        n("Conv", ["relu1", "c2.weight", "c2.bias"], ["conv2"], pads=[1] * 4),
-        n("Relu", ["conv2"], ["relu2"]),
-        n("Add", ["relu1", "relu2"], ["add"]),
-        n("Conv", ["add", "c3.weight", "c3.bias"], ["conv3"], strides=[2, 2], pads=[1] * 4),
-        n("Relu", ["conv3"], ["relu3"]),
-        n("Flatten", ["relu3"], ["flat"]),
-        n("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
-    ]
-    for i, node in enumerate(nodes):
-        node.name = f"{node.op_type.lower()}_{i}"
-    graph = helper.make_graph(
-        nodes,
-        "fashion_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
 
 
 def train(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

@@ -357,27 +357,29 @@ def compare(
                 yield n, x[np.isfinite(x)]
 
     def errors(
-        images: npt.NDArray[Any], grids: dict[str, dict[str, Any]], keep: bool = False
+        images: npt.NDArray[Any],
+        grids: dict[str, dict[str, Any]],
+        into: dict[str, qfcal.Histogram] | None = None,
     ) -> tuple[dict[tuple[str, str], float], dict[str, float], dict[str, int]]:
         """Sums of squared errors per (grid label, tensor), signal energy and element count per
-        tensor; with `keep`, the activations also feed one histogram per tensor (oracle)."""
+        tensor; the activations also feed the histograms `into` (the oracle's), if given."""
         sse = {(m, n): 0.0 for m in grids for n in names}
         energy = dict.fromkeys(names, 0.0)
         count = dict.fromkeys(names, 0)
         for n, x in activations(images):
             energy[n] += float(np.dot(x, x))
             count[n] += x.size
-            if keep:
-                seen[n].update(x.astype(np.float32))
+            if into is not None:
+                into[n].update(x.astype(np.float32))
             for m in grids:
                 sse[(m, n)] += quantize_error(x, grids[m][n])
         return sse, energy, count
 
-    seen = {n: qfcal.Histogram(cal.histograms[n].bins) for n in names}
-    sse, energy, count = errors(eval_images, results, keep=oracle)
+    seen = {n: qfcal.Histogram(cal.histograms[n].bins) for n in names} if oracle else None
+    sse, energy, count = errors(eval_images, results, into=seen)
     calib_sse, _, calib_count = errors(calib_images, results)
     oracle_mse: dict[str, float] = {}
-    if oracle:
+    if seen is not None:
         best = {"oracle": {n: qfcal.search(seen[n], bits=bits) for n in names}}
         osse, _, _ = errors(eval_images, best)
         oracle_mse = {n: osse[("oracle", n)] / max(1, count[n]) for n in names}

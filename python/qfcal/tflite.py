@@ -147,12 +147,13 @@ def _feeder(interp: Any) -> Callable[[Any], None]:
     return feed
 
 
-def _samples(representative_dataset: Any) -> Iterable[Any]:
+def _sample_source(representative_dataset: Any) -> Callable[[], Iterable[Any]]:
+    """The function that yields the samples: the dataset itself, or its ``input_gen``."""
     if callable(representative_dataset):
-        return representative_dataset()  # type: ignore[no-any-return]
+        return representative_dataset  # type: ignore[no-any-return]
     gen = getattr(representative_dataset, "input_gen", None)
     if callable(gen):
-        return gen()  # type: ignore[no-any-return]
+        return gen  # type: ignore[no-any-return]
     raise TypeError(
         "representative_dataset must be a callable returning an iterable of samples (as the "
         f"TFLite converter takes), got {type(representative_dataset).__name__}"
@@ -203,13 +204,7 @@ def quantize(
     qfcal.search(
         (np.ones(2), np.array([0.0, 1.0, 2.0])), method=method, gamma=gamma, percentile=percentile
     )
-    if not callable(representative_dataset) and not callable(
-        getattr(representative_dataset, "input_gen", None)
-    ):
-        raise TypeError(
-            "representative_dataset must be a callable returning an iterable of samples (as "
-            f"the TFLite converter takes), got {type(representative_dataset).__name__}"
-        )
+    samples = _sample_source(representative_dataset)
     _tf_private.check_version()
     conv = _converter(model_or_converter)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -248,7 +243,7 @@ def quantize(
     feed = _feeder(interp)
     hists = {i: qfcal.Histogram(int(bins)) for i in marked}
     seen = 0
-    for sample in _samples(representative_dataset):
+    for sample in samples():
         feed(sample)
         interp.invoke()
         for i, h in hists.items():
