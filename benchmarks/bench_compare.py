@@ -32,7 +32,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import qfcal  # noqa: E402
 from _machine import cpu_model, load  # noqa: E402
-from qfcal import compare, pipeline  # noqa: E402
+from qfcal.pipeline import compare  # noqa: E402
+from qfcal.pipeline import steps as pipeline  # noqa: E402
 
 MODELS = ["v1_standard", "v1_qfriendly", "v2_standard", "v2_qfriendly"]
 
@@ -68,7 +69,7 @@ def main() -> int:
         if not (folder / "model.keras").is_file():
             print(f"{folder}: no model (run bench_pipeline.py first); skipped")
             continue
-        base = pipeline.RunConfig(**pipeline.read_run(folder)["config"])
+        base = pipeline.RunConfig.from_dict(pipeline.read_run(folder)["config"])
         data = pipeline.load_data(base)
         for per_class, bits in itertools.product(per_class_list, bits_list):
             cfg = dataclasses.replace(base, calib_per_class=per_class)
@@ -162,10 +163,10 @@ def score_only(args: argparse.Namespace) -> int:
     in 7 rounds (median and best of the round totals)."""
     import statistics
 
-    from qfcal import calibrate
-    from qfcal import data as qdata
-    from qfcal.fold import fold_batch_norm
-    from qfcal.train import load_model, to_float
+    from qfcal.pipeline import data as qdata
+    from qfcal.pipeline.fold import fold_batch_norm
+    from qfcal.pipeline.taps import collect_histograms
+    from qfcal.pipeline.train import load_model, to_float
 
     print(f"qfcal {qfcal.__version__}; cpu: {cpu_model()}; load {load()}")
     bits_list = [int(b) for b in args.bits.split(",")]
@@ -174,12 +175,12 @@ def score_only(args: argparse.Namespace) -> int:
         if not (folder / "model.keras").is_file():
             print(f"{folder}: no model (run bench_pipeline.py first); skipped")
             continue
-        cfg = pipeline.RunConfig(**pipeline.read_run(folder)["config"])
+        cfg = pipeline.RunConfig.from_dict(pipeline.read_run(folder)["config"])
         ds = pipeline.load_data(cfg)
         model = fold_batch_norm(load_model(folder / "model.keras"))
         for per_class in (int(k) for k in args.calib_per_class.split(",")):
             idx = qdata.calibration_indices(ds.labels("train"), per_class, seed=cfg.seed)
-            hists = calibrate.calibrate(model, to_float(ds.images("train", idx))).histograms
+            hists = collect_histograms(model, to_float(ds.images("train", idx))).histograms
             for bits in bits_list:
                 rounds = []
                 for _ in range(7):

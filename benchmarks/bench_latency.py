@@ -32,7 +32,7 @@ def main() -> int:
     p.add_argument("--alpha", type=float, default=1.0)
     args = p.parse_args()
 
-    from qfcal import calibrate, evaluate, export, fold, models
+    from qfcal.pipeline import evaluate, export, fold, models, taps
 
     print(f"qfcal {qfcal.__version__}; cpu: {cpu_model()}; load {load()}")
     shape = (args.size, args.size, 3)
@@ -43,7 +43,7 @@ def main() -> int:
             m = models.build(arch, variant, input_shape=shape, classes=1000, alpha=args.alpha)
             models.variance_preserving_init(m)
             m = fold.fold_batch_norm(m)
-            res = calibrate.calibrate(m, x[:4], batch_size=2).search()
+            res = taps.collect_histograms(m, x[:4], batch_size=2).search()
             ranges = {k: (r.min, r.max) for k, r in res.items()}
             f32 = export.to_float_tflite(m)
             for weights in ("per-tensor", "per-channel"):

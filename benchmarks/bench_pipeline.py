@@ -27,8 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import qfcal  # noqa: E402
 from _machine import cpu_model, load  # noqa: E402
-from qfcal import pipeline  # noqa: E402
 from qfcal._io import write_json_atomic  # noqa: E402
+from qfcal.pipeline import steps as pipeline  # noqa: E402
 
 MODELS = [("v1", "standard"), ("v1", "qfriendly"), ("v2", "standard"), ("v2", "qfriendly")]
 

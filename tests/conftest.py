@@ -9,6 +9,8 @@ import resource
 import struct
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -309,3 +311,31 @@ def sample_histogram() -> qfcal.Histogram:
     x[:50] = 0.0
     x[50:53] = [np.nan, np.inf, -np.inf]
     return hist_of(x, 256)
+
+
+# --------------------------------------------------------------------------------------------
+# Clusters: started once per module, at most one per size, closed at the end
+
+
+@pytest.fixture(scope="module")
+def clients() -> Iterator[Callable[[int], Any]]:
+    """Dask clients of local clusters by worker count (skips without Dask)."""
+    distributed = pytest.importorskip("distributed")
+    made: dict[int, tuple[Any, Any]] = {}
+
+    def get(n_workers: int) -> Any:
+        if n_workers not in made:
+            cluster = distributed.LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address="127.0.0.1:0",
+                host="127.0.0.1",
+            )
+            made[n_workers] = (cluster, distributed.Client(cluster))
+        return made[n_workers][1]
+
+    yield get
+    for cluster, client in made.values():
+        client.close()
+        cluster.close()

@@ -16,7 +16,11 @@ FRAMEWORKS = ("tensorflow", "keras", "torch", "onnxruntime", "onnx")
     "module, allowed",
     [
         ("qfcal", ()),
-        ("qfcal.compare", ()),
+        ("qfcal.cli", ()),
+        ("qfcal.distributed", ()),
+        ("qfcal.pipeline", ()),
+        ("qfcal.pipeline.data", ()),
+        ("qfcal.pipeline.compare", ()),
         ("qfcal.torch", ("torch",)),
         ("qfcal.onnxruntime", ("onnxruntime", "onnx")),
         ("qfcal.tflite", ("tensorflow", "keras")),

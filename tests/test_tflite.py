@@ -12,7 +12,8 @@ import qfcal  # noqa: E402
 import qfcal.tflite as qtflite  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from conftest import int8_tensors  # noqa: E402
-from qfcal import _tf_private, data  # noqa: E402
+from qfcal import _tf_private  # noqa: E402
+from qfcal.pipeline import data  # noqa: E402
 from readme_examples import run as run_example  # noqa: E402
 
 CALIB = 64  # representative samples

@@ -20,7 +20,7 @@ from readme_examples import run as run_example
 
 torch = pytest.importorskip("torch")
 qtorch = pytest.importorskip("qfcal.torch")
-from qfcal import data  # noqa: E402
+from qfcal.pipeline import data  # noqa: E402
 from qfcal.torch import QfcalObserver  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.ao.quantization import (  # noqa: E402

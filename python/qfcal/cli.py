@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 import qfcal
-from qfcal.compare import METHODS, quantize_error  # numpy only
+from qfcal.pipeline.compare import METHODS, quantize_error  # numpy only
 
 
 def _synthetic(seed: int, batches: int, size: int) -> dict[str, list[npt.NDArray[np.float32]]]:
@@ -228,7 +228,7 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return RunConfig(**{**(base or {}), **given})
+    return RunConfig.from_dict({**(base or {}), **given})
 
 
 def _folder_config(args: argparse.Namespace) -> tuple[Any, Path]:
@@ -241,7 +241,7 @@ def _folder_config(args: argparse.Namespace) -> tuple[Any, Path]:
 
 
 def _print_result(report: dict[str, Any], folder: Path) -> None:
-    from qfcal.report import summary_table
+    from qfcal.pipeline.report import summary_table
 
     print()
     print(summary_table(report))
@@ -249,7 +249,7 @@ def _print_result(report: dict[str, Any], folder: Path) -> None:
 
 
 def run_main(args: argparse.Namespace, demo: bool = False) -> int:
-    from qfcal import pipeline
+    from qfcal.pipeline import steps as pipeline
 
     cfg = _config(args, DEMO if demo else None)
     folder = Path(args.out) if args.out else (Path("runs/demo") if demo else None)
@@ -260,7 +260,7 @@ def run_main(args: argparse.Namespace, demo: bool = False) -> int:
 
 
 def step_main(args: argparse.Namespace) -> int:
-    from qfcal import pipeline
+    from qfcal.pipeline import steps as pipeline
 
     cfg, folder = _folder_config(args)
     model = Path(args.model) if getattr(args, "model", None) else None
@@ -421,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         return methods_main(args)
     # TensorFlow's C++ start-up notices drown the progress bars; warnings and errors still show
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from qfcal.data import DatasetNotFoundError
+    from qfcal._progress import show_info
+    from qfcal.pipeline.data import DatasetNotFoundError
+
+    show_info()  # the library's INFO records (what each step is doing) as plain lines
 
     try:
         if args.command in ("run", "demo"):

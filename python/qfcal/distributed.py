@@ -11,15 +11,13 @@ the way out, and ``Histogram.to_bytes()`` (a few tens of kB per tensor) on the w
   histogram one shard's batches and return bytes (usable from Ray, Spark, multiprocessing...).
 * :func:`merge_bytes` / :func:`merge_tensors`: the driver's side, exact merges of those bytes.
 * :func:`calibrate_dask`: both over Dask: your function gives a shard's activations on a worker,
-  the bytes are merged in a tree on the workers, one histogram per tensor comes back.
-* :func:`calibrate_keras_dask`: the same for a Keras model saved as ``.keras``: each worker
-  loads the model itself, folds batch norm and runs :func:`qfcal.calibrate.calibrate` on its
-  shard; :func:`split_batches` cuts images at the batch boundaries of a single-process run, so
-  every worker computes exactly the batches that run computes.
+  the bytes are merged by Dask's tree reduction on the workers, one histogram per tensor comes
+  back. :func:`map_merge` is the same for any function of a shard that returns bytes.
 * :func:`dask_client`: a ``Client`` from a scheduler address, ``"local"`` or ``"local:N"``.
 
-Importing this module needs numpy only; Dask (``pip install "dask[distributed]"``) is imported by
-the functions that use it, and TensorFlow only on the workers of :func:`calibrate_keras_dask`.
+A Keras model file calibrated on Dask workers (each loads the model itself) is the pipeline's
+:mod:`qfcal.pipeline.dask_keras`, built on these functions. Importing this module needs numpy
+only; Dask (``pip install "dask[distributed]"``) is imported by the functions that use it.
 """
 
 from __future__ import annotations
@@ -28,10 +26,8 @@ import contextlib
 import functools
 import importlib
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,24 +36,26 @@ import numpy.typing as npt
 import qfcal
 
 __all__ = [
+    "SPLIT_EVERY",
     "calibrate_dask",
-    "calibrate_keras_dask",
+    "check_bins",
     "check_scheduler",
     "client_threads",
     "dask_client",
     "histogram_shard",
     "histogram_tensors",
-    "keras_shard",
+    "map_merge",
     "merge_bytes",
     "merge_tensors",
-    "split_batches",
 ]
 
 # Merge tasks read at most this many shard results each (a tree of merges on the workers).
 SPLIT_EVERY = 8
 
 
-def _check_bins(bins: int) -> None:
+def check_bins(bins: int) -> None:
+    """Raise as ``qfcal.Histogram(bins)`` would: TypeError for a non-int, ValueError naming the
+    value outside ``MIN_BINS..MAX_BINS``."""
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
         raise TypeError(f"bins must be an int, got {type(bins).__name__}")
     qfcal.Histogram(int(bins))  # raises ValueError naming bins and its value
@@ -77,7 +75,7 @@ def histogram_shard(
         ValueError: bad `bins`, or no batch at all.
         TypeError: a batch that is not a numeric array.
     """
-    _check_bins(bins)
+    check_bins(bins)
     h = qfcal.Histogram(int(bins))
     if isinstance(batches, np.ndarray):
         h.update(batches)
@@ -105,7 +103,7 @@ def histogram_tensors(
         ValueError: bad `bins`, or no batch at all.
         TypeError: a batch that is not a mapping, a tensor name that is not a str.
     """
-    _check_bins(bins)
+    check_bins(bins)
     hists: dict[str, qfcal.Histogram] = {}
     seen = 0
     for i, batch in enumerate(batches):
@@ -171,8 +169,8 @@ def merge_tensors(
     shards: Iterable[Mapping[str, bytes | qfcal.Histogram]],
 ) -> dict[str, qfcal.Histogram]:
     """The exact merge of many tensors' shard histograms (``{tensor: bytes}`` from
-    :func:`histogram_tensors` or :func:`keras_shard`), tensor by tensor, in the order tensors
-    first appear. A tensor may be missing from some shards.
+    :func:`histogram_tensors` or :func:`qfcal.pipeline.dask_keras.keras_shard`), tensor by
+    tensor, in the order tensors first appear. A tensor may be missing from some shards.
 
     Raises:
         ValueError: no shard, bad bytes, or one tensor's shards with different bins.
@@ -196,11 +194,6 @@ def merge_tensors(
     if count == 0:
         raise ValueError("shards is empty: nothing to merge")
     return out
-
-
-def _merge_task(*parts: Mapping[str, bytes]) -> dict[str, bytes]:
-    """A merge node of the tree, on a worker: shard results in, one result (bytes) out."""
-    return {name: h.to_bytes() for name, h in merge_tensors(parts).items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,27 +288,47 @@ def dask_client(scheduler: Any) -> Iterator[Any]:
             yield client
 
 
-def _shard_task(
-    work: Callable[[Any], Mapping[str, bytes]], partition: Any, index: int
+def _shard_partition(
+    work: Callable[[Any], Mapping[str, bytes]], partition: Sequence[tuple[int, Any]]
 ) -> dict[str, bytes]:
-    """A leaf of the tree, on a worker: one partition's ``{tensor: bytes}``."""
-    out = work(partition)
-    if not isinstance(out, Mapping):
-        raise TypeError(
-            f"partition {index}: the shard function must return {{tensor: bytes}}, "
-            f"got {type(out).__name__}"
-        )
-    return dict(out)
+    """A leaf of the reduction, on a worker: one Dask partition (one shard) to ``{tensor:
+    bytes}``."""
+    out: list[Mapping[str, bytes]] = []
+    for index, shard in partition:
+        got = work(shard)
+        if not isinstance(got, Mapping):
+            raise TypeError(
+                f"partition {index}: the shard function must return {{tensor: bytes}}, "
+                f"got {type(got).__name__}"
+            )
+        out.append(got)
+    return dict(out[0]) if len(out) == 1 else _merge_results(out)
 
 
-def _map_merge(
+def _merge_results(results: Iterable[Mapping[str, bytes]]) -> dict[str, bytes]:
+    """A merge node of the reduction, on a worker: shard results in, one result (bytes) out."""
+    return {name: h.to_bytes() for name, h in merge_tensors(results).items()}
+
+
+def map_merge(
     work: Callable[[Any], Mapping[str, bytes]],
     partitions: Iterable[Any],
-    client: Any,
-    split_every: int,
+    client: Any = None,
+    *,
+    split_every: int = SPLIT_EVERY,
 ) -> dict[str, qfcal.Histogram]:
-    """`work` on every partition (Dask tasks), merged in a tree of `split_every`-way merge tasks
-    on the workers; the root's bytes come back and become histograms."""
+    """`work` (a function of one partition returning ``{tensor: Histogram.to_bytes()}``) on
+    every partition as Dask tasks, the results merged exactly on the workers by Dask's own tree
+    reduction (``Bag.reduction``, `split_every` results per merge task); the root's bytes come
+    back as ``{tensor: qfcal.Histogram}``. :func:`calibrate_dask` and
+    :func:`qfcal.pipeline.dask_keras.calibrate_keras_dask` are this with their own `work`.
+
+    Raises:
+        ValueError: no partition, or `split_every` not an int >= 2.
+        TypeError: `partitions` is not an iterable; `work` returned something else than a
+            mapping.
+        ImportError: Dask is not installed.
+    """
     if isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2:
         raise ValueError(f"split_every must be an int >= 2, got {split_every!r}")
     if isinstance(partitions, (str, bytes, Mapping)) or not isinstance(partitions, Iterable):
@@ -326,19 +339,16 @@ def _map_merge(
     if not parts:
         raise ValueError("partitions is empty: calibration needs at least one partition")
     dask, _ = _import_dask()
-    shard = dask.delayed(_shard_task, pure=False)
-    merge = dask.delayed(_merge_task, pure=False)
-    # keys unique to this call: a scheduler keeps results of earlier calls under their keys
-    run = uuid.uuid4().hex[:12]
-    level = [shard(work, p, i, dask_key_name=f"qfcal-shard-{run}-{i}") for i, p in enumerate(parts)]
-    depth = 0
-    while len(level) > 1:
-        depth += 1
-        level = [
-            merge(*level[i : i + split_every], dask_key_name=f"qfcal-merge-{run}-{depth}-{i}")
-            for i in range(0, len(level), split_every)
-        ]
-    root = level[0]
+    bag = importlib.import_module("dask.bag")
+    # one shard per Dask partition, so shards run in parallel and errors name their shard
+    shards = bag.from_sequence(list(enumerate(parts)), partition_size=1)
+    root = shards.reduction(
+        functools.partial(_shard_partition, work),
+        _merge_results,
+        split_every=split_every,
+        # keys unique to this call: a scheduler keeps results of earlier calls under their keys
+        name=f"qfcal-merge-{uuid.uuid4().hex[:12]}",
+    )
     with dask_client(client) if client is not None else contextlib.nullcontext() as c:
         result = c.compute(root, sync=True) if c is not None else dask.compute(root)[0]
     return merge_tensors([result])
@@ -390,146 +400,13 @@ def calibrate_dask(
         TypeError: `partitions` is not an iterable, a batch is not a mapping.
         ImportError: Dask is not installed.
     """
-    _check_bins(bins)
+    check_bins(bins)
     if not callable(activations):
         raise TypeError(
             f"activations must be a function of one partition, got {type(activations).__name__}"
         )
     work = functools.partial(_activation_shard, activations, int(bins))
-    return _map_merge(work, partitions, client, split_every)
-
-
-# ---------------------------------------------------------------------------------------------
-# Keras models: every worker loads the model from its file
-
-
-_MODEL_LOCK = threading.Lock()
-_MODEL_CACHE: dict[tuple[str, int, int, bool], Any] = {}
-
-
-def _worker_model(path: str, fold: bool) -> Any:
-    """The model of the ``.keras`` file at `path` (batch norm folded if `fold`), loaded once per
-    worker process and file version."""
-    from qfcal.train import load_model
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"model_path {path!r} does not exist on worker host {os.uname().nodename!r}: "
-            "the workers must see the model file (shared file system)"
-        )
-    st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, fold)
-    with _MODEL_LOCK:
-        model = _MODEL_CACHE.get(key)
-        if model is None:
-            model = load_model(p)
-            if fold:
-                from qfcal.fold import fold_batch_norm
-
-                model = fold_batch_norm(model)
-            _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = model
-    return model
-
-
-def keras_shard(
-    model_path: str | os.PathLike[str],
-    images: Any,
-    *,
-    batch_size: int = 32,
-    bins: int = qfcal.DEFAULT_BINS,
-    fold: bool = True,
-) -> dict[str, bytes]:
-    """One shard's calibration on a Keras model, as ``{tensor: Histogram.to_bytes()}``: what a
-    worker of :func:`calibrate_keras_dask` computes (callable from Ray or Spark too).
-
-    Args:
-        model_path: the ``.keras`` file (loaded here, once per process; never pickled).
-        images: an array ``(n, *input_shape)``, an iterable of such batches, or a function of no
-            argument returning either (to load the shard on the worker).
-        batch_size: images per inference batch when `images` is an array.
-        bins: bins of every histogram.
-        fold: fold batch norm into the convolutions first, as the pipeline and TFLite do.
-
-    Raises:
-        FileNotFoundError: no file at `model_path` on this host.
-        ValueError: no images, images that do not fit the model, bad `batch_size` or `bins`.
-    """
-    from qfcal.calibrate import calibrate
-
-    _check_bins(bins)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    data = images() if callable(images) else images
-    model = _worker_model(os.fspath(model_path), fold)
-    cal = calibrate(model, data, batch_size=batch_size, bins=int(bins))
-    return {name: h.to_bytes() for name, h in cal.histograms.items()}
-
-
-def split_batches(images: Any, batch_size: int, partitions: int) -> list[Any]:
-    """Cut `images` into at most `partitions` contiguous shards at multiples of `batch_size`.
-
-    A shard is then made of whole batches of the single-process run
-    (``calibrate(model, images, batch_size=batch_size)``), the last one keeping the remainder, so
-    every worker computes exactly the batches that run computes. This matters: TensorFlow's
-    kernels may round differently for another batch size (on x86 with oneDNN a batch of one
-    image differs from the same image in a larger batch in the last bit).
-
-    Raises:
-        ValueError: `batch_size` or `partitions` < 1, or no images.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
-        raise ValueError(f"partitions must be a positive int, got {partitions!r}")
-    n = len(images)
-    if n == 0:
-        raise ValueError("images is empty: calibration needs at least one image")
-    batches = -(-n // batch_size)
-    k = min(partitions, batches)
-    # partition j holds batches [j * batches // k, (j + 1) * batches // k)
-    cuts = [min(n, (j * batches // k) * batch_size) for j in range(k + 1)]
-    return [images[cuts[j] : cuts[j + 1]] for j in range(k)]
-
-
-def calibrate_keras_dask(
-    model_path: str | os.PathLike[str],
-    partitions: Sequence[Any],
-    client: Any = None,
-    *,
-    batch_size: int = 32,
-    bins: int = qfcal.DEFAULT_BINS,
-    fold: bool = True,
-    split_every: int = SPLIT_EVERY,
-) -> dict[str, qfcal.Histogram]:
-    """Calibrate a Keras model on a Dask cluster: every worker loads `model_path` itself, runs
-    :func:`keras_shard` on its partitions, and the bytes are merged exactly on the workers.
-
-    Args:
-        model_path: a ``.keras`` file every worker can read (absolute paths are safest).
-        partitions: shards of calibration images: arrays (best cut by :func:`split_batches`),
-            iterables of batches, or functions of no argument that load a shard on the worker.
-        client, split_every: as for :func:`calibrate_dask`.
-        batch_size, bins, fold: as for :func:`keras_shard`.
-
-    Returns:
-        ``{tensor name: qfcal.Histogram}`` in graph order, the histograms
-        :func:`qfcal.calibrate.calibrate` gives over the same batches in one process
-        (``qfcal.calibrate.Calibration(result).search(...)`` gives the ranges).
-
-    Raises:
-        FileNotFoundError: no file at `model_path` (checked here and on every worker).
-        ValueError, TypeError: as for :func:`keras_shard` and :func:`calibrate_dask`.
-    """
-    path = os.path.abspath(os.fspath(model_path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"model_path {path!r} does not exist")
-    _check_bins(bins)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    work = functools.partial(keras_shard, path, batch_size=batch_size, bins=int(bins), fold=fold)
-    return _map_merge(work, partitions, client, split_every)
+    return map_merge(work, partitions, client, split_every=split_every)
 
 
 def client_threads(client: Any) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +40,7 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
+from qfcal._progress import Progress
 
 __all__ = ["Calibration", "calibrate", "quantize_static"]
 
@@ -325,37 +325,6 @@ def _batches(data_reader: object, arg: str = "data_reader") -> Iterator[Mapping[
     )
 
 
-class _Progress:
-    def __init__(self, enabled: bool, tensors: int) -> None:
-        self.enabled = enabled
-        self.tensors = tensors
-        self.start = self.last = time.monotonic()
-        self.tty = enabled and sys.stderr.isatty()
-
-    def update(self, batches: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        end = "\r" if self.tty else "\n"
-        print(
-            f"qfcal: calibrating {self.tensors} tensors: {batches} batches, "
-            f"{now - self.start:.1f} s",
-            end=end,
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def done(self, batches: int) -> None:
-        if self.enabled:
-            print(
-                f"qfcal: calibrated {self.tensors} tensors on {batches} batches in "
-                f"{time.monotonic() - self.start:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-
-
 def calibrate(
     model: str | os.PathLike[str] | Any,
     data_reader: Any,
@@ -390,7 +359,8 @@ def calibrate(
         providers: execution providers of the calibration session (default CPU).
         tensor_overrides: ORT's ``extra_options["TensorQuantOverrides"]``; a tensor's
             ``quant_type``, ``symmetric`` and ``reduce_range`` set its grid.
-        progress: print a counter line to stderr (every 0.5 s on a terminal, 10 s otherwise).
+        progress: a progress bar over the batches (a live line on a terminal's stderr; logged
+            at INFO under ``qfcal`` every 30 s and at the end otherwise).
 
     The model gets every float tensor that is an input or output of a node (initializers
     excepted) as an extra graph output; one ONNX Runtime session (graph optimizations off, as
@@ -508,43 +478,49 @@ def _stream(
             hists[name] = qfcal.Histogram(bins)
     for name in fetch:
         hists[name] = qfcal.Histogram(bins)
-    bar = _Progress(progress, len(hists))
-    count = 0
-    for batch in batches:
-        if not isinstance(batch, Mapping):
-            raise TypeError(
-                f"calibration batch {count} must be a dict {{input name: array}}, "
-                f"got {type(batch).__name__}"
-            )
-        unknown = sorted(set(batch) - required)
-        if unknown:
-            raise ValueError(
-                f"calibration batch {count} names input(s) {unknown} that the model does not "
-                f"have; its inputs are {sorted(required)}"
-            )
-        missing = sorted(required - set(batch))
-        if missing:
-            raise ValueError(
-                f"calibration batch {count} lacks model input(s) {missing} (it has {sorted(batch)})"
-            )
-        try:
-            outs = session.run(fetch, dict(batch))
-        except Exception as e:
-            shapes = {k: getattr(v, "shape", type(v).__name__) for k, v in batch.items()}
-            raise RuntimeError(
-                f"onnxruntime failed on calibration batch {count} (inputs {shapes}): {e}"
-            ) from e
-        for name, floating in graph_inputs.items():
-            if floating:
-                hists[name].update(np.asarray(batch[name]))
-        for name, value in zip(fetch, outs, strict=True):
-            hists[name].update(value)
-        del outs  # drop the activations: only the histograms are kept
-        count += 1
-        bar.update(count)
-    if count == 0:
-        raise ValueError("data_reader yielded no calibration batch")
-    bar.done(count)
+    with Progress(
+        None, f"qfcal: calibrating {len(hists)} tensors", unit="batches", enabled=progress
+    ) as bar:
+        count = 0
+        for batch in batches:
+            if not isinstance(batch, Mapping):
+                raise TypeError(
+                    f"calibration batch {count} must be a dict {{input name: array}}, "
+                    f"got {type(batch).__name__}"
+                )
+            unknown = sorted(set(batch) - required)
+            if unknown:
+                raise ValueError(
+                    f"calibration batch {count} names input(s) {unknown} that the model does not "
+                    f"have; its inputs are {sorted(required)}"
+                )
+            missing = sorted(required - set(batch))
+            if missing:
+                raise ValueError(
+                    f"calibration batch {count} lacks model input(s) {missing} "
+                    f"(it has {sorted(batch)})"
+                )
+            try:
+                outs = session.run(fetch, dict(batch))
+            except Exception as e:
+                shapes = {k: getattr(v, "shape", type(v).__name__) for k, v in batch.items()}
+                raise RuntimeError(
+                    f"onnxruntime failed on calibration batch {count} (inputs {shapes}): {e}"
+                ) from e
+            for name, floating in graph_inputs.items():
+                if floating:
+                    hists[name].update(np.asarray(batch[name]))
+            for name, value in zip(fetch, outs, strict=True):
+                hists[name].update(value)
+            del outs  # drop the activations: only the histograms are kept
+            count += 1
+            bar.update()
+        if count == 0:
+            raise ValueError("data_reader yielded no calibration batch")
+        bar.close(
+            f"qfcal: calibrated {len(hists)} tensors on {count} batches in "
+            f"{time.monotonic() - bar.start:.1f} s"
+        )
     return hists, count
 
 

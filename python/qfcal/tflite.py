@@ -17,7 +17,6 @@ Importing this module imports TensorFlow.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
+from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 
 __all__ = ["QuantizedModel", "TensorRange", "TFPrivateAPIError", "quantize"]
@@ -243,16 +243,14 @@ def quantize(
     feed = _feeder(interp)
     hists = {i: qfcal.Histogram(int(bins)) for i in marked}
     seen = 0
-    for sample in samples():
-        feed(sample)
-        interp.invoke()
-        for i, h in hists.items():
-            h.update(interp.get_tensor(i))
-        seen += 1
-        if progress and seen % 10 == 0:
-            print(f"\rqfcal.tflite: {seen} samples histogrammed", end="", file=sys.stderr)
-    if progress:
-        print(f"\rqfcal.tflite: {seen} samples histogrammed", file=sys.stderr)
+    with Progress(None, "qfcal.tflite: histogramming", unit="samples", enabled=progress) as bar:
+        for sample in samples():
+            feed(sample)
+            interp.invoke()
+            for i, h in hists.items():
+                h.update(interp.get_tensor(i))
+            seen += 1
+            bar.update()
     if seen == 0:
         raise ValueError("representative_dataset yielded no samples")
 

@@ -1,7 +1,7 @@
 """FakeQuant graph with qfcal's ranges, converted to a fully int8 ``.tflite``.
 
 The folded Keras model is re-expressed as a TensorFlow function in which every tapped tensor
-(see :mod:`qfcal.calibrate`) passes through ``tf.quantization.fake_quant_with_min_max_args``
+(see :mod:`qfcal.pipeline.taps`) passes through ``tf.quantization.fake_quant_with_min_max_args``
 with the min/max qfcal chose, and every weight through a symmetric narrow-range int8 FakeQuant,
 per tensor (as 2018's TFLite did, which is what broke the standard MobileNets) or per output
 channel. qfcal's ranges have zero exactly on the grid, so TensorFlow's nudging leaves them as
@@ -23,7 +23,7 @@ import tensorflow as tf
 from keras import layers
 
 import qfcal
-from qfcal.calibrate import _inputs, tap_names
+from qfcal.pipeline.taps import layer_inputs, tap_names
 
 WEIGHT_MODES = ("per-tensor", "per-channel")
 
@@ -128,7 +128,7 @@ def fake_quant_function(
             if isinstance(layer, layers.InputLayer):
                 values[id(layer.output)] = fq(layer.name, image)
                 continue
-            xs = [values[id(t)] for t in _inputs(layer)]
+            xs = [values[id(t)] for t in layer_inputs(layer)]
             x = xs[0]
             p = params[layer.name]
             if isinstance(layer, layers.Conv2D):

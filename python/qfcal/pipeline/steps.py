@@ -21,18 +21,20 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import qfcal
-from qfcal import data as qdata
 from qfcal._io import atomic_path, write_bytes_atomic, write_json_atomic
-from qfcal.calibrate import ranges_json
+from qfcal.pipeline import data as qdata
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,12 +67,18 @@ class RunConfig:
     limit_test: int | None = None
     image_size: int | None = None
     latency_runs: int = 200
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> RunConfig:
+        """A config from `options` (``run.json``'s ``"config"``), ignoring the options this
+        version of qfcal does not have (a run folder written by an older one)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in options.items() if k in names})
 
     def check(self) -> None:
         """Validate the options that no later step would reject early."""
-        from qfcal.export import WEIGHT_METHODS, WEIGHT_MODES
-        from qfcal.models import ARCHITECTURES, VARIANTS
+        from qfcal.pipeline.export import WEIGHT_METHODS, WEIGHT_MODES
+        from qfcal.pipeline.models import ARCHITECTURES, VARIANTS
 
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
@@ -91,7 +99,7 @@ class RunConfig:
             )
         if self.calib_per_class < 1:
             raise ValueError(f"calib_per_class must be at least 1, got {self.calib_per_class}")
-        from qfcal.train import STRATEGIES
+        from qfcal.pipeline.train import STRATEGIES
 
         if self.distribute not in STRATEGIES:
             raise ValueError(
@@ -103,7 +111,7 @@ class RunConfig:
             raise ValueError(f"latency_runs must be at least 1, got {self.latency_runs}")
 
     def train_config(self) -> Any:
-        from qfcal.train import NO_FLIP, TrainConfig
+        from qfcal.pipeline.train import NO_FLIP, TrainConfig
 
         return TrainConfig(
             epochs=self.epochs,
@@ -157,8 +165,8 @@ def read_run(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") -> Path:
     """Build and train the float model; ``model.keras`` in `folder`."""
-    from qfcal import models
-    from qfcal import train as qtrain
+    from qfcal.pipeline import models
+    from qfcal.pipeline import train as qtrain
 
     cfg.check()
     folder.mkdir(parents=True, exist_ok=True)
@@ -208,39 +216,45 @@ def calibrate(
     (:func:`qfcal.distributed.dask_client`): the images are cut at batch boundaries, one shard
     per worker thread, each worker loads the model file itself, and the merged histograms (so
     both files) are bit-identical to those of one process."""
-    from qfcal import calibrate as qcal
-    from qfcal.fold import fold_batch_norm
-    from qfcal.train import load_model, to_float
+    from qfcal.pipeline.fold import fold_batch_norm
+    from qfcal.pipeline.taps import TapHistograms, collect_histograms
+    from qfcal.pipeline.train import load_model, to_float
 
     cfg.check()
     path = model_path or folder / "model.keras"
     model = fold_batch_norm(load_model(path)) if dask is None else None
     idx = qdata.calibration_indices(data.labels("train"), cfg.calib_per_class, seed=cfg.seed)
     images = to_float(data.images("train", idx))
-    print(f"calibrating on {len(idx)} training images ({cfg.calib_per_class} per class)")
+    log.info("calibrating on %d training images (%d per class)", len(idx), cfg.calib_per_class)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
     if dask is None:
-        cal = qcal.calibrate(model, images)
+        taps = collect_histograms(model, images, progress=True)
     else:
         from qfcal import distributed as qdist
+        from qfcal.pipeline import dask_keras
 
         with qdist.dask_client(dask) as client:
-            # batch_size 32: qcal.calibrate's default above; shards hold whole batches of it
-            parts = qdist.split_batches(images, 32, qdist.client_threads(client))
-            print(f"on Dask ({client.scheduler.address}): {len(parts)} shards")
-            hists = qdist.calibrate_keras_dask(path, parts, client, batch_size=32)
-        cal = qcal.Calibration(hists)
+            # batch_size 32: collect_histograms' default above; shards hold whole batches of it
+            parts = dask_keras.split_batches(images, 32, qdist.client_threads(client))
+            log.info("on Dask (%s): %d shards", client.scheduler.address, len(parts))
+            hists = dask_keras.calibrate_keras_dask(path, parts, client, batch_size=32)
+        taps = TapHistograms(hists)
         extra = {"dask_shards": len(parts)}
     t1 = time.perf_counter()
-    results = cal.search(method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8)
+    results = taps.search(
+        method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8, progress=True
+    )
     t2 = time.perf_counter()
-    print(
-        f"{len(results)} tensors: histograms in {t1 - t0:.2f} s, "
-        f"{cfg.method} ranges in {1e3 * (t2 - t1):.0f} ms"
+    log.info(
+        "%d tensors: histograms in %.2f s, %s ranges in %.0f ms",
+        len(results),
+        t1 - t0,
+        cfg.method,
+        1e3 * (t2 - t1),
     )
     write_json_atomic(folder / "ranges.json", ranges_json(results))
-    blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in cal.histograms.items()}
+    blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in taps.histograms.items()}
     with atomic_path(folder / "histograms.npz") as tmp:
         np.savez(tmp, **blobs)  # type: ignore[arg-type]
     _record(
@@ -256,6 +270,26 @@ def calibrate(
         },
     )
     return results
+
+
+def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
+    """The ``ranges.json`` document: per tensor, method, scale, zero point, min, max, loss."""
+    return {
+        name: {
+            "method": r.method,
+            "scale": r.scale,
+            "zero_point": r.zero_point,
+            "qmin": r.qmin,
+            "qmax": r.qmax,
+            "min": r.min,
+            "max": r.max,
+            "loss": r.loss,
+            "rounding_loss": r.rounding_loss,
+            "clipping_loss": r.clipping_loss,
+            "sqnr_db": r.sqnr_db if np.isfinite(r.sqnr_db) else None,
+        }
+        for name, r in results.items()
+    }
 
 
 def load_ranges(path: Path) -> dict[str, tuple[float, float]]:
@@ -275,17 +309,17 @@ def load_histograms(path: Path) -> dict[str, qfcal.Histogram]:
 def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tuple[Path, Path]:
     """The float ``.tflite`` and the int8 ``.tflite`` built from the FakeQuant graph with the
     ranges of ``ranges.json``."""
-    from qfcal import export as qexp
-    from qfcal.fold import fold_batch_norm
-    from qfcal.train import load_model
+    from qfcal.pipeline import export as qexp
+    from qfcal.pipeline.fold import fold_batch_norm
+    from qfcal.pipeline.train import load_model
 
     cfg.check()
     ranges = load_ranges(folder / "ranges.json")
     keras_model = load_model(model_path or folder / "model.keras")
-    print("converting to the float .tflite")
+    log.info("converting to the float .tflite")
     float_path, int8_path = folder / "model_float.tflite", folder / "model_int8.tflite"
     write_bytes_atomic(float_path, qexp.to_float_tflite(keras_model))
-    print(f"converting the FakeQuant graph to the int8 .tflite ({cfg.weights} weights)")
+    log.info("converting the FakeQuant graph to the int8 .tflite (%s weights)", cfg.weights)
     int8 = qexp.to_int8_tflite(
         fold_batch_norm(keras_model),
         ranges,
@@ -300,9 +334,9 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
 
 def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
     """Measure the three models and write the report (JSON, markdown, plots)."""
-    from qfcal import evaluate as qeval
-    from qfcal import report as qreport
-    from qfcal.train import load_model
+    from qfcal.pipeline import evaluate as qeval
+    from qfcal.pipeline import report as qreport
+    from qfcal.pipeline.train import load_model
 
     keras_model = load_model(folder / "model.keras")
     paths = {k: folder / f"model_{k}.tflite" for k in ("float", "int8")}
@@ -350,13 +384,14 @@ def compare(
     peers: bool = False,
     methods: list[str] | None = None,
 ) -> Any:
-    """The calibration shoot-out (:mod:`qfcal.compare`) on the run's model: histograms from the
-    calibration images, true errors on `eval_images` other training images, end-to-end top-1
-    on the first `accuracy_images` test images (all by default); written to
+    """The calibration shoot-out (:mod:`qfcal.pipeline.compare`) on the run's model: histograms
+    from the calibration images, true errors on `eval_images` other training images, end-to-end
+    top-1 on the first `accuracy_images` test images (all by default); written to
     :func:`compare_folder`. The calibration set is `cfg.calib_per_class` images per class."""
-    from qfcal import compare as qcmp
-    from qfcal.fold import fold_batch_norm
-    from qfcal.train import load_model, to_float
+    from qfcal.pipeline import compare as qcmp
+    from qfcal.pipeline import compare_report
+    from qfcal.pipeline.fold import fold_batch_norm
+    from qfcal.pipeline.train import load_model, to_float
 
     cfg.check()
     chosen = qcmp.METHODS
@@ -378,9 +413,14 @@ def compare(
         data.size("test") if accuracy_images is None else min(accuracy_images, data.size("test"))
     )
     acc_idx = np.arange(n_acc)
-    print(
-        f"comparing {len(chosen)} methods at {bits} bits: {len(idx)} calibration images, "
-        f"{len(held)} held-apart training images, top-1 on {n_acc} test images"
+    log.info(
+        "comparing %d methods at %d bits: %d calibration images, %d held-apart training "
+        "images, top-1 on %d test images",
+        len(chosen),
+        bits,
+        len(idx),
+        len(held),
+        n_acc,
     )
     c = qcmp.compare(
         model,
@@ -394,7 +434,7 @@ def compare(
     )
     out = compare_folder(cfg, folder, bits)
     title = f"{cfg.arch} {cfg.variant} (alpha {cfg.alpha:g}), {cfg.weights} weights"
-    qcmp.write(c, out, title)
+    compare_report.write(c, out, title)
     return c
 
 
@@ -407,9 +447,15 @@ def run(
     folder = folder or default_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     data = load_data(cfg)
-    print(
-        f"{data.name}: {data.size('train')} training and {data.size('test')} test images "
-        f"{data.image_shape}, {data.num_classes} classes ({data.source}); run folder {folder}"
+    log.info(
+        "%s: %d training and %d test images %s, %d classes (%s); run folder %s",
+        data.name,
+        data.size("train"),
+        data.size("test"),
+        data.image_shape,
+        data.num_classes,
+        data.source,
+        folder,
     )
     train(cfg, folder, data, verbose=verbose)
     calibrate(cfg, folder, data, dask=dask)

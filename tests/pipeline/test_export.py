@@ -6,10 +6,10 @@ from conftest import int8_tensors
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
-models = pytest.importorskip("qfcal.models")
-fold = pytest.importorskip("qfcal.fold")
-calibrate = pytest.importorskip("qfcal.calibrate")
-export = pytest.importorskip("qfcal.export")
+models = pytest.importorskip("qfcal.pipeline.models")
+fold = pytest.importorskip("qfcal.pipeline.fold")
+taps = pytest.importorskip("qfcal.pipeline.taps")
+export = pytest.importorskip("qfcal.pipeline.export")
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
@@ -19,7 +19,7 @@ def converted(request):
     m = fold.fold_batch_norm(models.build(*request.param, alpha=0.25))
     models.variance_preserving_init(m)
     x = np.random.default_rng(1).uniform(0, 1, (16, 32, 32, 1)).astype(np.float32)
-    results = calibrate.calibrate(m, x).search(bits=8)
+    results = taps.collect_histograms(m, x).search(bits=8)
     ranges = {k: (r.min, r.max) for k, r in results.items()}
     return m, x, results, export.to_int8_tflite(m, ranges)
 

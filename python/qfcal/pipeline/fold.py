@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from qfcal.calibrate import _inputs
+from qfcal.pipeline.taps import layer_inputs
 
 _CONVS = (layers.Conv2D, layers.DepthwiseConv2D)
 
@@ -35,7 +35,7 @@ def foldable_pairs(model: keras.Model) -> dict[str, Any]:
     for layer in model.layers:
         if isinstance(layer, layers.InputLayer):
             continue
-        for t in _inputs(layer):
+        for t in layer_inputs(layer):
             consumers[id(t)].append(layer)
     pairs = {}
     for layer in model.layers:
@@ -93,7 +93,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
             tmap[id(layer.output)] = tmap[id(layer.input)]
             continue
         try:
-            args = [tmap[id(t)] for t in _inputs(layer)]
+            args = [tmap[id(t)] for t in layer_inputs(layer)]
         except KeyError as e:
             raise ValueError(
                 f"cannot fold {model.name!r}: layer {layer.name!r} reads tensors from "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ import numpy as np
 import tensorflow as tf
 
 from qfcal._io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 SCHEDULES = ("cosine", "step")
 STRATEGIES = ("auto", "none", "mirrored")
@@ -106,7 +109,8 @@ def input_pipeline(
     flip: bool = False,
     seed: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of ``(float32 image in [0, 1], int64 label)`` from a :mod:`qfcal.data` dataset.
+    """Batches of ``(float32 image in [0, 1], int64 label)`` from a :mod:`qfcal.pipeline.data`
+    dataset.
 
     With ``training``, the examples are shuffled every epoch (seeded) and, with ``augment``,
     randomly shifted and (with ``flip``) mirrored."""
@@ -281,15 +285,19 @@ def train(
             model = load_model(folder / "last.keras")
         if done >= config.epochs:
             return model, history
-        print(f"resuming from {folder / 'last.keras'} after epoch {done} of {config.epochs}")
+        log.info(
+            "resuming from %s after epoch %d of %d", folder / "last.keras", done, config.epochs
+        )
     else:
         model = _in_scope(model, dist)
         with dist.scope():
             compile_model(model, config, steps)
     if dist.num_replicas_in_sync > 1:
-        print(
-            f"training on {dist.num_replicas_in_sync} replicas ({type(dist).__name__}), global "
-            f"batch {config.batch_size}"
+        log.info(
+            "training on %d replicas (%s), global batch %d",
+            dist.num_replicas_in_sync,
+            type(dist).__name__,
+            config.batch_size,
         )
     train_ds = input_pipeline(
         data,

@@ -10,7 +10,8 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
-from qfcal import cli, data, pipeline, train  # noqa: E402
+from qfcal import cli  # noqa: E402
+from qfcal.pipeline import data, steps, train  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(
@@ -106,38 +107,6 @@ def test_steps_rerun_on_the_folder_from_run_json(run_dir, tmp_path):
     )
 
 
-@needs_fashion
-def test_training_resumes_after_an_interruption(tmp_path, capsys):
-    ds = data.load("fashion_mnist").subset(256, 10, seed=0)
-    cfg = train.TrainConfig(epochs=2, batch_size=128, seed=3)
-
-    class Stop(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            raise KeyboardInterrupt
-
-    def model():
-        from qfcal import models
-
-        return models.build("v1", "qfriendly", input_shape=(28, 28, 1), alpha=0.25)
-
-    meta = {"arch": "v1"}
-    with pytest.raises(KeyboardInterrupt):
-        train.train(model(), ds, cfg, tmp_path, meta=meta, verbose=0, callbacks=[Stop()])
-    state = json.loads((tmp_path / "state.json").read_text())
-    assert state["epochs_done"] == 1 and len(state["history"]["loss"]) == 1
-    saved = train.load_model(tmp_path / "last.keras")
-    m, hist = train.train(model(), ds, cfg, tmp_path, meta=meta, verbose=0)
-    assert "resuming" in capsys.readouterr().out
-    assert len(hist["loss"]) == 2
-    assert json.loads((tmp_path / "state.json").read_text())["epochs_done"] == 2
-    # the resumed run continued from the saved optimizer state, not from scratch
-    assert int(m.optimizer.iterations.numpy()) == 2 * int(saved.optimizer.iterations.numpy())
-    # a checkpoint of another configuration is never silently overwritten
-    other = train.TrainConfig(epochs=3, batch_size=128, seed=3)
-    with pytest.raises(ValueError, match="holds a checkpoint of another run"):
-        train.train(model(), ds, other, tmp_path, meta=meta, verbose=0)
-
-
 def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QFCAL_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -158,7 +127,7 @@ def test_unknown_dataset_and_variant(tmp_path, capsys):
         cli.main(["run", "--variant", "tiny"])
     assert e.value.code == 2 and "invalid choice: 'tiny'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="variant must be one of standard, qfriendly, got 'x'"):
-        pipeline.RunConfig(variant="x").check()
+        steps.RunConfig(variant="x").check()
 
 
 def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
@@ -176,15 +145,6 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):
         train.load_model(tmp_path / "absent.keras")
 
 
-def test_bad_training_options_name_the_option():
-    with pytest.raises(ValueError, match="epochs must be at least 1, got 0"):
-        train.TrainConfig(epochs=0)
-    with pytest.raises(ValueError, match="schedule must be one of cosine, step, got 'linear'"):
-        train.TrainConfig(schedule="linear")
-    with pytest.raises(ValueError, match="learning_rate must be positive, got nan"):
-        train.TrainConfig(learning_rate=float("nan"))
-
-
 def test_command_line_help_explains_the_options(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["run", "--help"])
@@ -194,53 +154,10 @@ def test_command_line_help_explains_the_options(capsys):
         assert opt in text
 
 
-def test_input_pipeline_is_seeded_and_scaled(tmp_path):
-    tf = pytest.importorskip("tensorflow")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (40, 12, 10, 1), dtype=np.uint8)
-    y = np.arange(40, dtype=np.int64) % 4
-    ds = data.Dataset("toy", x, y, x[:8], y[:8], ["a", "b", "c", "d"], "memory")
-
-    def batches(seed):
-        pipe = train.input_pipeline(ds, "train", 16, training=True, augment=True, seed=seed)
-        return [(a.numpy(), b.numpy()) for a, b in pipe]
-
-    one, two, other = batches(1), batches(1), batches(2)
-    assert [b[0].shape for b in one] == [(16, 12, 10, 1), (16, 12, 10, 1), (8, 12, 10, 1)]
-    for (a, la), (b, lb) in zip(one, two, strict=True):
-        np.testing.assert_array_equal(a, b)
-        np.testing.assert_array_equal(la, lb)
-    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(one, other, strict=True))
-    allx = np.concatenate([b[0] for b in one])
-    assert allx.dtype == np.float32 and 0.0 <= allx.min() and allx.max() <= 1.0
-    # every label once per epoch: shuffled, not resampled
-    assert sorted(np.concatenate([b[1] for b in one]).tolist()) == sorted(y.tolist())
-    # without training, order and pixels are kept: x / 255 exactly
-    plain = np.concatenate([a.numpy() for a, _ in train.input_pipeline(ds, "test", 5)])
-    np.testing.assert_array_equal(plain, x[:8].astype(np.float32) / np.float32(255))
-    assert tf.executing_eagerly()
-
-
-def test_image_folder_feeds_the_training_pipeline(tmp_path):
-    tf = pytest.importorskip("tensorflow")
-    for split, n in (("train", 3), ("val", 1)):
-        for cls, colour in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
-            d = tmp_path / "pets" / split / cls
-            d.mkdir(parents=True)
-            img = np.full((9, 7, 3), colour, dtype=np.uint8)
-            for k in range(n):
-                (d / f"{k}.png").write_bytes(tf.io.encode_png(img).numpy())
-    ds = data.load(str(tmp_path / "pets"), image_size=(16, 16))
-    assert ds.classes == ["cat", "dog"] and ds.image_shape == (16, 16, 3)
-    xs, ys = next(iter(train.input_pipeline(ds, "train", 8, training=True, augment=True)))
-    assert xs.shape == (6, 16, 16, 3) and sorted(ys.numpy().tolist()) == [0, 0, 0, 1, 1, 1]
-    assert float(tf.reduce_max(xs)) == pytest.approx(250 / 255, abs=1e-6)
-
-
 def test_compare_on_the_run_folder(run_dir, tmp_path, capsys):
     import shutil
 
-    from qfcal import compare
+    from qfcal.pipeline import compare
 
     work = tmp_path / "cmp"
     shutil.copytree(run_dir, work)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
-models = pytest.importorskip("qfcal.models")
-fold = pytest.importorskip("qfcal.fold")
+models = pytest.importorskip("qfcal.pipeline.models")
+fold = pytest.importorskip("qfcal.pipeline.fold")
 
 
 def randomize_batch_norms(model, seed=0):

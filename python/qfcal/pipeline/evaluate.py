@@ -8,9 +8,9 @@ outputs are dequantized, so every model is compared on the same float images.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -19,15 +19,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from qfcal.train import to_float
+from qfcal._progress import Progress
+from qfcal.pipeline.train import to_float
 
-
-def progress(total: int, label: str) -> Any:
-    """A Keras progress bar (a live bar on a terminal, one line per step elsewhere)."""
-    import keras
-
-    print(label, flush=True)
-    return keras.utils.Progbar(total, verbose=1 if sys.stdout.isatty() else 2)
+log = logging.getLogger(__name__)
 
 
 class TFLiteModel:
@@ -86,12 +81,12 @@ def _predict(
 ) -> npt.NDArray[np.int64]:
     """Top-1 class of every test image under `run` (a batch of float images to logits)."""
     n = data.size("test")
-    bar = progress(n, f"evaluating {label} on {n} test images")
     out = np.empty(n, dtype=np.int64)
-    for i in range(0, n, batch_size):
-        idx = np.arange(i, min(n, i + batch_size))
-        out[idx] = np.argmax(run(to_float(data.images("test", idx))), axis=1)
-        bar.update(int(idx[-1]) + 1)
+    with Progress(n, f"evaluating {label}", unit="test images") as bar:
+        for i in range(0, n, batch_size):
+            idx = np.arange(i, min(n, i + batch_size))
+            out[idx] = np.argmax(run(to_float(data.images("test", idx))), axis=1)
+            bar.update(len(idx))
     return out
 
 
@@ -164,7 +159,7 @@ def evaluate(
     }
     top1 = {k: float(np.mean(p == labels)) for k, p in preds.items()}
     sample = to_float(data.images("test", np.arange(min(64, len(labels)))))
-    print(f"timing one-thread latency ({latency_runs} single-image runs per model)", flush=True)
+    log.info("timing one-thread latency (%d single-image runs per model)", latency_runs)
     lat = {
         "tflite_float": latency(float_tflite, sample, runs=latency_runs),
         "tflite_int8": latency(int8_tflite, sample, runs=latency_runs),

