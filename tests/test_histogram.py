@@ -1,5 +1,5 @@
 """Histogram: the exactness law, count conservation, agreement with np.histogram, bounded memory,
-serialization, input forms and repr."""
+serialization, input forms and repr (one class under test, one file)."""
 
 from __future__ import annotations
 

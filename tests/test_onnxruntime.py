@@ -1,4 +1,5 @@
-"""qfcal.onnxruntime: streaming calibration feeding ONNX Runtime's quantize_static.
+"""qfcal.onnxruntime: streaming calibration feeding ONNX Runtime's quantize_static (one module
+under test, one file).
 
 A small residual CNN (Conv-Relu-Conv-Relu-Add-Conv-Relu-Flatten-Gemm) is trained for a few
 seconds with torch on real Fashion-MNIST images, written with onnx.helper, and quantized by

@@ -1,5 +1,6 @@
-"""qfcal.torch: the qfcal observer in PyTorch's eager quantization flow, against torch's own
-HistogramObserver and MinMaxObserver on a small CNN trained on real Fashion-MNIST.
+"""qfcal.torch (one module under test, one file): the qfcal observer in PyTorch's eager flow,
+against torch's own HistogramObserver and MinMaxObserver on a small CNN trained on real
+Fashion-MNIST.
 
 ``pytest -s tests/test_torch.py`` prints the comparison tables (ranges, int8 accuracy, observer
 time); timings are printed, never asserted (shared machine)."""

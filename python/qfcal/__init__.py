@@ -13,20 +13,26 @@ modules and import their framework when they are imported.
 
 from qfcal._core import (
     DEFAULT_BINS,
+    MAX_BINS,
+    MIN_BINS,
     EmptyHistogramError,
     Histogram,
     SearchResult,
     __version__,
+    check_search_options,
     methods,
     search,
 )
 
 __all__ = [
     "DEFAULT_BINS",
+    "MAX_BINS",
+    "MIN_BINS",
     "EmptyHistogramError",
     "Histogram",
     "SearchResult",
     "__version__",
+    "check_search_options",
     "methods",
     "search",
 ]

@@ -8,10 +8,13 @@ import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_BINS",
+    "MAX_BINS",
+    "MIN_BINS",
     "EmptyHistogramError",
     "Histogram",
     "SearchResult",
     "__version__",
+    "check_search_options",
     "methods",
     "search",
     "_search_result",
@@ -19,6 +22,12 @@ __all__ = [
 
 __version__: str
 DEFAULT_BINS: int
+"""Bins of ``Histogram()`` when none are given (4096)."""
+MIN_BINS: int
+"""Fewest bins a :class:`Histogram` may have (16): ``Histogram(MIN_BINS - 1)`` raises ValueError."""
+MAX_BINS: int
+"""Most bins a :class:`Histogram` may have (``2**20``): ``Histogram(MAX_BINS + 1)`` raises
+ValueError."""
 
 _MethodName = Literal["optimal", "greedy", "tf_enhanced", "entropy", "percentile", "minmax"]
 
@@ -50,7 +59,7 @@ class Histogram:
     interrupted mid-change raises RuntimeError from then on rather than give inexact counts.
 
     Raises:
-        ValueError: ``bins`` is outside ``16..=1048576``.
+        ValueError: ``bins`` is outside ``16..=1048576`` (:data:`MIN_BINS` to :data:`MAX_BINS`).
     """
 
     def __new__(cls, bins: int = 4096) -> Histogram: ...
@@ -268,6 +277,29 @@ def search(
             or ``(counts, edges)`` is malformed.
         EmptyHistogramError: the histogram holds no finite value.
         TypeError: ``hist`` is neither a Histogram nor a pair.
+    """
+
+def check_search_options(
+    *,
+    bits: int = 8,
+    symmetric: bool = False,
+    signed: bool = True,
+    narrow_range: bool = False,
+    qmin: int | None = None,
+    qmax: int | None = None,
+    gamma: float = 1.0,
+    method: _MethodName | str = "optimal",
+    percentile: float = 99.99,
+) -> None:
+    """Check search options without a histogram: returns None when :func:`search` would accept
+    them, and otherwise raises exactly the exception (type and message) that :func:`search`
+    raises for them, since both run the same checks. Use it to validate options up front,
+    before any data is read.
+
+    Raises:
+        ValueError: an option is out of range (message as from :func:`search`, e.g.
+            ``bits must be in 2..=16, got 1``).
+        TypeError: an option has the wrong type (``bits=8.0``, ``symmetric="yes"``).
     """
 
 def methods() -> list[str]:

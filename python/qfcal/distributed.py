@@ -34,11 +34,11 @@ import numpy as np
 import numpy.typing as npt
 
 import qfcal
+from qfcal._checks import check_bins
 
 __all__ = [
     "SPLIT_EVERY",
     "calibrate_dask",
-    "check_bins",
     "check_scheduler",
     "client_threads",
     "dask_client",
@@ -51,14 +51,6 @@ __all__ = [
 
 # Merge tasks read at most this many shard results each (a tree of merges on the workers).
 SPLIT_EVERY = 8
-
-
-def check_bins(bins: int) -> None:
-    """Raise as ``qfcal.Histogram(bins)`` would: TypeError for a non-int, ValueError naming the
-    value outside ``MIN_BINS..MAX_BINS``."""
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
-        raise TypeError(f"bins must be an int, got {type(bins).__name__}")
-    qfcal.Histogram(int(bins))  # raises ValueError naming bins and its value
 
 
 def histogram_shard(

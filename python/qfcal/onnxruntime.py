@@ -1,5 +1,9 @@
 """qfcal's ranges for ONNX Runtime's static quantization, calibrated by streaming.
 
+One concept in one file (about 650 lines): the ONNX Runtime flow, in the phases of ONNX
+Runtime's own calibrator (augment the graph, collect data, compute ranges) and the hand-over
+to its quantizer.
+
 ONNX Runtime's own calibrators keep every intermediate output of every calibration batch in
 memory until the end (hundreds of GB for a BERT, onnxruntime#10503). Here each float tensor of
 the model is histogrammed batch by batch into one :class:`qfcal.Histogram`, and the arrays are
@@ -40,6 +44,7 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
+from qfcal._checks import check_bins
 from qfcal._progress import Progress
 
 __all__ = ["Calibration", "calibrate", "quantize_static"]
@@ -135,15 +140,6 @@ def _neighbours(x: np.float32, steps: int = 8) -> Iterator[np.float32]:
         yield down
 
 
-def _check_search_options(method: str, gamma: float, percentile: float) -> None:
-    """Raise now, before any inference, what qfcal.search would raise at the end."""
-    if method not in qfcal.methods():
-        raise ValueError(f"method must be one of {', '.join(qfcal.methods())}, got {method!r}")
-    probe = qfcal.Histogram(16)
-    probe.update(np.array([-1.0, 0.5, 1.0], dtype=np.float32))
-    qfcal.search(probe, method=method, gamma=gamma, percentile=percentile)
-
-
 class Calibration:
     """One histogram per calibrated tensor and qfcal's range for each, on ORT's grid.
 
@@ -184,7 +180,7 @@ class Calibration:
         self.tensor_overrides: dict[str, list[dict[str, Any]]] = {
             k: [dict(o) for o in v] for k, v in (tensor_overrides or {}).items()
         }
-        _check_search_options(method, gamma, percentile)
+        qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
         _grid(self.activation_type, self.symmetric)  # rejects float8 up front
         self.histograms: dict[str, qfcal.Histogram] = dict(histograms)
         self.ranges: dict[str, qfcal.SearchResult] = {}
@@ -375,10 +371,10 @@ def calibrate(
         TypeError: `data_reader` or a batch of the wrong kind.
         RuntimeError: ONNX Runtime failed on a batch (the batch number and shapes are named).
     """
-    _check_search_options(method, gamma, percentile)
+    qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
     at = _quant_type(activation_type)
     _grid(at, bool(symmetric))
-    qfcal.Histogram(bins)  # validates bins
+    bins = check_bins(bins)
     proto = _load(model)
     batches = _batches(data_reader)
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
+from qfcal._checks import check_bins
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 
@@ -196,14 +197,9 @@ def quantize(
         TFPrivateAPIError: this TensorFlow's private converter APIs are not the ones qfcal
             knows.
     """
-    if method not in qfcal.methods():
-        raise ValueError(f"method must be one of {', '.join(qfcal.methods())}, got {method!r}")
-    if not isinstance(bins, int | np.integer) or not 16 <= bins <= 1 << 20:
-        raise ValueError(f"bins must be an integer in 16..1048576, got {bins!r}")
-    # the search's own checks of gamma and percentile, before the conversion's minutes
-    qfcal.search(
-        (np.ones(2), np.array([0.0, 1.0, 2.0])), method=method, gamma=gamma, percentile=percentile
-    )
+    # the search's own checks, before the conversion's minutes
+    qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    bins = check_bins(bins)
     samples = _sample_source(representative_dataset)
     _tf_private.check_version()
     conv = _converter(model_or_converter)
@@ -241,7 +237,7 @@ def quantize(
     interp = _interpreter(calibrated)
     interp.allocate_tensors()
     feed = _feeder(interp)
-    hists = {i: qfcal.Histogram(int(bins)) for i in marked}
+    hists = {i: qfcal.Histogram(bins) for i in marked}
     seen = 0
     with Progress(None, "qfcal.tflite: histogramming", unit="samples", enabled=progress) as bar:
         for sample in samples():

@@ -35,6 +35,7 @@ from torch.ao.quantization.observer import UniformQuantizationObserverBase
 from torch.ao.quantization.qconfig import QConfig
 
 import qfcal
+from qfcal._checks import check_bins
 
 __all__ = [
     "QfcalObserver",
@@ -57,9 +58,6 @@ _QSCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 # Backend -> reduce_range of torch's own default activation observer (get_default_qconfig).
 _BACKEND_REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False, "onednn": False}
 _STATE_VERSION = 1
-
-_probe = qfcal.Histogram(16)
-_probe.update(np.array([-1.0, 1.0], dtype=np.float32))
 
 
 def _torch_symmetric_zero_point(
@@ -133,11 +131,8 @@ class _QfcalObserverImpl(torch.nn.Module):
                     f"quant_max <= {hi} (dtype {dtype}) and quant_min < quant_max, got "
                     f"quant_min={quant_min!r}, quant_max={quant_max!r}"
                 )
-        if isinstance(bins, bool) or not isinstance(bins, int):
-            raise TypeError(f"bins must be an int, got {bins!r}")
-        hist = qfcal.Histogram(bins)  # ValueError naming bins when out of range
-        # gamma, method and percentile are checked by qfcal's own search, on a 2-level grid.
-        qfcal.search(_probe, qmin=0, qmax=1, method=method, gamma=gamma, percentile=percentile)
+        hist = qfcal.Histogram(check_bins(bins))
+        qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
         cast(Any, super()).__init__(
             dtype=dtype,
             qscheme=qscheme,

@@ -1,5 +1,8 @@
 """Calibration shoot-out: every range method on the same tensors of the same model.
 
+One concept in one file (about 500 lines): the shoot-out's records and its phases; its report is
+:mod:`.compare_report`, the other toolkits' calibrators :mod:`.peers`.
+
 qfcal collects one exact histogram per tensor once; every method is then scored from it at
 almost no cost. For each tapped tensor and each method this module records the range, the cost
 on the histogram (the expected squared error of quantize-then-dequantize, clipping weighted 1,

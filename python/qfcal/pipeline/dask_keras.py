@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import qfcal
-from qfcal.distributed import SPLIT_EVERY, check_bins, map_merge
+from qfcal._checks import check_bins
+from qfcal.distributed import SPLIT_EVERY, map_merge
 
 __all__ = ["calibrate_keras_dask", "keras_shard", "split_batches"]
 

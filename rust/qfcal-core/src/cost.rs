@@ -97,7 +97,8 @@ mod tests {
             let h = (b - a) / steps as f64;
             for s in 0..steps {
                 let x = a + (s as f64 + 0.5) * h;
-                let q = ((x / enc.scale).round() as i64).clamp(enc.l(), enc.h());
+                let q =
+                    ((x / enc.scale).round() as i64).clamp(enc.lowest_index(), enc.highest_index());
                 let e = x - q as f64 * enc.scale;
                 if x < enc.min() || x > enc.max() {
                     c += e * e * cnt / steps as f64;

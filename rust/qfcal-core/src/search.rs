@@ -110,21 +110,26 @@ impl SearchResult {
     }
 }
 
-fn check_options(o: &SearchOptions) -> Result<QuantSpec> {
-    let spec = QuantSpec::new(&o.spec)?;
-    if !(o.gamma > 0.0 && o.gamma.is_finite()) {
-        return Err(invalid(format!(
-            "gamma must be a positive finite number, got {}",
-            o.gamma
-        )));
+impl SearchOptions {
+    /// Checks every option as [`search`] does before it reads the histogram, with the same
+    /// errors (each names the option and the value), and returns the grid the options describe.
+    /// [`search`] runs this very check, so the two cannot disagree.
+    pub fn check(&self) -> Result<QuantSpec> {
+        let spec = QuantSpec::new(&self.spec)?;
+        if !(self.gamma > 0.0 && self.gamma.is_finite()) {
+            return Err(invalid(format!(
+                "gamma must be a positive finite number, got {}",
+                self.gamma
+            )));
+        }
+        if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+            return Err(invalid(format!(
+                "percentile must be in (0, 100], got {}",
+                self.percentile
+            )));
+        }
+        Ok(spec)
     }
-    if !(o.percentile > 0.0 && o.percentile <= 100.0) {
-        return Err(invalid(format!(
-            "percentile must be in (0, 100], got {}",
-            o.percentile
-        )));
-    }
-    Ok(spec)
 }
 
 /// Scores an encoding of `dist` as every method's result is scored.
@@ -146,7 +151,7 @@ pub const MAX_MAGNITUDE_LOG2: i32 = 100;
 
 /// Finds the encoding of `dist` with the chosen method.
 pub fn search(dist: &Dist, o: &SearchOptions) -> Result<SearchResult> {
-    let spec = check_options(o)?;
+    let spec = o.check()?;
     dist.require_values()?;
     if dist.n_bins() == 0 {
         // Only zeros: every encoding is exact.
@@ -183,4 +188,36 @@ pub fn search(dist: &Dist, o: &SearchOptions) -> Result<SearchResult> {
         ..enc
     };
     Ok(evaluate(dist, enc, o.gamma, o.method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_fails_on_options_exactly_as_check_does() {
+        let dist = Dist::uniform(-1.0, 0.25, &[1, 2, 3, 4], 0).unwrap();
+        let bad = [
+            SearchOptions {
+                gamma: -1.0,
+                ..Default::default()
+            },
+            SearchOptions {
+                percentile: 0.0,
+                ..Default::default()
+            },
+            SearchOptions {
+                spec: SpecOptions {
+                    bits: 17,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ];
+        for o in bad {
+            let e = o.check().unwrap_err();
+            assert_eq!(search(&dist, &o).unwrap_err(), e);
+        }
+        assert!(SearchOptions::default().check().is_ok());
+    }
 }

@@ -5,6 +5,10 @@ use crate::error::{invalid, Result};
 /// Most levels a grid may have (16 bits).
 pub const MAX_LEVELS: i64 = 1 << 16;
 
+/// How many float32 steps on each side of a scale [`QuantSpec::tf_scale`] tries for one that
+/// TensorFlow reproduces (the farthest seen on 16-bit grids is about 16,000).
+pub const TF_SEARCH_STEPS: u32 = 1 << 15;
+
 /// The integer range and zero-point rule of a quantizer.
 ///
 /// Real values are represented as `(q - zero_point) * scale` for integer `q` in `qmin..=qmax`.
@@ -93,7 +97,7 @@ impl QuantSpec {
 
     /// The allowed values of `L = qmin - zero_point`, the grid index of the lowest level.
     /// The window of grid indices is `L..=L + levels - 1` and always contains 0.
-    pub fn l_range(&self) -> (i64, i64) {
+    pub fn lowest_index_range(&self) -> (i64, i64) {
         if self.symmetric {
             let l = self.qmin - self.symmetric_zero_point();
             (l, l)
@@ -102,11 +106,12 @@ impl QuantSpec {
         }
     }
 
-    /// The encoding with lowest level `l` (see [`QuantSpec::l_range`]).
-    pub fn encoding(&self, scale: f64, l: i64) -> Encoding {
+    /// The encoding whose lowest level has grid index `lowest_index` (see
+    /// [`QuantSpec::lowest_index_range`]).
+    pub fn encoding(&self, scale: f64, lowest_index: i64) -> Encoding {
         Encoding {
             scale,
-            zero_point: self.qmin - l,
+            zero_point: self.qmin - lowest_index,
             qmin: self.qmin,
             qmax: self.qmax,
         }
@@ -118,7 +123,7 @@ impl QuantSpec {
     pub fn covering(&self, a: f64, b: f64) -> Encoding {
         let a = a.min(0.0);
         let b = b.max(0.0);
-        let (l0, l1) = self.l_range();
+        let (l0, l1) = self.lowest_index_range();
         let h = self.levels() - 1;
         // Per window: the scale covering what it can reach, and the magnitude it must leave out
         // (a side it has no level on, as on a two-level grid); least left out, then least scale.
@@ -170,7 +175,11 @@ impl QuantSpec {
     }
 
     /// The float32 scale nearest to `x` (at least `x` with `up`) that TensorFlow reproduces for
-    /// the window `l` (see [`QuantSpec::tf_stable`]); a few float32 steps away at most.
+    /// the window `l` (see [`QuantSpec::tf_stable`]). Usually zero or one float32 step away;
+    /// windows with a level next to zero on many-level grids can be farther (129 steps for
+    /// the window `l = -1` of a 512-level grid, up to ~16,000 on 16-bit grids: a few 1e-3 of
+    /// the scale at most), so up to [`TF_SEARCH_STEPS`] steps on each side are tried before
+    /// giving up (then `x` rounded to float32 is returned).
     pub fn tf_scale(&self, x: f64, l: i64, up: bool) -> f64 {
         let f = x as f32;
         let f = if up && (f as f64) < x {
@@ -178,7 +187,7 @@ impl QuantSpec {
         } else {
             f
         };
-        for k in 0..64u32 {
+        for k in 0..TF_SEARCH_STEPS {
             for sign in [1i64, -1] {
                 if sign < 0 && (k == 0 || up) {
                     continue;
@@ -205,20 +214,20 @@ pub struct Encoding {
 
 impl Encoding {
     /// Grid index of the lowest level, `qmin - zero_point` (<= 0).
-    pub fn l(&self) -> i64 {
+    pub fn lowest_index(&self) -> i64 {
         self.qmin - self.zero_point
     }
     /// Grid index of the highest level, `qmax - zero_point` (>= 0).
-    pub fn h(&self) -> i64 {
+    pub fn highest_index(&self) -> i64 {
         self.qmax - self.zero_point
     }
     /// Smallest representable value, `(qmin - zero_point) * scale`.
     pub fn min(&self) -> f64 {
-        self.l() as f64 * self.scale
+        self.lowest_index() as f64 * self.scale
     }
     /// Largest representable value, `(qmax - zero_point) * scale`.
     pub fn max(&self) -> f64 {
-        self.h() as f64 * self.scale
+        self.highest_index() as f64 * self.scale
     }
 }
 
@@ -236,6 +245,20 @@ mod tests {
             qmax: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_reproducible_scale_is_found_far_from_the_asked_one() {
+        // 512 levels, one below zero: the nearest scale TensorFlow reproduces is 129 float32
+        // steps from this one (found by the Python suite's hypothesis search)
+        let s = spec(9, false, false, false);
+        let x = 0.164_295_196_533_203_12_f64;
+        assert!(!s.tf_stable(x, -1));
+        let got = s.tf_scale(x, -1, false);
+        assert!(s.tf_stable(got, -1), "{got}");
+        assert!((got / x - 1.0).abs() < 2e-5, "{got}");
+        let up = s.tf_scale(x, -1, true);
+        assert!(s.tf_stable(up, -1) && up >= x, "{up}");
     }
 
     #[test]

@@ -175,11 +175,11 @@ proptest! {
             prop_assert!(e.min() <= 0.0 && e.max() >= 0.0);
             prop_assert_eq!(e.scale as f32 as f64, e.scale);
             let q = QuantSpec::new(&spec).unwrap();
-            prop_assert!(q.tf_stable(e.scale, e.l()), "{} scale {} not reproduced by TensorFlow", m, e.scale);
+            prop_assert!(q.tf_stable(e.scale, e.lowest_index()), "{} scale {} not reproduced by TensorFlow", m, e.scale);
         }
         // dense brute force over scales and every zero point
         let q = QuantSpec::new(&spec).unwrap();
-        let (l0, l1) = q.l_range();
+        let (l0, l1) = q.lowest_index_range();
         let top = 2.0 * d.max_abs();
         let mut brute = f64::INFINITY;
         for i in 1..=1500 {

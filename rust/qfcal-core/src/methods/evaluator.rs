@@ -13,7 +13,7 @@ use crate::spec::QuantSpec;
 pub struct Eval {
     pub cost: f64,
     /// Grid index of the lowest level of the best window.
-    pub l: i64,
+    pub lowest_index: i64,
     /// A lower bound of the cost at every Δ' <= Δ (clipping alone).
     pub lower_bound: f64,
 }
@@ -24,19 +24,58 @@ pub struct Evaluator {
     gamma: f64,
     total: f64,
     /// Nonzero bins: lower edge, upper edge, count.
-    ba: Vec<f64>,
-    bb: Vec<f64>,
-    bc: Vec<f64>,
+    bin_lo: Vec<f64>,
+    bin_hi: Vec<f64>,
+    bin_count: Vec<f64>,
     /// Per half cell: mass, first and second moment about the half's centre.
-    h0: Vec<f64>,
-    h1: Vec<f64>,
-    h2: Vec<f64>,
-    up: Vec<f64>,
-    lo: Vec<f64>,
-    f: Vec<f64>,
-    g: Vec<f64>,
-    p: Vec<f64>,
-    cost: Vec<f64>,
+    half_mass: Vec<f64>,
+    half_m1: Vec<f64>,
+    half_m2: Vec<f64>,
+    /// Per grid point: rounding loss of the half cell above it and of the one below it.
+    round_above: Vec<f64>,
+    round_below: Vec<f64>,
+    /// Per grid point: clipping loss of the data below it and of the data above it.
+    clip_below: Vec<f64>,
+    clip_above: Vec<f64>,
+    /// Per grid point: rounding loss of every half cell from the first grid point up to it
+    /// (its upper half included).
+    round_prefix: Vec<f64>,
+    /// Costs of the windows scored in one straight pass.
+    window_costs: Vec<f64>,
+}
+
+/// The grid points one evaluation visits: `first..=last` (multiples of Δ), the `2·(points-1)`
+/// half cells between them and their span `[start, end]`.
+struct Span {
+    delta: f64,
+    first: i64,
+    last: i64,
+    points: usize,
+    halves: usize,
+    start: f64,
+    end: f64,
+}
+
+impl Span {
+    /// Start of half cell `k`: `start + k·Δ/2`, from grid multiples so that neighbouring halves
+    /// share their boundary exactly.
+    #[inline(always)]
+    fn half_start(&self, k: usize) -> f64 {
+        let grid_point = (self.first + (k / 2) as i64) as f64 * self.delta;
+        if k.is_multiple_of(2) {
+            grid_point
+        } else {
+            grid_point + 0.5 * self.delta
+        }
+    }
+}
+
+/// The data outside the span, clipped by every window: moments about the span's ends, and the
+/// bins that reach inside it.
+struct Tails {
+    below: [f64; 3],
+    above: [f64; 3],
+    inner: std::ops::Range<usize>,
 }
 
 /// Adds the piece `[u, v]` of density `dens` to the moments about `c`.
@@ -53,15 +92,15 @@ fn add_piece(m: &mut [f64; 3], dens: f64, u: f64, v: f64, c: f64) {
 /// Stores the moments of half cell `k` and starts the next one.
 #[inline(always)]
 fn close_half(
-    h0: &mut [f64],
-    h1: &mut [f64],
-    h2: &mut [f64],
+    mass: &mut [f64],
+    m1: &mut [f64],
+    m2: &mut [f64],
     k: usize,
     acc: [f64; 3],
 ) -> (usize, [f64; 3]) {
-    h0[k] = acc[0];
-    h1[k] = acc[1];
-    h2[k] = acc[2];
+    mass[k] = acc[0];
+    m1[k] = acc[1];
+    m2[k] = acc[2];
     (k + 1, [0.0; 3])
 }
 
@@ -74,30 +113,30 @@ fn second_about(m0: f64, m1: f64, m2: f64, c: f64, p: f64) -> f64 {
 
 impl Evaluator {
     pub fn new(dist: &Dist, spec: QuantSpec, gamma: f64) -> Self {
-        let (mut ba, mut bb, mut bc) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut bin_lo, mut bin_hi, mut bin_count) = (Vec::new(), Vec::new(), Vec::new());
         for (a, b, c) in dist.bins() {
             if c > 0.0 {
-                ba.push(a);
-                bb.push(b);
-                bc.push(c);
+                bin_lo.push(a);
+                bin_hi.push(b);
+                bin_count.push(c);
             }
         }
         Evaluator {
             spec,
             gamma,
             total: dist.total(),
-            ba,
-            bb,
-            bc,
-            h0: Vec::new(),
-            h1: Vec::new(),
-            h2: Vec::new(),
-            up: Vec::new(),
-            lo: Vec::new(),
-            f: Vec::new(),
-            g: Vec::new(),
-            p: Vec::new(),
-            cost: Vec::new(),
+            bin_lo,
+            bin_hi,
+            bin_count,
+            half_mass: Vec::new(),
+            half_m1: Vec::new(),
+            half_m2: Vec::new(),
+            round_above: Vec::new(),
+            round_below: Vec::new(),
+            clip_below: Vec::new(),
+            clip_above: Vec::new(),
+            round_prefix: Vec::new(),
+            window_costs: Vec::new(),
         }
     }
 
@@ -111,45 +150,48 @@ impl Evaluator {
 
     /// Number of nonzero bins the sweep visits.
     pub fn nonzero_bins(&self) -> usize {
-        self.ba.len()
+        self.bin_lo.len()
     }
 
     /// The best window at scale `delta` (> 0, finite).
     pub fn eval(&mut self, delta: f64) -> Eval {
+        let span = self.span(delta);
+        let tails = self.tails(&span);
+        self.sweep_half_cells(&span, tails.inner.clone());
+        self.grid_point_losses(&span, &tails);
+        self.best_window(&span)
+    }
+
+    /// Grid points that matter: the windows span -(q-1)..=q (one more on the right for the
+    /// lower bound), and nothing changes beyond the data.
+    fn span(&self, delta: f64) -> Span {
         let q = self.spec.levels();
-        let n = self.total;
-        let nb = self.ba.len();
-        let (dlo, dhi) = (self.ba[0], self.bb[nb - 1]);
-        let clampi = |x: f64, lo: i64, hi: i64| -> i64 { x.clamp(lo as f64, hi as f64) as i64 };
-        // Grid points that matter: the windows span -(q-1)..=q (one more on the right for the
-        // lower bound), and nothing changes beyond the data.
-        let ga = clampi((dlo / delta).floor(), -(q - 1), 0);
-        let gb = clampi((dhi / delta).ceil(), 0, q);
-        let ng = (gb - ga + 1) as usize;
-        let nh = 2 * (ng - 1);
-        for v in [&mut self.h0, &mut self.h1, &mut self.h2] {
-            v.clear();
-            v.resize(nh.max(1), 0.0);
+        let nb = self.bin_lo.len();
+        let (data_lo, data_hi) = (self.bin_lo[0], self.bin_hi[nb - 1]);
+        let clamp_to = |x: f64, lo: i64, hi: i64| -> i64 { x.clamp(lo as f64, hi as f64) as i64 };
+        let first = clamp_to((data_lo / delta).floor(), -(q - 1), 0);
+        let last = clamp_to((data_hi / delta).ceil(), 0, q);
+        let points = (last - first + 1) as usize;
+        Span {
+            delta,
+            first,
+            last,
+            points,
+            halves: 2 * (points - 1),
+            start: first as f64 * delta,
+            end: last as f64 * delta,
         }
-        let ta = ga as f64 * delta;
-        let tb = gb as f64 * delta;
-        let half = 0.5 * delta;
-        // Start and end of half cell k: [ta + k·Δ/2, ta + (k+1)·Δ/2), from grid multiples so that
-        // neighbouring halves share their boundary exactly.
-        let hstart = |k: usize| -> f64 {
-            let gm = (ga + (k / 2) as i64) as f64 * delta;
-            if k.is_multiple_of(2) {
-                gm
-            } else {
-                gm + half
-            }
-        };
-        // Data below the first grid point is clipped by every window: moments about ta.
+    }
+
+    /// Moments of the data below the first grid point (about it) and above the last one.
+    fn tails(&self, span: &Span) -> Tails {
+        let (ta, tb) = (span.start, span.end);
+        let nb = self.bin_lo.len();
         let mut below = [0.0f64; 3];
         let mut above = [0.0f64; 3];
         let mut j = 0;
-        while j < nb && self.ba[j] < ta {
-            let (a, b, c) = (self.ba[j], self.bb[j], self.bc[j]);
+        while j < nb && self.bin_lo[j] < ta {
+            let (a, b, c) = (self.bin_lo[j], self.bin_hi[j], self.bin_count[j]);
             let dens = c / (b - a);
             add_piece(&mut below, dens, a, b.min(ta), ta);
             if b > ta {
@@ -158,8 +200,12 @@ impl Evaluator {
             j += 1;
         }
         let mut jb = nb;
-        while jb > 0 && self.bb[jb - 1] > tb {
-            let (a, b, c) = (self.ba[jb - 1], self.bb[jb - 1], self.bc[jb - 1]);
+        while jb > 0 && self.bin_hi[jb - 1] > tb {
+            let (a, b, c) = (
+                self.bin_lo[jb - 1],
+                self.bin_hi[jb - 1],
+                self.bin_count[jb - 1],
+            );
             let dens = c / (b - a);
             add_piece(&mut above, dens, a.max(tb), b, tb);
             if a < tb {
@@ -167,26 +213,46 @@ impl Evaluator {
             }
             jb -= 1;
         }
-        // Sweep the bins inside [ta, tb] and the half cells together.
+        Tails {
+            below,
+            above,
+            inner: j..jb,
+        }
+    }
+
+    /// Sweeps the bins `inner` inside the span and the half cells together: the moments of
+    /// each half cell about its centre.
+    fn sweep_half_cells(&mut self, span: &Span, inner: std::ops::Range<usize>) {
+        let (delta, ta, tb, nh) = (span.delta, span.start, span.end, span.halves);
+        for v in [&mut self.half_mass, &mut self.half_m1, &mut self.half_m2] {
+            v.clear();
+            v.resize(nh.max(1), 0.0);
+        }
         let mut k = 0usize;
-        let mut hend = if nh > 0 { hstart(1) } else { tb };
+        let mut half_end = if nh > 0 { span.half_start(1) } else { tb };
         let mut acc = [0.0f64; 3];
         let mut centre = ta + 0.25 * delta;
-        for i in j..jb {
-            let (a, b, c) = (self.ba[i], self.bb[i], self.bc[i]);
+        for i in inner {
+            let (a, b, c) = (self.bin_lo[i], self.bin_hi[i], self.bin_count[i]);
             let (u, v) = (a.max(ta), b.min(tb));
             if u >= v || nh == 0 {
                 continue;
             }
             let dens = c / (b - a);
-            while hend <= u && k + 1 < nh {
-                (k, acc) = close_half(&mut self.h0, &mut self.h1, &mut self.h2, k, acc);
-                hend = hstart(k + 1).min(tb);
-                centre = hstart(k) + 0.25 * delta;
+            while half_end <= u && k + 1 < nh {
+                (k, acc) = close_half(
+                    &mut self.half_mass,
+                    &mut self.half_m1,
+                    &mut self.half_m2,
+                    k,
+                    acc,
+                );
+                half_end = span.half_start(k + 1).min(tb);
+                centre = span.half_start(k) + 0.25 * delta;
             }
             let mut pos = u;
             loop {
-                let end = v.min(hend);
+                let end = v.min(half_end);
                 if end > pos {
                     add_piece(&mut acc, dens, pos, end, centre);
                 }
@@ -194,69 +260,91 @@ impl Evaluator {
                     break;
                 }
                 pos = end;
-                (k, acc) = close_half(&mut self.h0, &mut self.h1, &mut self.h2, k, acc);
-                hend = hstart(k + 1).min(tb);
-                centre = hstart(k) + 0.25 * delta;
+                (k, acc) = close_half(
+                    &mut self.half_mass,
+                    &mut self.half_m1,
+                    &mut self.half_m2,
+                    k,
+                    acc,
+                );
+                half_end = span.half_start(k + 1).min(tb);
+                centre = span.half_start(k) + 0.25 * delta;
             }
         }
         if nh > 0 {
-            self.h0[k] += acc[0];
-            self.h1[k] += acc[1];
-            self.h2[k] += acc[2];
+            self.half_mass[k] += acc[0];
+            self.half_m1[k] += acc[1];
+            self.half_m2[k] += acc[2];
         }
-        // Per grid point (index i): rounding loss of its lower and upper half cells, clipping
-        // below it (F) and above it (G). A half cell's centre sits ±Δ/4 or ±3Δ/4 from the grid
-        // points around it, so moments move between centres with constant offsets.
+    }
+
+    /// Per grid point (index i): rounding loss of its lower and upper half cells, clipping
+    /// below it (F) and above it (G), and the running rounding loss. A half cell's centre sits
+    /// ±Δ/4 or ±3Δ/4 from the grid points around it, so moments move between centres with
+    /// constant offsets.
+    fn grid_point_losses(&mut self, span: &Span, tails: &Tails) {
+        let (delta, ng) = (span.delta, span.points);
         for v in [
-            &mut self.up,
-            &mut self.lo,
-            &mut self.f,
-            &mut self.g,
-            &mut self.p,
+            &mut self.round_above,
+            &mut self.round_below,
+            &mut self.clip_below,
+            &mut self.clip_above,
+            &mut self.round_prefix,
         ] {
             v.clear();
             v.resize(ng, 0.0);
         }
+        let (mass, m1, m2) = (&self.half_mass, &self.half_m1, &self.half_m2);
         let (q1, q3) = (0.25 * delta, 0.75 * delta);
         // F(t+Δ) = F(t) - 2Δ·D(t) + Δ²·M(t) + ∫_seg (x - t - Δ)², with D(t) = ∫_{x<t} (x - t) <= 0:
         // every increment is non-negative, so nothing cancels.
-        let (mut d1, mut m0) = (below[1], below[0]);
-        self.f[0] = below[2];
+        let (mut d1, mut m0) = (tails.below[1], tails.below[0]);
+        self.clip_below[0] = tails.below[2];
         let mut run = 0.0;
         for i in 0..ng - 1 {
             let (e, o) = (2 * i, 2 * i + 1);
-            let (e0, e1, e2) = (self.h0[e], self.h1[e], self.h2[e]);
-            let (o0, o1, o2) = (self.h0[o], self.h1[o], self.h2[o]);
+            let (e0, e1, e2) = (mass[e], m1[e], m2[e]);
+            let (o0, o1, o2) = (mass[o], m1[o], m2[o]);
             let up = second_about(e0, e1, e2, q1, 0.0);
             let lo = second_about(o0, o1, o2, -q1, 0.0);
-            self.up[i] = up;
-            self.lo[i + 1] = lo;
-            run += self.lo[i] + up;
-            self.p[i] = run;
+            self.round_above[i] = up;
+            self.round_below[i + 1] = lo;
+            run += self.round_below[i] + up;
+            self.round_prefix[i] = run;
             let seg_hi = second_about(e0, e1, e2, -q3, 0.0) + lo;
             let seg1_hi = e1 - q3 * e0 + o1 - q1 * o0;
             // (one add on each running value, so the loop is not latency-bound)
-            self.f[i + 1] = self.f[i] + ((delta * delta * m0 + seg_hi) - 2.0 * delta * d1);
+            self.clip_below[i + 1] =
+                self.clip_below[i] + ((delta * delta * m0 + seg_hi) - 2.0 * delta * d1);
             d1 += seg1_hi - delta * m0;
             m0 += e0 + o0;
         }
-        self.p[ng - 1] = run + self.lo[ng - 1] + self.up[ng - 1];
-        let (mut e1s, mut n0) = (above[1], above[0]);
-        self.g[ng - 1] = above[2];
+        self.round_prefix[ng - 1] = run + self.round_below[ng - 1] + self.round_above[ng - 1];
+        let (mut e1s, mut n0) = (tails.above[1], tails.above[0]);
+        self.clip_above[ng - 1] = tails.above[2];
         for i in (0..ng - 1).rev() {
             let (e, o) = (2 * i, 2 * i + 1);
-            let (o0, o1, o2) = (self.h0[o], self.h1[o], self.h2[o]);
-            let seg_lo = self.up[i] + second_about(o0, o1, o2, q3, 0.0);
-            let seg1_lo = self.h1[e] + q1 * self.h0[e] + o1 + q3 * o0;
-            self.g[i] = self.g[i + 1] + (2.0 * delta * e1s + delta * delta * n0 + seg_lo);
+            let (o0, o1, o2) = (mass[o], m1[o], m2[o]);
+            let seg_lo = self.round_above[i] + second_about(o0, o1, o2, q3, 0.0);
+            let seg1_lo = m1[e] + q1 * mass[e] + o1 + q3 * o0;
+            self.clip_above[i] =
+                self.clip_above[i + 1] + (2.0 * delta * e1s + delta * delta * n0 + seg_lo);
             e1s += delta * n0 + seg1_lo;
-            n0 += self.h0[e] + o0;
+            n0 += mass[e] + o0;
         }
-        let (l0, l1) = self.spec.l_range();
+    }
+
+    /// Scores every allowed window from the per-point losses: the best one, and the lower
+    /// bound of the cost at smaller scales.
+    fn best_window(&mut self, span: &Span) -> Eval {
+        let q = self.spec.levels();
+        let n = self.total;
+        let (ga, gb) = (span.first, span.last);
+        let (l0, l1) = self.spec.lowest_index_range();
         let h = q - 1;
         let mut best = Eval {
             cost: f64::INFINITY,
-            l: l0,
+            lowest_index: l0,
             lower_bound: 0.0,
         };
         // Windows with L below ga see no data below them; with gamma >= 1 moving such a window up
@@ -271,21 +359,28 @@ impl Evaluator {
         // same window (fixed zero point), so its clipping loss is at least the least of these.
         let mut lb = f64::INFINITY;
         let gamma = self.gamma;
+        let (f, g, p, up, lo) = (
+            &self.clip_below,
+            &self.clip_above,
+            &self.round_prefix,
+            &self.round_above,
+            &self.round_below,
+        );
         let window = |l: i64| -> (f64, f64) {
             let (il, ih) = (idx(l), idx(l + h));
             let r = if ih > il {
-                self.p[ih - 1] - self.p[il] + self.up[il] + self.lo[ih]
+                p[ih - 1] - p[il] + up[il] + lo[ih]
             } else {
                 0.0
             };
-            let clip = self.f[il] + self.g[ih];
+            let clip = f[il] + g[ih];
             (gamma * clip + r.max(0.0), clip)
         };
         let (ua, ub) = (l_first.max(ga), l1.min(gb - 1 - h));
         let mut consider = |l: i64, cost: f64, lbv: f64| {
             if cost < best.cost {
                 best.cost = cost;
-                best.l = l;
+                best.lowest_index = l;
             }
             lb = lb.min(lbv);
         };
@@ -295,7 +390,7 @@ impl Evaluator {
             if l0 == l1 {
                 clip
             } else {
-                self.f[idx(l)] + self.g[idx(l + q)]
+                f[idx(l)] + g[idx(l + q)]
             }
         };
         let (before, after) = if ua <= ub {
@@ -310,99 +405,25 @@ impl Evaluator {
         if ua <= ub {
             let (i0, n_w) = ((ua - ga) as usize, (ub - ua + 1) as usize);
             let hu = h as usize;
-            let (f, g, p, up, lo) = (&self.f, &self.g, &self.p, &self.up, &self.lo);
-            self.cost.clear();
-            self.cost.extend((i0..i0 + n_w).map(|i| {
+            let costs = &mut self.window_costs;
+            costs.clear();
+            costs.extend((i0..i0 + n_w).map(|i| {
                 let r = (p[i + hu - 1] - p[i] + up[i] + lo[i + hu]).max(0.0);
                 gamma * (f[i] + g[i + hu]) + r
             }));
-            for (j, &c) in self.cost.iter().enumerate() {
+            for (j, &c) in costs.iter().enumerate() {
                 let l = ua + j as i64;
                 consider(l, c, lb_of(l, f[i0 + j] + g[i0 + j + hu]));
             }
         }
         if l_first > l0 {
             // the skipped windows (L < ga) all see F = F(ga) and a G no smaller than at L = ga
-            lb = lb.min(self.f[0] + self.g[idx(ga - 1 + q)]);
+            lb = lb.min(f[0] + g[idx(ga - 1 + q)]);
         }
         best.cost /= n;
         best.lower_bound = self.gamma * lb / n;
         best
     }
-}
-
-/// Brent's minimizer of `f` on `[a, b]` (parabolic steps where the function is smooth, golden
-/// sections elsewhere) to an absolute tolerance `tol` on x; returns the best point seen.
-pub(crate) fn brent(
-    mut f: impl FnMut(f64) -> f64,
-    mut a: f64,
-    mut b: f64,
-    tol: f64,
-    max_iter: usize,
-) -> (f64, f64) {
-    const CG: f64 = 0.381_966_011_250_105_1;
-    let mut x = a + CG * (b - a);
-    let (mut w, mut v) = (x, x);
-    let mut fx = f(x);
-    let (mut fw, mut fv) = (fx, fx);
-    let (mut d, mut e) = (0.0f64, 0.0f64);
-    for _ in 0..max_iter {
-        let xm = 0.5 * (a + b);
-        let tol2 = 2.0 * tol;
-        if (x - xm).abs() <= tol2 - 0.5 * (b - a) {
-            break;
-        }
-        let mut golden_step = true;
-        if e.abs() > tol {
-            let r = (x - w) * (fx - fv);
-            let mut q = (x - v) * (fx - fw);
-            let mut p = (x - v) * q - (x - w) * r;
-            q = 2.0 * (q - r);
-            if q > 0.0 {
-                p = -p;
-            }
-            q = q.abs();
-            if p.abs() < (0.5 * q * e).abs() && p > q * (a - x) && p < q * (b - x) {
-                e = d;
-                d = p / q;
-                let u = x + d;
-                if u - a < tol2 || b - u < tol2 {
-                    d = if xm >= x { tol } else { -tol };
-                }
-                golden_step = false;
-            }
-        }
-        if golden_step {
-            e = if x >= xm { a - x } else { b - x };
-            d = CG * e;
-        }
-        let u = if d.abs() >= tol {
-            x + d
-        } else {
-            x + tol.copysign(d)
-        };
-        let fu = f(u);
-        if fu <= fx {
-            if u >= x {
-                a = x;
-            } else {
-                b = x;
-            }
-            (v, fv, w, fw, x, fx) = (w, fw, x, fx, u, fu);
-        } else {
-            if u < x {
-                a = u;
-            } else {
-                b = u;
-            }
-            if fu <= fw || w == x {
-                (v, fv, w, fw) = (w, fw, u, fu);
-            } else if fu <= fv || v == x || v == w {
-                (v, fv) = (u, fu);
-            }
-        }
-    }
-    (x, fx)
 }
 
 #[cfg(test)]
@@ -424,7 +445,7 @@ mod tests {
             let mut ev = Evaluator::new(&d, spec, 2.0);
             for delta in [0.01, 0.1, 0.37, 1.3, 5.0] {
                 let e = ev.eval(delta);
-                let enc = spec.encoding(delta, e.l);
+                let enc = spec.encoding(delta, e.lowest_index);
                 let want = loss(&d, &enc).weighted(2.0);
                 assert!(
                     (e.cost - want).abs() <= 1e-10 * want,
@@ -433,7 +454,7 @@ mod tests {
                     want
                 );
                 // and it is the best window
-                let (l0, l1) = spec.l_range();
+                let (l0, l1) = spec.lowest_index_range();
                 for l in l0..=l1 {
                     let c = loss(&d, &spec.encoding(delta, l)).weighted(2.0);
                     assert!(c >= e.cost * (1.0 - 1e-10));

@@ -1,5 +1,6 @@
 //! The range-search methods: qfcal's own and the peers', all on the same [`Dist`] and grid rules.
 
+mod brent;
 pub mod entropy;
 pub mod evaluator;
 pub mod greedy;

@@ -1,5 +1,8 @@
 //! `optimal`: the global minimum of the cost over every scale Δ > 0 and every allowed zero point.
 //!
+//! One concept in one file: the stages below share the search's state and constants, and each
+//! is explained where it runs, which is what makes the file long.
+//!
 //! For a fixed Δ the [`Evaluator`] scores every zero point at once; Δ itself is searched in
 //! stages, each aimed at one shape of cost landscape:
 //!
@@ -26,7 +29,8 @@
 //! FakeQuant reproduces from min and max (see [`QuantSpec::tf_stable`]) and the best zero point
 //! re-picked for it.
 
-use super::evaluator::{brent, Evaluator};
+use super::brent::brent;
+use super::evaluator::Evaluator;
 use crate::dist::Dist;
 use crate::spec::{Encoding, QuantSpec};
 use std::f64::consts::LN_2;
@@ -164,7 +168,7 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     let mut scale = best.0.exp() as f32 as f64;
     let mut e = ev_f.eval(scale);
     for _ in 0..3 {
-        let s = spec.tf_scale(scale, e.l, false);
+        let s = spec.tf_scale(scale, e.lowest_index, false);
         if s == scale {
             break;
         }
@@ -174,9 +178,9 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     let ec = ev_f.eval(cover.scale);
     // (a cost that is not a number never wins)
     if !(e.cost <= ec.cost && scale.is_finite() && scale > 0.0) {
-        return spec.encoding(cover.scale, ec.l);
+        return spec.encoding(cover.scale, ec.lowest_index);
     }
-    spec.encoding(scale, e.l)
+    spec.encoding(scale, e.lowest_index)
 }
 
 /// The grid of one bit less (about half the steps) whose levels, at twice the scale, are all
@@ -399,7 +403,7 @@ fn clusters(
     best: &mut Best,
 ) {
     let (spec, gamma) = (ev_f.spec(), ev_f.gamma());
-    let (l0, l1) = spec.l_range();
+    let (l0, l1) = spec.lowest_index_range();
     let h = spec.levels() - 1;
     let per_run = (budget / runs.len()).max(16);
     // Candidates are ranked and refined on a 64-bin copy (a cluster that fits a cell needs
@@ -524,7 +528,7 @@ mod tests {
         .unwrap();
         let enc = optimal(&d, &spec, 1.0);
         let got = loss(&d, &enc).weighted(1.0);
-        let (l0, l1) = spec.l_range();
+        let (l0, l1) = spec.lowest_index_range();
         let mut best = f64::INFINITY;
         for i in 0..4000 {
             let delta = 0.05 + i as f64 * 1e-4;

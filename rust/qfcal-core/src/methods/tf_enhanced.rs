@@ -13,7 +13,7 @@ const GAMMA: f64 = 3.0;
 /// bins' (midpoint, count).
 fn midpoint_noise(mids: &[(f64, f64)], enc: &Encoding) -> f64 {
     let (lo, hi) = (enc.min(), enc.max());
-    let (l, h) = (enc.l() as f64, enc.h() as f64);
+    let (l, h) = (enc.lowest_index() as f64, enc.highest_index() as f64);
     let mut noise = 0.0;
     for &(x, c) in mids {
         // the grid index rounded half away from zero; clamping first keeps it small, so the
@@ -33,7 +33,7 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
         return cover;
     }
     let steps = spec.levels() - 1;
-    let (l0, l1) = spec.l_range();
+    let (l0, l1) = spec.lowest_index_range();
     let mut offsets: Vec<i64> = if l0 == l1 {
         vec![l0]
     } else {
@@ -41,7 +41,7 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
             .map(|j| l0 + ((l1 - l0) as f64 * j as f64 / (OFFSETS - 1) as f64).round() as i64)
             .collect()
     };
-    offsets.push(cover.l());
+    offsets.push(cover.lowest_index());
     let mids: Vec<(f64, f64)> = dist
         .bins()
         .filter(|t| t.2 > 0.0)
@@ -61,5 +61,8 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
     }
     // as a float32 scale TensorFlow reproduces
     let e = best.1;
-    spec.encoding(spec.tf_scale(e.scale, e.l(), false), e.l())
+    spec.encoding(
+        spec.tf_scale(e.scale, e.lowest_index(), false),
+        e.lowest_index(),
+    )
 }

@@ -1,0 +1,22 @@
+"""Argument checks the modules above the core share, with the core's own limits and messages:
+a bad argument is reported before any model runs or any data is read."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qfcal._core import MAX_BINS, MIN_BINS
+
+
+def check_bins(bins: object, name: str = "bins") -> int:
+    """`bins` as an int if a :class:`qfcal.Histogram` accepts it.
+
+    Raises:
+        TypeError: not an int (a bool is not one).
+        ValueError: outside ``MIN_BINS..=MAX_BINS``, with the Histogram's own message.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {bins!r}")
+    if not MIN_BINS <= bins <= MAX_BINS:
+        raise ValueError(f"{name} must be in {MIN_BINS}..={MAX_BINS}, got {bins}")
+    return int(bins)
