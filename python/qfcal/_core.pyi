@@ -263,12 +263,15 @@ def search(
         narrow_range: drop the lowest level (``[-127, 127]`` for signed 8 bits).
         qmin, qmax: explicit integer range, overriding ``bits``/``signed``/``narrow_range``.
         gamma: weight of the clipping loss against the rounding loss (> 0).
-        method: ``optimal`` (global minimum of the cost), ``greedy`` (PyTorch/caffe2 walk),
+        method: ``optimal`` (the minimum of the cost), ``greedy`` (PyTorch/caffe2 walk),
             ``tf_enhanced`` (AIMET), ``entropy`` (TensorRT KL), ``percentile``, ``minmax``.
         percentile: for ``method="percentile"``, the percentile kept, in (0, 100].
 
-    ``optimal`` finds the global minimum to within 1e-6 relative; among costs that close it
-    keeps the smallest scale (a near-constant tensor fits many grid points equally well).
+    ``optimal`` searches every scale and zero point for the least cost; among costs within 1e-6
+    relative it keeps the smallest scale (a near-constant tensor fits many grid points equally
+    well). Tested never to be more than 1e-6 worse than another method or a dense brute-force
+    scan on random histograms, with one known miss (a lone extreme outlier in a few hundred
+    values: 0.09% behind ``greedy``; a strict xfail in the test suite).
     Searches accept magnitudes ``max|x|`` from ``2**-110`` to ``2**100``, where scales and
     ranges stay normal float32 numbers at every bit width.
 
