@@ -14,6 +14,13 @@ def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.startswith("qfcal")]
 
 
+@pytest.fixture(autouse=True)
+def library_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The qfcal logger as a library user has it: no handler of the command line's (a CLI test
+    earlier in this process may have added one)."""
+    monkeypatch.setattr(_progress.log, "handlers", [])
+
+
 def test_without_a_terminal_a_bar_is_one_record_at_the_end(
     caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -75,7 +82,7 @@ def test_an_error_ends_the_bar_without_a_done_record(caplog: pytest.LogCaptureFi
 
 def test_show_info_writes_to_the_current_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     log = logging.getLogger("qfcal.pipeline.steps")
-    before = list(_progress.log.handlers), _progress.log.level
+    level = _progress.log.level
     try:
         show_info()
         show_info()  # idempotent: one handler
@@ -83,5 +90,4 @@ def test_show_info_writes_to_the_current_stdout(capsys: pytest.CaptureFixture[st
         assert capsys.readouterr().out == "step 1 of 4\n"
         assert sum(isinstance(h, _progress._CurrentStdout) for h in _progress.log.handlers) == 1
     finally:
-        _progress.log.handlers[:] = before[0]
-        _progress.log.setLevel(before[1])
+        _progress.log.setLevel(level)
