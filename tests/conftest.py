@@ -339,3 +339,18 @@ def clients() -> Iterator[Callable[[int], Any]]:
     for cluster, client in made.values():
         client.close()
         cluster.close()
+
+
+@pytest.fixture(autouse=True)
+def _library_logging() -> Iterator[None]:
+    """Every test starts with the ``qfcal`` logger as a library user has it: the command line
+    (``qfcal._progress.show_info``) gives it a stdout handler and stops propagation, which would
+    otherwise outlive the test that ran the command and hide records from ``caplog``."""
+    import logging
+
+    log = logging.getLogger("qfcal")
+    state = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:] = state[0]
+    log.setLevel(state[1])
+    log.propagate = state[2]

@@ -156,10 +156,12 @@ class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def show_info() -> None:
-    """Show the ``qfcal`` logger's INFO records as plain lines on stdout: what the ``qfcal``
-    command does. Idempotent."""
+    """Show the ``qfcal`` logger's INFO records as plain lines on stdout, and only there: what
+    the ``qfcal`` command does (TensorFlow's converter gives the root logger a handler of its
+    own, which would print every record a second time). Idempotent."""
     if not any(isinstance(h, _CurrentStdout) for h in log.handlers):
         handler = _CurrentStdout()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False

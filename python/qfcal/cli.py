@@ -71,7 +71,7 @@ def methods_main(args: argparse.Namespace) -> int:
 # the pipeline's commands (TensorFlow is imported only once one of them runs)
 
 
-# 2-3 minutes on 2 cores: 20,000 training images once, the whole test set evaluated
+# 2-5 minutes on 2 cores: 20,000 training images once, the whole test set evaluated
 DEMO = {
     "arch": "v2",
     "variant": "qfriendly",
@@ -327,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="a small run (MobileNetV2 quantization-friendly, alpha 0.35, one epoch over "
-        "20,000 Fashion-MNIST images; 2-3 minutes on two cores)",
+        "20,000 Fashion-MNIST images; 2-5 minutes on two cores)",
         description="qfcal run with small defaults (v2, qfriendly, alpha 0.35, one epoch over "
         "20,000 training images, the whole test set) into runs/demo; every option of run can "
         "still be given.",

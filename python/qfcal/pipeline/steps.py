@@ -246,13 +246,6 @@ def calibrate(
         method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8, progress=True
     )
     t2 = time.perf_counter()
-    log.info(
-        "%d tensors: histograms in %.2f s, %s ranges in %.0f ms",
-        len(results),
-        t1 - t0,
-        cfg.method,
-        1e3 * (t2 - t1),
-    )
     write_json_atomic(folder / "ranges.json", ranges_json(results))
     blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in taps.histograms.items()}
     with atomic_path(folder / "histograms.npz") as tmp:
