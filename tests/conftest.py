@@ -343,14 +343,18 @@ def clients() -> Iterator[Callable[[int], Any]]:
 
 @pytest.fixture(autouse=True)
 def _library_logging() -> Iterator[None]:
-    """Every test starts with the ``qfcal`` logger as a library user has it: the command line
+    """Every test runs with the ``qfcal`` logger as a library user has it: the command line
     (``qfcal._progress.show_info``) gives it a stdout handler and stops propagation, which would
-    otherwise outlive the test that ran the command and hide records from ``caplog``."""
-    import logging
+    otherwise outlive the test (or module fixture) that ran the command and hide records from
+    ``caplog``. Reset before and after each test."""
+    from qfcal import _progress
 
-    log = logging.getLogger("qfcal")
-    state = (list(log.handlers), log.level, log.propagate)
+    def reset() -> None:
+        log = _progress.log
+        log.handlers[:] = [h for h in log.handlers if not isinstance(h, _progress._CurrentStdout)]
+        log.setLevel(0)
+        log.propagate = True
+
+    reset()
     yield
-    log.handlers[:] = state[0]
-    log.setLevel(state[1])
-    log.propagate = state[2]
+    reset()

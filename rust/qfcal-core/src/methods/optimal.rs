@@ -25,12 +25,14 @@
 //!    bin), whose cost is a comb of spikes.
 //!
 //! The min/max-covering scale is always a candidate, so data that sits on a grid (quantized
-//! inputs) is found exactly. The scale is finally rounded to a float32 value that TensorFlow's
-//! FakeQuant reproduces from min and max (see [`QuantSpec::tf_stable`]) and the best zero point
-//! re-picked for it.
+//! inputs) is found exactly. The scale is finally stored as a float32 value that TensorFlow's
+//! FakeQuant reproduces from min and max (see [`QuantSpec::tf_stable`]): the optimum's own when
+//! it is one, else the least exact cost among the reproducible scales of the windows around it
+//! (see [`reproducible`]).
 
 use super::brent::brent;
 use super::evaluator::Evaluator;
+use crate::cost::loss;
 use crate::dist::Dist;
 use crate::spec::{Encoding, QuantSpec};
 use std::f64::consts::LN_2;
@@ -57,6 +59,8 @@ const BASINS: usize = 3;
 const ROUGH_BASINS: usize = 16;
 /// Coarse-scan costs within this factor of the least mark where a rough cost is combed.
 const ROUGH_REACH: f64 = 1.05;
+/// Windows on each side of a finalist's best one whose reproducible scales are tried.
+const NEAR_WINDOWS: i64 = 2;
 /// At most this many occupied bins: also try the optimum of the grid of half the steps.
 const TINY_BINS: usize = 64;
 /// Least full-histogram evaluations of that comb.
@@ -148,9 +152,12 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     } else {
         None
     };
+    let mut finalists = Vec::new();
     if let Some(half) = half {
         let sub = optimal(dist, &half, gamma);
         if sub.scale.is_finite() && sub.scale > 0.0 {
+            // the half grid's own optimum, on this grid, competes as it is (see `reproducible`)
+            finalists.push(0.5 * sub.scale);
             let x = (0.5 * sub.scale).ln();
             let width = (dist.hi() - dist.lo()) / dist.n_bins() as f64;
             let eps = (0.25 * width / dist.max_abs()).max(1e-9);
@@ -164,23 +171,60 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
             }
         }
     }
-    // Store the scale as a float32 value TensorFlow reproduces; re-pick the window for it.
-    let mut scale = best.0.exp() as f32 as f64;
-    let mut e = ev_f.eval(scale);
-    for _ in 0..3 {
-        let s = spec.tf_scale(scale, e.lowest_index, false);
-        if s == scale {
-            break;
+    // Store the scale as a float32 value TensorFlow reproduces. Usually the optimum's float32
+    // scale is one for its window, and it is kept as it is.
+    let scale = best.0.exp() as f32 as f64;
+    let e = ev_f.eval(scale);
+    if finalists.is_empty() && spec.tf_stable(scale, e.lowest_index) {
+        let ec = ev_f.eval(cover.scale);
+        // (a cost that is not a number never wins)
+        if !(e.cost <= ec.cost && scale.is_finite() && scale > 0.0) {
+            return spec.encoding(cover.scale, ec.lowest_index);
         }
-        scale = s;
-        e = ev_f.eval(scale);
+        return spec.encoding(scale, e.lowest_index);
     }
-    let ec = ev_f.eval(cover.scale);
-    // (a cost that is not a number never wins)
-    if !(e.cost <= ec.cost && scale.is_finite() && scale > 0.0) {
-        return spec.encoding(cover.scale, ec.lowest_index);
+    finalists.push(scale);
+    reproducible(dist, spec, gamma, &finalists, &mut ev_f, cover)
+}
+
+/// The encoding of least exact cost among those TensorFlow reproduces near the `finalists`
+/// (scales): for each, the windows around its best one, each with the nearest reproducible
+/// float32 scale and the nearest one above (a window's reproducible scales can lie many float32
+/// steps apart, and another window's nearer), and `cover`, which always is one.
+fn reproducible(
+    dist: &Dist,
+    spec: &QuantSpec,
+    gamma: f64,
+    finalists: &[f64],
+    ev_f: &mut Evaluator,
+    cover: Encoding,
+) -> Encoding {
+    let cost = |enc: &Encoding| loss(dist, enc).weighted(gamma);
+    let mut best = (cost(&cover), cover);
+    let (l_min, l_max) = spec.lowest_index_range();
+    for &x in finalists {
+        if !(x.is_finite() && x > 0.0) {
+            continue;
+        }
+        let x = x as f32 as f64;
+        let l_best = ev_f.eval(x).lowest_index;
+        let lows = (l_best - NEAR_WINDOWS).max(l_min)..=(l_best + NEAR_WINDOWS).min(l_max);
+        for l in lows {
+            for up in [false, true] {
+                let s = spec.tf_scale(x, l, up);
+                if !spec.tf_stable(s, l) {
+                    continue;
+                }
+                let enc = spec.encoding(s, l);
+                let c = cost(&enc);
+                // (a cost that is not a number never wins)
+                if c < best.0 {
+                    best = (c, enc);
+                }
+            }
+        }
     }
-    spec.encoding(scale, e.lowest_index)
+    best.1
 }
 
 /// The grid of one bit less (about half the steps) whose levels, at twice the scale, are all
