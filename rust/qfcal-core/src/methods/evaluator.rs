@@ -89,19 +89,24 @@ fn add_piece(m: &mut [f64; 3], dens: f64, u: f64, v: f64, c: f64) {
     m[2] += mu * (mid * mid + len * len * (1.0 / 12.0));
 }
 
-/// Stores the moments of half cell `k` and starts the next one.
+/// Stores the moments of half cell `k` and starts the next one: its index, empty moments, where
+/// it ends and its centre.
 #[inline(always)]
-fn close_half(
+fn next_half(
     mass: &mut [f64],
     m1: &mut [f64],
     m2: &mut [f64],
+    span: &Span,
     k: usize,
     acc: [f64; 3],
-) -> (usize, [f64; 3]) {
+) -> (usize, [f64; 3], f64, f64) {
     mass[k] = acc[0];
     m1[k] = acc[1];
     m2[k] = acc[2];
-    (k + 1, [0.0; 3])
+    let k = k + 1;
+    let end = span.half_start(k + 1).min(span.end);
+    let centre = span.half_start(k) + 0.25 * span.delta;
+    (k, [0.0; 3], end, centre)
 }
 
 /// `∫(x - p)²` from moments about `c`.
@@ -240,15 +245,14 @@ impl Evaluator {
             }
             let dens = c / (b - a);
             while half_end <= u && k + 1 < nh {
-                (k, acc) = close_half(
+                (k, acc, half_end, centre) = next_half(
                     &mut self.half_mass,
                     &mut self.half_m1,
                     &mut self.half_m2,
+                    span,
                     k,
                     acc,
                 );
-                half_end = span.half_start(k + 1).min(tb);
-                centre = span.half_start(k) + 0.25 * delta;
             }
             let mut pos = u;
             loop {
@@ -260,15 +264,14 @@ impl Evaluator {
                     break;
                 }
                 pos = end;
-                (k, acc) = close_half(
+                (k, acc, half_end, centre) = next_half(
                     &mut self.half_mass,
                     &mut self.half_m1,
                     &mut self.half_m2,
+                    span,
                     k,
                     acc,
                 );
-                half_end = span.half_start(k + 1).min(tb);
-                centre = span.half_start(k) + 0.25 * delta;
             }
         }
         if nh > 0 {
