@@ -165,18 +165,31 @@ def _piece(mass, u, v, q):
     return mass * (mid * mid + length * length / 12.0)
 
 
-def reference_loss(counts, edges, zeros, scale, lo, hi):
+def _atoms_loss(atoms, scale, lo, hi):
+    """(rounding, clipping) sums of point masses ``[(x, count), ...]`` for one encoding."""
+    rounding = clipping = 0.0
+    for x, m in atoms:
+        if x < lo * scale or x > hi * scale:
+            clipping += m * (x - np.clip(x, lo * scale, hi * scale)) ** 2
+        else:
+            rounding += m * (x - np.clip(np.round(x / scale), lo, hi) * scale) ** 2
+    return rounding, clipping
+
+
+def reference_loss(counts, edges, zeros, scale, lo, hi, atoms=()):
     """(rounding, clipping), each averaged over all values, for one encoding.
 
     Works for any number of levels: the real line is cut at every bin edge and every decision
     boundary that falls inside the data, and each elementary piece is integrated exactly.
+    `atoms` are point masses ``(value, count)`` (a histogram's values equal to its extremes).
     """
     counts = np.asarray(counts, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
-    total = counts.sum() + zeros
+    total = counts.sum() + zeros + sum(m for _, m in atoms)
     keep = counts > 0
+    ar, ac = _atoms_loss(atoms, scale, lo, hi)
     if not keep.any():
-        return 0.0, 0.0
+        return (ar / total, ac / total) if total else (0.0, 0.0)
     a_all, b_all = edges[:-1], edges[1:]
     a, b, c = a_all[keep], b_all[keep], counts[keep]
     dens = c / (b - a)
@@ -198,18 +211,22 @@ def reference_loss(counts, edges, zeros, scale, lo, hi):
     q = level * scale
     err = _piece(dens[k] * (v - u), u, v, q)
     clipped = (j == 0) | (j == len(bounds))
-    return float(err[~clipped].sum() / total), float(err[clipped].sum() / total)
+    return (
+        float((err[~clipped].sum() + ar) / total),
+        float((err[clipped].sum() + ac) / total),
+    )
 
 
-def reference_loss_grid(counts, edges, zeros, scales, lows, steps):
-    """Vectorized reference over many encodings of a small histogram.
+def reference_loss_grid(counts, edges, zeros, scales, lows, steps, atoms=()):
+    """Vectorized reference over many encodings of a small histogram (plus point masses
+    `atoms`, ``(value, count)``).
 
     ``scales``: (S,), ``lows``: (Z,) values of L; every window has ``steps`` = H - L steps.
     Returns (rounding, clipping), each of shape (S, Z).
     """
     counts = np.asarray(counts, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
-    total = counts.sum() + zeros
+    total = counts.sum() + zeros + sum(m for _, m in atoms)
     keep = counts > 0
     a, b, c = edges[:-1][keep], edges[1:][keep], counts[keep]
     dens = c / (b - a)
@@ -237,14 +254,73 @@ def reference_loss_grid(counts, edges, zeros, scales, lows, steps):
         err = _piece(di * (v - u), u, v, q)
         rounding += np.where(is_clip, 0.0, err).sum(axis=-1)
         clipping += np.where(is_clip, err, 0.0).sum(axis=-1)
+    s2, low2 = s[..., 0], low[..., 0]
+    for x, m in atoms:
+        t_lo, t_hi = low2 * s2, (low2 + steps) * s2
+        outside = (x < t_lo) | (x > t_hi)
+        q = np.clip(np.round(x / s2), low2, low2 + steps) * s2
+        err = m * (x - q) ** 2
+        rounding += np.where(outside, 0.0, err)
+        clipping += np.where(outside, err, 0.0)
     return rounding / total, clipping / total
 
 
-def reference_mean_square(counts, edges, zeros):
+def reference_mean_square(counts, edges, zeros, atoms=()):
     counts = np.asarray(counts, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
-    total = counts.sum() + zeros
-    return float(_piece(counts, edges[:-1], edges[1:], 0.0).sum() / total)
+    total = counts.sum() + zeros + sum(m for _, m in atoms)
+    power = _piece(counts, edges[:-1], edges[1:], 0.0).sum() + sum(m * x * x for x, m in atoms)
+    return float(power / total)
+
+
+# How far past half a step a window may reach beyond the data, in steps, for the encoding a
+# search returns (spec.rs: FIT_TOLERANCE_STORED; the float32 rounding of the scale).
+FIT_TOLERANCE_STORED = 1e-3
+
+
+def fitting_windows(scales, lows, steps, lo, hi, symmetric, tolerance=0.0):
+    """Mask (S, Z) of the windows that reach at most half a step (plus `tolerance` steps)
+    beyond the data ``[lo, hi]`` widened to include zero; on a symmetric grid, whose smaller
+    side reaches at most half a step beyond ``max |x|``. Only those are searched."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    s = np.asarray(scales, dtype=np.float64)[:, None]
+    low = np.asarray(lows, dtype=np.float64)[None, :]
+    slack = (0.5 + tolerance) * s
+    if symmetric:
+        reach = np.minimum(-low, low + steps)
+        return np.broadcast_to(
+            reach * s <= max(-lo, hi) + slack, np.broadcast_shapes(s.shape, low.shape)
+        )
+    return (low * s >= lo - slack) & ((low + steps) * s <= hi + slack)
+
+
+def search_density(hist, values=None):
+    """(counts, edges, zeros, atoms): the density a search reads, built independently of the
+    core. For a ``(counts, edges)`` pair, that pair; for a Histogram, its occupied bins cut to end
+    at the exact smallest and largest nonzero value of `values` (the data it holds), the values
+    equal to those as point masses there; checks the histogram's own counts of them."""
+    if not isinstance(hist, qfcal.Histogram):
+        counts, edges = (np.asarray(x, dtype=np.float64) for x in hist)
+        return counts, edges, 0, []
+    counts, edges, zeros = hist.counts.astype(np.float64), hist.edges.copy(), hist.zeros
+    if len(counts) == 0:
+        assert hist.at_extremes == (0, 0)
+        return counts, edges, zeros, []
+    if values is None:
+        raise ValueError("the exact density of a Histogram needs the values it holds")
+    v = np.asarray(values).astype(np.float64).ravel()
+    v = v[np.isfinite(v) & (v != 0)]
+    mn, mx = float(v.min()), float(v.max())
+    at_min, at_max = int((v == mn).sum()), int((v == mx).sum())
+    assert hist.at_extremes == (at_min, at_max)
+    if mn == mx:
+        return np.zeros(0), np.zeros(0), zeros, [(mn, float(at_min))]
+    edges[0], edges[-1] = mn, mx
+    counts[0] -= at_min
+    counts[-1] -= at_max
+    if edges[-2] == mx:
+        counts, edges = counts[:-1], edges[:-1]
+    return counts, edges, zeros, [(mn, float(at_min)), (mx, float(at_max))]
 
 
 def grid_range(bits=8, signed=True, narrow_range=False, qmin=None, qmax=None):

@@ -357,13 +357,33 @@ def pickle_of(h: qfcal.Histogram) -> bytes:
     return pickle.dumps(h)
 
 
-@pytest.mark.parametrize("version", [2, 3, 255, 2**32 - 1, 0])
+@pytest.mark.parametrize("version", [3, 255, 2**32 - 1, 0])
 def test_other_format_versions_are_refused(h, version):
     b = bytearray(h.to_bytes())
     b[VERSION] = struct.pack("<I", version)
     bad_bytes(bytes(b), f"version {version}")
     # the same with a valid checksum: refused for its version, not for its checksum
     bad_bytes(with_checksum(bytes(b[:-8])), f"version {version}")
+
+
+def version_1_bytes(b: bytes) -> bytes:
+    """`b` (format version 2) as format version 1 wrote it: without the two counts at the
+    extremes (bytes 84..100)."""
+    body = bytearray(b[:-8])
+    body[VERSION] = struct.pack("<I", 1)
+    del body[84:100]
+    return with_checksum(bytes(body))
+
+
+def test_version_1_bytes_still_read(h):
+    old = qfcal.Histogram.from_bytes(version_1_bytes(h.to_bytes()))
+    assert h.at_extremes == (1, 1) and old.at_extremes == (0, 0)
+    assert (old.min, old.max, old.total, old.bin_width) == (h.min, h.max, h.total, h.bin_width)
+    np.testing.assert_array_equal(old.counts, h.counts)
+    assert old.to_bytes()[8:12] == struct.pack("<I", 2)
+    # without the counts at the extremes the data's ends are still exact
+    r = qfcal.search(old, method="minmax")
+    assert r.min >= h.min - r.scale / 2 and r.max <= h.max + r.scale / 2
 
 
 def test_checksum_is_fnv1a_over_the_body(h):
@@ -382,6 +402,8 @@ def test_checksum_is_fnv1a_over_the_body(h):
         (28, "<d", 0.0, "minimum and maximum"),  # min_nz
         (36, "<d", math.inf, "minimum and maximum"),  # max_nz
         (44, "<Q", 1, "counts"),  # nonzero
+        (84, "<Q", 99, "exceed"),  # values equal to the minimum
+        (92, "<Q", 99, "exceed"),  # values equal to the maximum
     ],
 )
 def test_inconsistent_fields_with_a_valid_checksum_are_refused(h, offset, fmt, value, fragment):

@@ -456,8 +456,10 @@ def test_bytes_layout():
     h = hist_of(np.array([1.0, 2.0, -3.5, 0.0, np.nan]), 128)
     b = h.to_bytes()
     assert b[:8] == b"QFCALHST"
-    assert int.from_bytes(b[8:12], "little") == 1  # format version
+    assert int.from_bytes(b[8:12], "little") == 2  # format version
     assert int.from_bytes(b[12:16], "little") == 128  # bins
+    # the counts of values equal to the smallest and largest nonzero value
+    assert (int.from_bytes(b[84:92], "little"), int.from_bytes(b[92:100], "little")) == (1, 1)
     assert int.from_bytes(b[-8:], "little") == fnv1a64(b[:-8])
 
 

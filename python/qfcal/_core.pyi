@@ -141,6 +141,12 @@ class Histogram:
         """Largest finite value seen (zeros included), or None."""
 
     @property
+    def at_extremes(self) -> tuple[int, int]:
+        """How many values equal the smallest and the largest nonzero value: point masses the
+        searches see exactly (a ReLU6 spike at 6.0 can sit on a grid point). ``(0, 0)`` without
+        nonzero values, or for a histogram read from format version 1 bytes."""
+
+    @property
     def total(self) -> int:
         """Every value seen, non-finite ones included."""
 

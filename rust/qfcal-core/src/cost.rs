@@ -52,8 +52,20 @@ pub fn loss(dist: &Dist, enc: &Encoding) -> Loss {
     let (t_lo, t_hi) = (enc.min(), enc.max());
     let mut rounding = 0.0;
     let mut clipping = 0.0;
-    for (a, b, c) in dist.bins() {
+    for (a, b, c) in dist.pieces() {
         if c == 0.0 {
+            continue;
+        }
+        if a == b {
+            // a point mass: clipped to the nearest end, or rounded to the nearest grid point
+            if a < t_lo {
+                clipping += c * (a - t_lo) * (a - t_lo);
+            } else if a > t_hi {
+                clipping += c * (a - t_hi) * (a - t_hi);
+            } else {
+                let e = a - (a / delta).round() * delta;
+                rounding += c * e * e;
+            }
             continue;
         }
         let d = c / (b - a);
@@ -93,7 +105,7 @@ mod tests {
     /// Reference: integrate the error numerically on a fine midpoint rule.
     fn numeric(dist: &Dist, enc: &Encoding, steps: usize) -> (f64, f64) {
         let (mut r, mut c) = (0.0, 0.0);
-        for (a, b, cnt) in dist.bins() {
+        for (a, b, cnt) in dist.pieces() {
             let h = (b - a) / steps as f64;
             for s in 0..steps {
                 let x = a + (s as f64 + 0.5) * h;

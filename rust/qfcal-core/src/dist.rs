@@ -2,7 +2,10 @@
 //!
 //! Bins `[edges[i], edges[i+1])` hold `counts[i]` values spread uniformly; `zeros` exact zeros sit
 //! apart as a point mass at 0 (zero is always representable, so they never cost anything, but they
-//! count in the total the loss is averaged over).
+//! count in the total the loss is averaged over). Point masses at nonzero values ("atoms": the
+//! values equal to a histogram's exact minimum or maximum, such as a ReLU6 spike at 6) lie at or
+//! beyond either end of the bins. Every reader walks [`Dist::pieces`]: the atoms as pieces of
+//! zero width, in order with the bins.
 
 use crate::error::{invalid, Error, Result};
 
@@ -11,6 +14,8 @@ pub struct Dist {
     edges: Vec<f64>,
     counts: Vec<f64>,
     zeros: f64,
+    /// Point masses (value, count) at nonzero values, sorted, at or beyond the ends of the bins.
+    atoms: Vec<(f64, f64)>,
     total: f64,
 }
 
@@ -72,8 +77,41 @@ impl Dist {
             edges,
             counts,
             zeros,
+            atoms: Vec::new(),
             total,
         })
+    }
+
+    /// The same density with point masses `(value, count)` added: each value nonzero, finite,
+    /// and at or beyond an end of the bins (none between two bins).
+    pub fn with_atoms(mut self, mut atoms: Vec<(f64, f64)>) -> Result<Dist> {
+        atoms.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for &(x, m) in &atoms {
+            if !(x.is_finite() && x != 0.0) {
+                return Err(invalid(format!(
+                    "a point mass must sit at a nonzero finite value, got {x}"
+                )));
+            }
+            if !(m.is_finite() && m > 0.0) {
+                return Err(invalid(format!(
+                    "a point mass must be positive and finite, got {m} at {x}"
+                )));
+            }
+            if let (Some(&lo), Some(&hi)) = (self.edges.first(), self.edges.last()) {
+                if x > lo && x < hi {
+                    return Err(invalid(format!(
+                        "a point mass must lie at or beyond an end of the bins [{lo}, {hi}], got \
+                         one at {x}"
+                    )));
+                }
+            }
+        }
+        if atoms.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(invalid("two point masses at the same value".to_string()));
+        }
+        self.total += atoms.iter().map(|a| a.1).sum::<f64>();
+        self.atoms = atoms;
+        Ok(self)
     }
 
     /// A density on a uniform grid: bin `i` is `[origin + i*width, origin + (i+1)*width)`.
@@ -102,28 +140,34 @@ impl Dist {
             edges: self.edges.iter().map(|x| x * f).collect(),
             counts: self.counts.clone(),
             zeros: self.zeros,
+            atoms: self.atoms.iter().map(|&(x, m)| (x * f, m)).collect(),
             total: self.total,
         }
     }
 
-    /// Maximal runs of consecutive nonzero bins: (centre of mass, mass, width) of each.
+    /// Maximal runs of touching nonzero bins, and each atom as a run of its own (a point mass
+    /// is where a grid point can sit): (centre of mass, mass, width) of each, in order.
     pub fn runs(&self) -> Vec<(f64, f64, f64)> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        let b = self.counts.len();
-        while i < b {
-            if self.counts[i] == 0.0 {
-                i += 1;
+        let mut out: Vec<(f64, f64, f64)> = Vec::new();
+        // (start, end, mass, first moment) of the run being built
+        let mut run: Option<(f64, f64, f64, f64)> = None;
+        for (a, b, c) in self.pieces() {
+            if c == 0.0 {
                 continue;
             }
-            let start = i;
-            let (mut m0, mut m1) = (0.0, 0.0);
-            while i < b && self.counts[i] > 0.0 {
-                m0 += self.counts[i];
-                m1 += self.counts[i] * 0.5 * (self.edges[i] + self.edges[i + 1]);
-                i += 1;
-            }
-            out.push((m1 / m0, m0, self.edges[i] - self.edges[start]));
+            let m1 = c * 0.5 * (a + b);
+            let point = a == b;
+            run = match run {
+                Some((s, e, m0, s1)) if e == a && !point && s != e => Some((s, b, m0 + c, s1 + m1)),
+                Some((s, e, m0, s1)) => {
+                    out.push((s1 / m0, m0, e - s));
+                    Some((a, b, c, m1))
+                }
+                None => Some((a, b, c, m1)),
+            };
+        }
+        if let Some((s, e, m0, s1)) = run {
+            out.push((s1 / m0, m0, e - s));
         }
         out
     }
@@ -139,33 +183,40 @@ impl Dist {
         }
     }
 
+    /// Edges of the bins (atoms not included).
     pub fn edges(&self) -> &[f64] {
         &self.edges
     }
+    /// Counts of the bins (atoms not included).
     pub fn counts(&self) -> &[f64] {
         &self.counts
     }
+    /// The point masses at nonzero values: (value, count), sorted.
+    pub fn atoms(&self) -> &[(f64, f64)] {
+        &self.atoms
+    }
+    /// Number of pieces: bins and atoms (0: only zeros, or nothing).
     pub fn n_bins(&self) -> usize {
-        self.counts.len()
+        self.counts.len() + self.atoms.len()
     }
     pub fn zeros(&self) -> f64 {
         self.zeros
     }
-    /// Number of values (bins and zeros) the loss is averaged over.
+    /// Number of values (bins, atoms and zeros) the loss is averaged over.
     pub fn total(&self) -> f64 {
         self.total
     }
-    /// Lowest edge of the occupied bins, or 0 without bins.
+    /// Lowest nonzero value of the support (bins and atoms), or 0 without them.
     pub fn lo(&self) -> f64 {
-        self.edges.first().copied().unwrap_or(0.0)
+        self.pieces().next().map_or(0.0, |p| p.0)
     }
-    /// Highest edge of the occupied bins, or 0 without bins.
+    /// Highest nonzero value of the support (bins and atoms), or 0 without them.
     pub fn hi(&self) -> f64 {
-        self.edges.last().copied().unwrap_or(0.0)
+        self.pieces().last().map_or(0.0, |p| p.1)
     }
     /// Smallest value of the support, counting the zeros.
     pub fn min(&self) -> f64 {
-        if self.zeros > 0.0 || self.counts.is_empty() {
+        if self.zeros > 0.0 || self.n_bins() == 0 {
             self.lo().min(0.0)
         } else {
             self.lo()
@@ -173,7 +224,7 @@ impl Dist {
     }
     /// Largest value of the support, counting the zeros.
     pub fn max(&self) -> f64 {
-        if self.zeros > 0.0 || self.counts.is_empty() {
+        if self.zeros > 0.0 || self.n_bins() == 0 {
             self.hi().max(0.0)
         } else {
             self.hi()
@@ -188,9 +239,7 @@ impl Dist {
         if self.total == 0.0 {
             return 0.0;
         }
-        let s: f64 = (0..self.counts.len())
-            .map(|i| piece_sq(self.counts[i], self.edges[i], self.edges[i + 1], 0.0))
-            .sum();
+        let s: f64 = self.pieces().map(|(a, b, c)| piece_sq(c, a, b, 0.0)).sum();
         s / self.total
     }
 
@@ -209,6 +258,7 @@ impl Dist {
             edges,
             counts,
             zeros: self.zeros,
+            atoms: self.atoms.clone(),
             total: self.total,
         }
     }
@@ -219,8 +269,7 @@ impl Dist {
         let target = p.clamp(0.0, 1.0) * self.total;
         let mut acc = 0.0;
         let mut zeros_done = self.zeros == 0.0;
-        for i in 0..self.counts.len() {
-            let (a, b, c) = (self.edges[i], self.edges[i + 1], self.counts[i]);
+        for (a, b, c) in self.pieces() {
             if !zeros_done && a >= 0.0 {
                 if acc + self.zeros >= target {
                     return 0.0;
@@ -258,9 +307,23 @@ impl Dist {
         self.max()
     }
 
-    /// Calls `f(lo, hi, count)` for each bin.
-    pub fn bins(&self) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
-        (0..self.counts.len()).map(move |i| (self.edges[i], self.edges[i + 1], self.counts[i]))
+    /// Every piece of the density in increasing order, as `(lo, hi, count)`: the bins, and the
+    /// atoms as pieces with `lo == hi` (a reader that divides by the width must treat those as
+    /// points).
+    pub fn pieces(&self) -> impl Iterator<Item = (f64, f64, f64)> + '_ {
+        let split = match self.edges.first() {
+            Some(&lo) => self.atoms.partition_point(|a| a.0 <= lo),
+            None => self.atoms.len(),
+        };
+        let (below, above) = self.atoms.split_at(split);
+        below
+            .iter()
+            .map(|&(x, m)| (x, x, m))
+            .chain(
+                (0..self.counts.len())
+                    .map(move |i| (self.edges[i], self.edges[i + 1], self.counts[i])),
+            )
+            .chain(above.iter().map(|&(x, m)| (x, x, m)))
     }
 }
 
@@ -268,7 +331,7 @@ impl Dist {
     /// Number of values `<= x` (the zeros count once `x >= 0`).
     pub fn cdf(&self, x: f64) -> f64 {
         let mut acc = if x >= 0.0 { self.zeros } else { 0.0 };
-        for (a, b, c) in self.bins() {
+        for (a, b, c) in self.pieces() {
             if x >= b {
                 acc += c;
             } else {
@@ -303,12 +366,12 @@ impl Dist {
         hi
     }
 
-    /// Point mass at `x` (the zeros, at 0).
+    /// Point mass at `x` (the zeros at 0, an atom at its value).
     fn mass_at(&self, x: f64) -> f64 {
         if x == 0.0 {
             self.zeros
         } else {
-            0.0
+            self.atoms.iter().filter(|a| a.0 == x).map(|a| a.1).sum()
         }
     }
 
@@ -342,7 +405,12 @@ impl Dist {
                 }
             }
         };
-        for (a, b, c) in self.bins() {
+        let mut points = Vec::new();
+        for (a, b, c) in self.pieces() {
+            if a == b {
+                points.push((((a.abs() / w) as usize).min(bins - 1), c));
+                continue;
+            }
             let dens = c / (b - a);
             if b <= 0.0 {
                 spread(-b, -a, dens);
@@ -352,6 +420,9 @@ impl Dist {
                 spread(0.0, -a, dens);
                 spread(0.0, b, dens);
             }
+        }
+        for (i, c) in points {
+            out[i] += c;
         }
         (out, w)
     }

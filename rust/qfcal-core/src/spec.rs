@@ -9,6 +9,13 @@ pub const MAX_LEVELS: i64 = 1 << 16;
 /// TensorFlow reproduces (the farthest seen on 16-bit grids is about 16,000).
 pub const TF_SEARCH_STEPS: u32 = 1 << 15;
 
+/// How far past half a step a window the searches score may reach beyond the data, in steps:
+/// none (the limit of a window's fit is itself a candidate, taken just inside).
+pub const FIT_TOLERANCE: f64 = 0.0;
+/// The same for the encoding a search returns, whose scale was then stored as a float32 value
+/// TensorFlow reproduces (a few float32 steps from the one scored).
+pub const FIT_TOLERANCE_STORED: f64 = 1e-3;
+
 /// The integer range and zero-point rule of a quantizer.
 ///
 /// Real values are represented as `(q - zero_point) * scale` for integer `q` in `qmin..=qmax`.
@@ -156,6 +163,79 @@ impl QuantSpec {
         }
         // Rounding the scale up keeps the window covering [a, b].
         self.encoding(self.tf_scale(scale, l, true), l)
+    }
+
+    /// The encoding of the range `[a, b]` (widened to include zero) as min/max quantizers
+    /// place it: on an asymmetric grid TensorFlow's and ONNX Runtime's rule, the scale
+    /// `(b - a) / steps` and the zero point rounded to an integer, so that each end lies within
+    /// half a step of `a` and `b` (the window shifts by less than half a step, where covering
+    /// both ends exactly can need a whole step more on one side); on a symmetric grid the
+    /// covering encoding ([`QuantSpec::covering`]), whose larger side ends at `max(|a|, |b|)`.
+    /// The scale is a float32 value TensorFlow reproduces.
+    pub fn fitting(&self, a: f64, b: f64) -> Encoding {
+        let (a, b) = (a.min(0.0), b.max(0.0));
+        if self.symmetric || b <= a || b.is_nan() || a.is_nan() {
+            return self.covering(a, b);
+        }
+        let (l0, l1) = self.lowest_index_range();
+        let h = self.levels() - 1;
+        let scale = (b - a) / h as f64;
+        let l = ((a / scale).round() as i64).clamp(l0, l1);
+        self.encoding(self.tf_scale(scale, l, false), l)
+    }
+
+    /// The lowest indices `L` (see [`QuantSpec::lowest_index_range`]) whose window at scale
+    /// `delta` reaches at most half a step beyond the data `[lo, hi]` (widened to include zero;
+    /// on a symmetric grid: whose smaller side reaches at most half a step beyond `max|x|`),
+    /// as an inclusive range, empty when no window fits (`delta` too large).
+    pub fn fitting_windows(&self, delta: f64, lo: f64, hi: f64) -> (i64, i64) {
+        self.fitting_windows_within(delta, lo, hi, FIT_TOLERANCE)
+    }
+
+    /// [`QuantSpec::fitting_windows`] with `tolerance` steps more than half a step of room.
+    pub fn fitting_windows_within(
+        &self,
+        delta: f64,
+        lo: f64,
+        hi: f64,
+        tolerance: f64,
+    ) -> (i64, i64) {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let (l0, l1) = self.lowest_index_range();
+        let h = self.levels() - 1;
+        let slack = 0.5 + tolerance;
+        if self.symmetric {
+            let reach = (-l0).min(l0 + h) as f64;
+            let fits = reach <= lo.abs().max(hi) / delta + slack;
+            return if fits { (l0, l1) } else { (l0, l0 - 1) };
+        }
+        let first = (lo / delta - slack).ceil();
+        let last = (hi / delta + slack).floor() - h as f64;
+        let first = first.clamp(l0 as f64, l1 as f64 + 1.0) as i64;
+        let last = last.clamp(l0 as f64 - 1.0, l1 as f64) as i64;
+        (first.max(l0), last.min(l1))
+    }
+
+    /// The largest scale at which the window `l` reaches at most half a step beyond the data
+    /// `[lo, hi]` (see [`QuantSpec::fitting_windows`]); infinite when every scale fits.
+    pub fn fit_limit(&self, l: i64, lo: f64, hi: f64) -> f64 {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let h = self.levels() - 1;
+        let mut limit = f64::INFINITY;
+        if self.symmetric {
+            let reach = (-l).min(l + h) as f64 - 0.5;
+            if reach > 0.0 {
+                limit = lo.abs().max(hi) / reach;
+            }
+            return limit;
+        }
+        if (l as f64) + 0.5 < 0.0 {
+            limit = limit.min(lo / (l as f64 + 0.5));
+        }
+        if ((l + h) as f64) - 0.5 > 0.0 {
+            limit = limit.min(hi / ((l + h) as f64 - 0.5));
+        }
+        limit
     }
 
     /// Whether TensorFlow, given `min` and `max` of the encoding `(scale, l)` as the float32

@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use qfcal_core::cost::loss;
+use qfcal_core::spec::FIT_TOLERANCE_STORED;
 use qfcal_core::{search, Dist, Histogram, Method, QuantSpec, SearchOptions, SpecOptions};
 
 /// Any f32 bit pattern: NaN payloads, infinities, subnormals, -0.0, extremes.
@@ -131,19 +132,30 @@ proptest! {
     }
 }
 
-/// A random small density on few bins.
+/// A random small density on few bins, sometimes with point masses at either end (as a
+/// histogram's exact extremes give).
 fn small_dist() -> impl Strategy<Value = Dist> {
     (
         prop::collection::vec(0u32..50, 2..24),
         -5.0f64..2.0,
         0.05f64..2.0,
         0u32..30,
+        (0u32..3, 0u32..40, 0u32..40),
     )
-        .prop_map(|(c, lo, w, z)| {
-            let edges = (0..=c.len()).map(|i| lo + i as f64 * w).collect();
+        .prop_map(|(c, lo, w, z, (ends, at_lo, at_hi))| {
+            let edges: Vec<f64> = (0..=c.len()).map(|i| lo + i as f64 * w).collect();
+            let (first, last) = (edges[0], edges[c.len()]);
             let mut counts: Vec<f64> = c.iter().map(|&x| x as f64).collect();
             counts[0] += 1.0;
-            Dist::new(counts, edges, z as f64).unwrap()
+            let d = Dist::new(counts, edges, z as f64).unwrap();
+            let mut atoms = Vec::new();
+            if ends >= 1 && at_lo > 0 && first != 0.0 {
+                atoms.push((first, at_lo as f64));
+            }
+            if ends >= 2 && at_hi > 0 && last != 0.0 {
+                atoms.push((last, at_hi as f64));
+            }
+            d.with_atoms(atoms).unwrap()
         })
 }
 
@@ -176,15 +188,18 @@ proptest! {
             prop_assert_eq!(e.scale as f32 as f64, e.scale);
             let q = QuantSpec::new(&spec).unwrap();
             prop_assert!(q.tf_stable(e.scale, e.lowest_index()), "{} scale {} not reproduced by TensorFlow", m, e.scale);
+            // no window reaches more than half a step beyond the data
+            let (fa, fb) = q.fitting_windows_within(e.scale, d.min(), d.max(), FIT_TOLERANCE_STORED);
+            prop_assert!((fa..=fb).contains(&e.lowest_index()), "{} range [{}, {}] reaches beyond the data [{}, {}] by more than half a step {}", m, e.min(), e.max(), d.min(), d.max(), e.scale);
         }
-        // dense brute force over scales and every zero point
+        // dense brute force over scales and every zero point whose window fits the data
         let q = QuantSpec::new(&spec).unwrap();
-        let (l0, l1) = q.lowest_index_range();
         let top = 2.0 * d.max_abs();
         let mut brute = f64::INFINITY;
         for i in 1..=1500 {
             let delta = top * (i as f64 / 1500.0).powi(2);
-            for l in l0..=l1 {
+            let (fa, fb) = q.fitting_windows(delta, d.min(), d.max());
+            for l in fa..=fb {
                 brute = brute.min(loss(&d, &q.encoding(delta, l)).weighted(gamma));
             }
         }

@@ -210,6 +210,10 @@ impl PyHistogram {
         self.read(py, |h| h.max())
     }
     #[getter]
+    fn at_extremes(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        self.read(py, |h| h.at_extremes())
+    }
+    #[getter]
     fn total(&self, py: Python<'_>) -> PyResult<u64> {
         self.read(py, |h| h.total())
     }

@@ -32,6 +32,7 @@ impl Histogram {
             }
             self.cover(s.min, s.max);
         }
+        self.count_extremes(block, s.min, s.max);
         // A block whose nonzero values all lie in one bin (a constant or near-constant block,
         // such as a broadcast value or a saturated activation) is counted without binning.
         let inv = pow2(-self.k);
@@ -49,6 +50,17 @@ impl Histogram {
         T::bin_block(block, self, sub);
         sub.pending += block.len() as u64;
         self.nonzero += s.nonzero;
+    }
+
+    /// Counts the values of `block` equal to the smallest or largest nonzero value seen, when
+    /// the block's own least (`min`) or greatest (`max`) nonzero value is that one.
+    fn count_extremes<T: Sample>(&mut self, block: &[T], min: f64, max: f64) {
+        if min == self.min_nz() {
+            self.at_min += T::count_equal(block, min);
+        }
+        if max == self.max_nz() {
+            self.at_max += T::count_equal(block, max);
+        }
     }
 
     /// Whether the float32 fast path (exact `x·2^-k` and floor in float32) applies to the window.
@@ -104,6 +116,7 @@ impl Histogram {
             } else {
                 scatter_into_lanes(&indices[..chunk.len()], sub);
             }
+            self.count_extremes(chunk, st.min as f64, st.max as f64);
             sub.pending += chunk.len() as u64;
             self.nonzero += nonzero;
         }

@@ -28,6 +28,9 @@ pub trait Sample: Copy + Send + Sync + 'static {
     /// Bins a block whose window the histogram already covers (see `Histogram::bin_block`).
     fn bin_block(block: &[Self], h: &Histogram, sub: &mut SubCounts);
     fn stats(block: &[Self]) -> BlockStats;
+    /// How many values of `block` (at most `BLOCK`) equal `v`, a value of the block (so exact in
+    /// its type): the mass at the minimum or the maximum.
+    fn count_equal(block: &[Self], v: f64) -> u64;
     /// Adds a block (at most `BLOCK` values): statistics first, then binning.
     fn feed(h: &mut Histogram, block: &[Self], sub: &mut Option<SubCounts>) {
         h.feed_block(block, sub);
@@ -57,6 +60,28 @@ macro_rules! with_avx2 {
 
 /// Lane-parallel accumulators per loop: enough independent chains to fill a vector register.
 const LANES: usize = 8;
+
+/// How many values of `block` equal `v`: lane-parallel, so the comparisons vectorize.
+#[inline(always)]
+fn count_equal_kernel<F: Copy + PartialEq>(block: &[F], v: F) -> u64 {
+    let mut lanes = [0u64; LANES];
+    let chunks = block.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            lanes[j] += (c[j] == v) as u64;
+        }
+    }
+    lanes.iter().sum::<u64>() + rest.iter().filter(|&&x| x == v).count() as u64
+}
+
+fn count_equal_f32(block: &[f32], v: f32) -> u64 {
+    count_equal_kernel(block, v)
+}
+
+fn count_equal_f64(block: &[f64], v: f64) -> u64 {
+    count_equal_kernel(block, v)
+}
 
 /// Defines `$name(block: &[$float]) -> BlockStats`; `$bits` is the same-width unsigned integer,
 /// `$abs_mask` clears the sign bit and `$inf_bits` is the infinity pattern.
@@ -345,6 +370,10 @@ impl Sample for f32 {
     fn stats(block: &[f32]) -> BlockStats {
         with_avx2!(stats_f32(block: &[f32]) -> BlockStats)
     }
+    fn count_equal(block: &[f32], v: f64) -> u64 {
+        let v = v as f32;
+        with_avx2!(count_equal_f32(block: &[f32], v: f32) -> u64)
+    }
     fn bin_block(block: &[f32], h: &Histogram, sub: &mut SubCounts) {
         with_avx2!(bin_block_f32(block: &[f32], h: &Histogram, sub: &mut SubCounts) -> ())
     }
@@ -399,6 +428,9 @@ impl Sample for f64 {
     }
     fn stats(block: &[f64]) -> BlockStats {
         with_avx2!(stats_f64(block: &[f64]) -> BlockStats)
+    }
+    fn count_equal(block: &[f64], v: f64) -> u64 {
+        with_avx2!(count_equal_f64(block: &[f64], v: f64) -> u64)
     }
     fn bin_block(block: &[f64], h: &Histogram, sub: &mut SubCounts) {
         let sink = h.bins as u32;

@@ -6,7 +6,10 @@
 //! exact in f64) for which the nonzero finite span fits in `bins` bins, and the window starts at
 //! the bin of the smallest value. When new data widens the span, neighbouring bin pairs merge
 //! exactly (`g -> g >> 1`) and `k` grows; merging two histograms coarsens both to the union's
-//! `k`. Counts are `u64`. Exact zeros, NaN and ±Inf are counted apart and never binned.
+//! `k`. Counts are `u64`. Exact zeros, NaN and ±Inf are counted apart and never binned. The
+//! exact smallest and largest nonzero values are kept, with how many values equal each (a
+//! saturated activation's spike at its clip is a point mass there, not a bin's worth of spread):
+//! the density the searches read ([`Histogram::to_dist`]) ends exactly at the data's extremes.
 //!
 //! The parts, each readable alone:
 //! * this file: the [`Histogram`] state, its window and what it reports;
@@ -57,6 +60,10 @@ pub struct Histogram {
     /// Smallest and largest nonzero finite value (bit patterns, so that `Eq` is exact).
     min_nz: u64,
     max_nz: u64,
+    /// How many values equal `min_nz` and `max_nz` (both count every value when they are equal;
+    /// 0 when unknown: a histogram read from format version 1).
+    at_min: u64,
+    at_max: u64,
     nonzero: u64,
     zeros: u64,
     nan: u64,
@@ -85,6 +92,8 @@ impl Histogram {
             counts: Vec::new(),
             min_nz: 0,
             max_nz: 0,
+            at_min: 0,
+            at_max: 0,
             nonzero: 0,
             zeros: 0,
             nan: 0,
@@ -144,6 +153,11 @@ impl Histogram {
             (false, false) => None,
         }
     }
+    /// How many values equal the smallest and the largest nonzero value (`(0, 0)` without
+    /// nonzero values, or when unknown: a histogram read from format version 1).
+    pub fn at_extremes(&self) -> (u64, u64) {
+        (self.at_min, self.at_max)
+    }
     /// Bin width `2^k`, `None` before any nonzero finite value.
     pub fn bin_width(&self) -> Option<f64> {
         (self.nonzero > 0).then(|| pow2(self.k))
@@ -170,8 +184,10 @@ impl Histogram {
         grid::edges(first, counts.len(), self.k)
     }
 
-    /// The density the searches read: occupied bins plus the zeros as a point mass. Fails only
-    /// for values within a bin of the float64 maximum, whose upper bin edge overflows.
+    /// The density the searches read: the occupied bins, cut to end exactly at the smallest and
+    /// largest nonzero values, the values equal to those two as point masses there, and the
+    /// zeros as a point mass at 0. Fails only for values within a bin of the float64 maximum,
+    /// whose upper bin edge overflows.
     pub fn to_dist(&self) -> Result<Dist> {
         let (g0, c) = self.occupied();
         if c.is_empty() {
@@ -185,7 +201,38 @@ impl Histogram {
                 self.max_nz().abs().max(self.min_nz().abs())
             )));
         }
-        Dist::uniform(g0 as f64 * w, w, c, self.zeros)
+        let (mn, mx) = (self.min_nz(), self.max_nz());
+        if mn == mx {
+            return Dist::uniform(0.0, 1.0, &[], self.zeros)?
+                .with_atoms(vec![(mn, self.nonzero as f64)]);
+        }
+        let n = c.len();
+        let mut counts: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+        let mut edges: Vec<f64> = (0..=n).map(|i| (g0 + i as i64) as f64 * w).collect();
+        edges[0] = mn;
+        edges[n] = mx;
+        // A maximum on its bin's lower edge leaves that bin only values equal to it, whether or
+        // not they were counted (a version 1 histogram).
+        let at_max = if edges[n - 1] == mx {
+            c[n - 1]
+        } else {
+            self.at_max
+        };
+        counts[0] -= self.at_min as f64;
+        counts[n - 1] -= at_max as f64;
+        if edges[n - 1] == mx {
+            counts.pop();
+            edges.pop();
+        }
+        if counts.is_empty() {
+            edges.clear();
+        }
+        let atoms = [(mn, self.at_min), (mx, at_max)]
+            .into_iter()
+            .filter(|&(_, m)| m > 0)
+            .map(|(x, m)| (x, m as f64))
+            .collect();
+        Dist::new(counts, edges, self.zeros as f64)?.with_atoms(atoms)
     }
 
     /// The histogram with the zeros binned too, as `np.histogram` would count them: the grid is
@@ -241,6 +288,12 @@ impl Histogram {
         };
         let k = canonical_exponent(mn, mx, self.bins);
         let lo = bin_index(mn, pow2(-k));
+        if !self.has_window() || mn < self.min_nz() {
+            self.at_min = 0;
+        }
+        if !self.has_window() || mx > self.max_nz() {
+            self.at_max = 0;
+        }
         if !self.has_window() {
             self.counts = vec![0; self.bins];
         } else if k != self.k || lo != self.lo {
@@ -283,6 +336,12 @@ impl Histogram {
             return Ok(());
         }
         self.cover(other.min_nz(), other.max_nz());
+        if other.min_nz == self.min_nz {
+            self.at_min += other.at_min;
+        }
+        if other.max_nz == self.max_nz {
+            self.at_max += other.at_max;
+        }
         let shift = (self.k - other.k) as u32;
         coarsen_into(&mut self.counts, self.lo, &other.counts, other.lo, shift);
         self.nonzero += other.nonzero;
@@ -371,6 +430,66 @@ mod tests {
         feeder.finish();
         assert_eq!(f, b);
         assert_eq!(b.total(), n as u64);
+    }
+
+    /// The values equal to the extremes are counted however the values arrive (batches,
+    /// threads, merges, the float32 fast path), and the density ends exactly at the extremes,
+    /// with those values as point masses there.
+    #[test]
+    fn extremes_are_exact_point_masses() {
+        // a ReLU6-like tensor: a spike at exactly 6.0 (a grid edge), zeros, values between
+        let v: Vec<f32> = (0..300_000)
+            .map(|i| match i % 7 {
+                0 | 1 => 6.0,
+                2 => 0.0,
+                _ => ((i as u64 * 7919) % 5999) as f32 * 1e-3 + 1e-3,
+            })
+            .collect();
+        let sixes = v.iter().filter(|&&x| x == 6.0).count() as u64;
+        let smallest = v
+            .iter()
+            .filter(|&&x| x > 0.0)
+            .fold(f32::INFINITY, |a, &b| a.min(b));
+        let at_smallest = v.iter().filter(|&&x| x == smallest).count() as u64;
+        let mut a = Histogram::new(512).unwrap();
+        a.update(&v, 1);
+        assert_eq!(a.at_extremes(), (at_smallest, sixes));
+        let mut b = Histogram::new(512).unwrap();
+        for c in v.chunks(1001).rev() {
+            b.update(c, 2);
+        }
+        let mut c = Histogram::new(512).unwrap();
+        c.update(&v, 3);
+        let v64: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+        let (mut d, mut e) = (Histogram::new(512).unwrap(), Histogram::new(512).unwrap());
+        d.update(&v64[..1000], 1);
+        e.update(&v64[1000..], 1);
+        d.merge(&e).unwrap();
+        for h in [&b, &c, &d] {
+            assert_eq!(h, &a);
+        }
+        // a larger maximum later resets the count; an equal one adds to it
+        let mut f = a.clone();
+        f.update(&[7.0f32, 7.0], 1);
+        assert_eq!(f.at_extremes(), (at_smallest, 2));
+        f.update(&[7.0f32, 6.5], 1);
+        assert_eq!(f.at_extremes(), (at_smallest, 3));
+        let dist = a.to_dist().unwrap();
+        assert_eq!((dist.lo(), dist.hi()), (smallest as f64, 6.0));
+        assert_eq!(
+            dist.atoms(),
+            &[(smallest as f64, at_smallest as f64), (6.0, sixes as f64)]
+        );
+        assert_eq!(dist.total(), v.len() as f64);
+        // one distinct nonzero value: a single point mass
+        let mut g = Histogram::new(64).unwrap();
+        g.update(&[2.5f32, 2.5, 0.0, 2.5], 1);
+        assert_eq!(g.at_extremes(), (3, 3));
+        let dist = g.to_dist().unwrap();
+        assert_eq!(
+            (dist.atoms(), dist.n_bins(), dist.zeros()),
+            (&[(2.5, 3.0)][..], 1, 1.0)
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::spec::{Encoding, QuantSpec};
 const BINS: usize = 2048;
 
 pub fn entropy(dist: &Dist, spec: &QuantSpec) -> Encoding {
-    let cover = spec.covering(dist.min(), dist.max());
+    let cover = spec.fitting(dist.min(), dist.max());
     if dist.n_bins() == 0 {
         return cover;
     }
@@ -25,8 +25,8 @@ pub fn entropy(dist: &Dist, spec: &QuantSpec) -> Encoding {
     hist[0] = hist[1];
     let i = best_threshold(&hist, levels);
     let t = i as f64 * w;
-    let a = if dist.min() < 0.0 { -t } else { 0.0 };
-    spec.covering(a, t)
+    // [-t, t] on the sides that hold data, and no farther than the data reach
+    spec.fitting((-t).max(dist.min()), t.min(dist.max()))
 }
 
 /// The threshold bin of least KL divergence, from prefix sums in O(levels) per threshold.

@@ -23,7 +23,11 @@ pub struct Evaluator {
     spec: QuantSpec,
     gamma: f64,
     total: f64,
-    /// Nonzero bins: lower edge, upper edge, count.
+    /// The data's least and greatest value (zeros included): windows reaching more than half a
+    /// step beyond them are not scored (see [`QuantSpec::fitting_windows`]).
+    data_min: f64,
+    data_max: f64,
+    /// Nonzero pieces: lower edge, upper edge (the same for a point mass), count.
     bin_lo: Vec<f64>,
     bin_hi: Vec<f64>,
     bin_count: Vec<f64>,
@@ -78,6 +82,15 @@ struct Tails {
     inner: std::ops::Range<usize>,
 }
 
+/// Adds a point mass `mass` at `x` to the moments about `c`.
+#[inline(always)]
+fn add_point(m: &mut [f64; 3], mass: f64, x: f64, c: f64) {
+    let d = x - c;
+    m[0] += mass;
+    m[1] += mass * d;
+    m[2] += mass * d * d;
+}
+
 /// Adds the piece `[u, v]` of density `dens` to the moments about `c`.
 #[inline(always)]
 fn add_piece(m: &mut [f64; 3], dens: f64, u: f64, v: f64, c: f64) {
@@ -119,7 +132,7 @@ fn second_about(m0: f64, m1: f64, m2: f64, c: f64, p: f64) -> f64 {
 impl Evaluator {
     pub fn new(dist: &Dist, spec: QuantSpec, gamma: f64) -> Self {
         let (mut bin_lo, mut bin_hi, mut bin_count) = (Vec::new(), Vec::new(), Vec::new());
-        for (a, b, c) in dist.bins() {
+        for (a, b, c) in dist.pieces() {
             if c > 0.0 {
                 bin_lo.push(a);
                 bin_hi.push(b);
@@ -130,6 +143,8 @@ impl Evaluator {
             spec,
             gamma,
             total: dist.total(),
+            data_min: dist.min(),
+            data_max: dist.max(),
             bin_lo,
             bin_hi,
             bin_count,
@@ -197,8 +212,11 @@ impl Evaluator {
         let mut j = 0;
         while j < nb && self.bin_lo[j] < ta {
             let (a, b, c) = (self.bin_lo[j], self.bin_hi[j], self.bin_count[j]);
-            let dens = c / (b - a);
-            add_piece(&mut below, dens, a, b.min(ta), ta);
+            if a == b {
+                add_point(&mut below, c, a, ta);
+            } else {
+                add_piece(&mut below, c / (b - a), a, b.min(ta), ta);
+            }
             if b > ta {
                 break;
             }
@@ -211,8 +229,11 @@ impl Evaluator {
                 self.bin_hi[jb - 1],
                 self.bin_count[jb - 1],
             );
-            let dens = c / (b - a);
-            add_piece(&mut above, dens, a.max(tb), b, tb);
+            if a == b {
+                add_point(&mut above, c, a, tb);
+            } else {
+                add_piece(&mut above, c / (b - a), a.max(tb), b, tb);
+            }
             if a < tb {
                 break;
             }
@@ -240,6 +261,22 @@ impl Evaluator {
         for i in inner {
             let (a, b, c) = (self.bin_lo[i], self.bin_hi[i], self.bin_count[i]);
             let (u, v) = (a.max(ta), b.min(tb));
+            if a == b && nh > 0 && a >= ta && a <= tb {
+                // a point mass: into the half cell that holds it (on a boundary, either one
+                // gives the same rounding and clipping)
+                while half_end <= a && k + 1 < nh {
+                    (k, acc, half_end, centre) = next_half(
+                        &mut self.half_mass,
+                        &mut self.half_m1,
+                        &mut self.half_m2,
+                        span,
+                        k,
+                        acc,
+                    );
+                }
+                add_point(&mut acc, c, a, centre);
+                continue;
+            }
             if u >= v || nh == 0 {
                 continue;
             }
@@ -337,8 +374,9 @@ impl Evaluator {
         }
     }
 
-    /// Scores every allowed window from the per-point losses: the best one, and the lower
-    /// bound of the cost at smaller scales.
+    /// Scores every allowed window from the per-point losses: the best one that fits the data
+    /// (cost infinite when none does), and the lower bound of the cost at smaller scales (over
+    /// every window, so a bound for the fitting ones too).
     fn best_window(&mut self, span: &Span) -> Eval {
         let q = self.spec.levels();
         let n = self.total;
@@ -380,8 +418,11 @@ impl Evaluator {
             (gamma * clip + r.max(0.0), clip)
         };
         let (ua, ub) = (l_first.max(ga), l1.min(gb - 1 - h));
+        let (fit_a, fit_b) = self
+            .spec
+            .fitting_windows(span.delta, self.data_min, self.data_max);
         let mut consider = |l: i64, cost: f64, lbv: f64| {
-            if cost < best.cost {
+            if cost < best.cost && l >= fit_a && l <= fit_b {
                 best.cost = cost;
                 best.lowest_index = l;
             }
@@ -435,32 +476,45 @@ mod tests {
     use crate::cost::loss;
     use crate::spec::SpecOptions;
 
+    /// The evaluator's best window against the reference loss of every window that fits the
+    /// data, on a density with bins and point masses at both ends (and one beyond the bins).
     #[test]
     fn evaluator_agrees_with_reference_loss() {
-        let d = Dist::gaussian_for_tests(300);
-        for (bits, sym) in [(4, false), (3, true), (8, false)] {
-            let spec = QuantSpec::new(&SpecOptions {
-                bits,
-                symmetric: sym,
-                ..Default::default()
-            })
+        let g = Dist::gaussian_for_tests(300);
+        let with_atoms = Dist::new(g.counts().to_vec(), g.edges().to_vec(), 5e5)
+            .unwrap()
+            .with_atoms(vec![(-4.0, 3e6), (4.0, 2e6), (4.5, 1e5)])
             .unwrap();
-            let mut ev = Evaluator::new(&d, spec, 2.0);
-            for delta in [0.01, 0.1, 0.37, 1.3, 5.0] {
-                let e = ev.eval(delta);
-                let enc = spec.encoding(delta, e.lowest_index);
-                let want = loss(&d, &enc).weighted(2.0);
-                assert!(
-                    (e.cost - want).abs() <= 1e-10 * want,
-                    "bits {bits} Δ {delta}: {} vs {}",
-                    e.cost,
-                    want
-                );
-                // and it is the best window
-                let (l0, l1) = spec.lowest_index_range();
-                for l in l0..=l1 {
-                    let c = loss(&d, &spec.encoding(delta, l)).weighted(2.0);
-                    assert!(c >= e.cost * (1.0 - 1e-10));
+        for d in [g, with_atoms] {
+            for (bits, sym) in [(4, false), (3, true), (8, false), (8, true)] {
+                let spec = QuantSpec::new(&SpecOptions {
+                    bits,
+                    symmetric: sym,
+                    ..Default::default()
+                })
+                .unwrap();
+                let mut ev = Evaluator::new(&d, spec, 2.0);
+                for delta in [0.01, 0.1, 0.37, 1.3, 5.0] {
+                    let e = ev.eval(delta);
+                    let (fa, fb) = spec.fitting_windows(delta, d.min(), d.max());
+                    if fa > fb {
+                        assert_eq!(e.cost, f64::INFINITY, "bits {bits} Δ {delta}");
+                        continue;
+                    }
+                    let enc = spec.encoding(delta, e.lowest_index);
+                    let want = loss(&d, &enc).weighted(2.0);
+                    assert!(
+                        (e.cost - want).abs() <= 1e-10 * want,
+                        "bits {bits} Δ {delta}: {} vs {}",
+                        e.cost,
+                        want
+                    );
+                    // and it is the best fitting window
+                    assert!((fa..=fb).contains(&e.lowest_index));
+                    for l in fa..=fb {
+                        let c = loss(&d, &spec.encoding(delta, l)).weighted(2.0);
+                        assert!(c >= e.cost * (1.0 - 1e-10));
+                    }
                 }
             }
         }

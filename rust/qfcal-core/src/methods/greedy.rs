@@ -13,21 +13,22 @@ const STEP: f64 = 1e-5;
 
 pub fn greedy(dist: &Dist, spec: &QuantSpec) -> Encoding {
     let b = dist.n_bins();
-    let full = spec.covering(dist.min(), dist.max());
+    let full = spec.fitting(dist.min(), dist.max());
     if b == 0 {
         return full;
     }
-    let edges = dist.edges();
-    // Cumulative counts; the zeros join the bin that holds 0 (PyTorch has no separate zeros).
-    let zi = edges[1..].iter().position(|&e| e > 0.0).unwrap_or(b - 1);
+    // The pieces (bins, and point masses at the extremes) in order, with cumulative counts; the
+    // zeros join the first piece that reaches above 0 (PyTorch has no separate zeros).
+    let (lo, hi): (Vec<f64>, Vec<f64>) = dist.pieces().map(|(a, b, _)| (a, b)).unzip();
+    let zi = hi.iter().position(|&e| e > 0.0).unwrap_or(b - 1);
     let mut csum = Vec::with_capacity(b);
     let mut acc = 0.0;
-    for (i, &c) in dist.counts().iter().enumerate() {
+    for (i, (_, _, c)) in dist.pieces().enumerate() {
         acc += c + if i == zi { dist.zeros() } else { 0.0 };
         csum.push(acc);
     }
     let total = acc;
-    let enc_of = |s: usize, e: usize| spec.covering(edges[s], edges[e + 1]);
+    let enc_of = |s: usize, e: usize| spec.fitting(lo[s], hi[e]);
     let err = |s: usize, e: usize| loss(dist, &enc_of(s, e)).mse();
     let (mut alpha, mut beta) = (0.0f64, 1.0f64);
     let (mut start, mut end) = (0usize, b - 1);

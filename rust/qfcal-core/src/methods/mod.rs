@@ -10,9 +10,10 @@ pub mod tf_enhanced;
 use crate::dist::Dist;
 use crate::spec::{Encoding, QuantSpec};
 
-/// `minmax`: the smallest scale whose range covers every value.
+/// `minmax`: the observed minimum and maximum, placed on the grid as TensorFlow and ONNX Runtime
+/// place them (see [`QuantSpec::fitting`]).
 pub fn minmax(dist: &Dist, spec: &QuantSpec) -> Encoding {
-    spec.covering(dist.min(), dist.max())
+    spec.fitting(dist.min(), dist.max())
 }
 
 /// `percentile`: the range between the `(100 - p)`-th and `p`-th percentiles (of `|x|` for a
@@ -29,5 +30,5 @@ pub fn percentile(dist: &Dist, spec: &QuantSpec, p: f64) -> Encoding {
     if a >= 0.0 && b <= 0.0 && dist.n_bins() > 0 {
         return minmax(dist, spec);
     }
-    spec.covering(a, b)
+    spec.fitting(a.max(dist.min()), b.min(dist.max()))
 }

@@ -24,8 +24,10 @@
 //! 4. comb at the bin-width scale around the best point for sparse histograms (few values per
 //!    bin), whose cost is a comb of spikes.
 //!
-//! The min/max-covering scale is always a candidate, so data that sits on a grid (quantized
-//! inputs) is found exactly. The scale is finally stored as a float32 value that TensorFlow's
+//! Only windows that reach at most half a step beyond the data's extremes are scored (see
+//! [`QuantSpec::fitting_windows`]): levels past the data serve no value of it. The min/max
+//! encoding ([`QuantSpec::fitting`]) is always a candidate, so data that sits on a grid
+//! (quantized inputs) is found exactly. The scale is finally stored as a float32 value that TensorFlow's
 //! FakeQuant reproduces from min and max (see [`QuantSpec::tf_stable`]): the optimum's own when
 //! it is one, else the least exact cost among the reproducible scales of the windows around it
 //! (see [`reproducible`]).
@@ -34,7 +36,7 @@ use super::brent::brent;
 use super::evaluator::Evaluator;
 use crate::cost::loss;
 use crate::dist::Dist;
-use crate::spec::{Encoding, QuantSpec};
+use crate::spec::{Encoding, QuantSpec, FIT_TOLERANCE_STORED};
 use std::f64::consts::LN_2;
 
 /// Least scan density, points per octave.
@@ -59,6 +61,16 @@ const BASINS: usize = 3;
 const ROUGH_BASINS: usize = 16;
 /// Coarse-scan costs within this factor of the least mark where a rough cost is combed.
 const ROUGH_REACH: f64 = 1.05;
+/// Grid indices on each side of its nearest one at which a lone extreme point mass is tried.
+const ATOM_NEAR: i64 = 8;
+/// Most grid indices sampled for a lone extreme point mass.
+const ATOM_EVALS: usize = 32;
+/// Fit limits above this multiple of the scale they are tried around are not tried.
+const FIT_REACH: f64 = 1.25;
+/// Teeth of the sparse comb refined with Brent's method.
+const SPARSE_REFINED: usize = 3;
+/// Windows on each side of the min/max and the best window whose fit limits are tried.
+const FIT_NEAR: i64 = 4;
 /// Windows on each side of a finalist's best one whose reproducible scales are tried.
 const NEAR_WINDOWS: i64 = 2;
 /// At most this many occupied bins: also try the optimum of the grid of half the steps.
@@ -77,7 +89,7 @@ type Best = (f64, f64);
 
 /// The optimal encoding of `dist` (which must hold values) for `spec` and `gamma`.
 pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
-    let cover = spec.covering(dist.min(), dist.max());
+    let cover = spec.fitting(dist.min(), dist.max());
     if dist.n_bins() == 0 {
         return cover;
     }
@@ -89,7 +101,7 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
     // one cluster for the cluster stage, which tries every scale worth having; no scan.
     let near_constant = dist.hi() - dist.lo() < 0.5 * cover.scale && dist.lo() * dist.hi() > 0.0;
     let runs = if near_constant {
-        let (m1, m0) = dist.bins().fold((0.0, 0.0), |(s1, s0), (a, b, c)| {
+        let (m1, m0) = dist.pieces().fold((0.0, 0.0), |(s1, s0), (a, b, c)| {
             (s1 + c * 0.5 * (a + b), s0 + c)
         });
         vec![(m1 / m0, m0, dist.hi() - dist.lo())]
@@ -171,11 +183,22 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
             }
         }
     }
+    let l_best = ev_f.eval(best.0.exp()).lowest_index;
+    let around = [(cover.lowest_index(), cover.scale), (l_best, best.0.exp())];
+    fit_limits(dist, spec, around, &mut ev_f, &mut best);
     // Store the scale as a float32 value TensorFlow reproduces. Usually the optimum's float32
     // scale is one for its window, and it is kept as it is.
+    let l_at_best = ev_f.eval(best.0.exp()).lowest_index;
     let scale = best.0.exp() as f32 as f64;
     let e = ev_f.eval(scale);
-    if finalists.is_empty() && spec.tf_stable(scale, e.lowest_index) {
+    // (stored as float32, a scale at the limit of its window's fit may cross it, and the best
+    // window changes: then the reproducible scales of the windows around the unrounded
+    // optimum's are tried)
+    if finalists.is_empty()
+        && e.cost.is_finite()
+        && e.lowest_index == l_at_best
+        && spec.tf_stable(scale, e.lowest_index)
+    {
         let ec = ev_f.eval(cover.scale);
         // (a cost that is not a number never wins)
         if !(e.cost <= ec.cost && scale.is_finite() && scale > 0.0) {
@@ -183,14 +206,51 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         }
         return spec.encoding(scale, e.lowest_index);
     }
-    finalists.push(scale);
+    finalists.push(best.0.exp());
     reproducible(dist, spec, gamma, &finalists, &mut ev_f, cover)
+}
+
+/// Stage 5: a window whose cost still falls where it stops fitting the data (it would rather
+/// reach past the data's extremes, to put levels on values near them) has its optimum at that
+/// limit ([`QuantSpec::fit_limit`]), a kink no scan lands on: tried for the windows around
+/// `around` (the min/max window and the best so far, each with its scale) whose limit lies
+/// within [`FIT_REACH`] times that scale.
+fn fit_limits(
+    dist: &Dist,
+    spec: &QuantSpec,
+    around: [(i64, f64); 2],
+    ev_f: &mut Evaluator,
+    best: &mut Best,
+) {
+    let (l0, l1) = spec.lowest_index_range();
+    let mut ls: Vec<(i64, f64)> = around
+        .iter()
+        .flat_map(|&(c, delta)| {
+            ((c - FIT_NEAR).max(l0)..=(c + FIT_NEAR).min(l1)).map(move |l| (l, delta))
+        })
+        .collect();
+    ls.sort_unstable_by_key(|t| t.0);
+    ls.dedup_by_key(|t| t.0);
+    for (l, delta) in ls {
+        let limit = spec.fit_limit(l, dist.min(), dist.max());
+        // only a limit near the scale whose windows these are can hold the optimum: far above
+        // it the window lies inside the data, where nothing stops its cost's own minimum
+        if !(limit.is_finite() && limit > 0.0 && limit <= FIT_REACH * delta) {
+            continue;
+        }
+        let x = (limit * (1.0 - 1e-12)).ln();
+        let c = ev_f.eval(x.exp()).cost;
+        if c < best.1 {
+            *best = (x, c);
+        }
+    }
 }
 
 /// The encoding of least exact cost among those TensorFlow reproduces near the `finalists`
 /// (scales): for each, the windows around its best one, each with the nearest reproducible
 /// float32 scale and the nearest one above (a window's reproducible scales can lie many float32
-/// steps apart, and another window's nearer), and `cover`, which always is one.
+/// steps apart, and another window's nearer), that fit the data, and `cover`, which always is
+/// one.
 fn reproducible(
     dist: &Dist,
     spec: &QuantSpec,
@@ -206,13 +266,15 @@ fn reproducible(
         if !(x.is_finite() && x > 0.0) {
             continue;
         }
-        let x = x as f32 as f64;
         let l_best = ev_f.eval(x).lowest_index;
+        let x = x as f32 as f64;
         let lows = (l_best - NEAR_WINDOWS).max(l_min)..=(l_best + NEAR_WINDOWS).min(l_max);
         for l in lows {
             for up in [false, true] {
                 let s = spec.tf_scale(x, l, up);
-                if !spec.tf_stable(s, l) {
+                let (fa, fb) =
+                    spec.fitting_windows_within(s, dist.min(), dist.max(), FIT_TOLERANCE_STORED);
+                if !spec.tf_stable(s, l) || l < fa || l > fb {
                     continue;
                 }
                 let enc = spec.encoding(s, l);
@@ -427,10 +489,17 @@ fn comb_rough(
 /// (mass times centre²) first, at most four. A cluster can lower the cost by at most its share
 /// of it, so a dense histogram's sparse tail is left to the scan.
 fn narrow_clusters(dist: &Dist, cover_scale: f64) -> Vec<(f64, f64, f64)> {
+    let power = dist.mean_square() * dist.total();
     let mut runs: Vec<(f64, f64, f64)> = dist
         .runs()
         .into_iter()
-        .filter(|r| r.2 < 2.0 * cover_scale && r.0 != 0.0 && r.1 >= 0.01 * dist.total())
+        .filter(|r| {
+            // a cluster with 1% of the values, or a point mass (an extreme) with 1% of the
+            // signal power: a lone outlier's error counts with its square
+            let heavy =
+                r.1 >= 0.01 * dist.total() || (r.2 == 0.0 && r.1 * r.0 * r.0 >= 0.01 * power);
+            r.2 < 2.0 * cover_scale && r.0 != 0.0 && heavy
+        })
         .collect();
     runs.sort_by(|p, q| (q.1 * q.0 * q.0).total_cmp(&(p.1 * p.0 * p.0)));
     runs.truncate(4);
@@ -456,15 +525,29 @@ fn clusters(
     let tiny = dist.coarsened(64);
     let mut ev_t = Evaluator::new(&tiny, spec, gamma);
     let mut tries: Vec<(f64, f64, i64)> = Vec::new(); // (Δ, cost on the copy, grid index)
-    for &(c, _, _) in runs {
+    for &(c, mass, width) in runs {
         let reach = if c > 0.0 { l1 + h } else { -l0 };
         let m_lo = ((c.abs() / (2.0 * x_top.exp())).floor() as i64).max(1);
         let m_hi = ((c.abs() / x_low.exp()).ceil() as i64).min(reach);
         if m_hi < m_lo {
             continue;
         }
-        // All of them when few; else the smallest scales (kept on ties) and a sample.
+        // All of them when few; else the smallest scales (kept on ties) and a sample; a lone
+        // extreme (heavy by its magnitude, not its count) gets a smaller sample, plus the grid
+        // points near the one it meets at the best scale so far.
+        let lone = width == 0.0 && mass < 0.01 * dist.total();
+        let per_run = if lone {
+            per_run.min(ATOM_EVALS)
+        } else {
+            per_run
+        };
         let n = (m_hi - m_lo + 1) as usize;
+        let near: Vec<i64> = if lone {
+            let m = (c.abs() / best.0.exp()).round() as i64;
+            ((m - ATOM_NEAR).max(m_lo)..=(m + ATOM_NEAR).min(m_hi)).collect()
+        } else {
+            Vec::new()
+        };
         let ms: Vec<i64> = if n <= per_run {
             (m_lo..=m_hi).collect()
         } else {
@@ -476,9 +559,10 @@ fn clusters(
                 .chain((0..rest).map(|i| m_lo + (span * i as f64 / rest as f64) as i64))
                 .collect()
         };
-        for m in ms {
+        for m in ms.into_iter().chain(near) {
             let d = c.abs() / m as f64;
-            tries.push((d, ev_t.eval(d).cost, m));
+            // (a lone extreme's index is stored negated: it is not refined on the copy)
+            tries.push((d, ev_t.eval(d).cost, if lone { -m } else { m }));
         }
     }
     let least = tries.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
@@ -496,9 +580,16 @@ fn clusters(
         .iter()
         .map(|&(d, _, m)| {
             // Grid point m stays the nearest one to the cluster for Δ in this bracket.
-            let m = m as f64;
+            let lone = m < 0;
+            let m = m.abs() as f64;
             let (lo, hi) = ((d * m / (m + 0.5)).ln(), (d * m / (m - 0.5).max(0.25)).ln());
-            let (x, c) = brent(|y| ev_t.eval(y.exp()).cost, lo, hi, 1e-10, 60);
+            // A lone extreme's dip is where the grid point meets it, at d itself: the copy,
+            // which holds it exactly, has nothing to add; the full histogram refines it below.
+            let (x, c) = if lone {
+                (d.ln(), f64::INFINITY)
+            } else {
+                brent(|y| ev_t.eval(y.exp()).cost, lo, hi, 1e-10, 60)
+            };
             let x = if ev_t.eval(d).cost <= c { d.ln() } else { x };
             // scored as it will be stored: a float32 scale
             let d = x.exp() as f32 as f64;
@@ -542,17 +633,23 @@ fn comb_sparse(dist: &Dist, bracket: f64, ev_f: &mut Evaluator, best: &mut Best)
     let teeth = ((2.0 * span / spacing).ceil() as usize).clamp(8, 256);
     let step = 2.0 * span / teeth as f64;
     let x0 = best.0;
-    for i in 0..=teeth {
-        let x = x0 - span + i as f64 * step;
-        let c = ev_f.eval(x.exp()).cost;
+    let mut teeth_costs: Vec<(f64, f64)> = (0..=teeth)
+        .map(|i| {
+            let x = x0 - span + i as f64 * step;
+            (x, ev_f.eval(x.exp()).cost)
+        })
+        .collect();
+    // the best few teeth, each refined: neighbouring dips of a sparse cost differ by less than
+    // a tooth's spacing can tell
+    teeth_costs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for &(x, c) in teeth_costs.iter().take(SPARSE_REFINED) {
         if c < best.1 {
             *best = (x, c);
         }
-    }
-    let x0 = best.0;
-    let r = brent(|y| ev_f.eval(y.exp()).cost, x0 - step, x0 + step, 1e-12, 40);
-    if r.1 < best.1 {
-        *best = r;
+        let r = brent(|y| ev_f.eval(y.exp()).cost, x - step, x + step, 1e-12, 40);
+        if r.1 < best.1 {
+            *best = r;
+        }
     }
 }
 

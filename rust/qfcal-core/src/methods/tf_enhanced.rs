@@ -28,7 +28,7 @@ fn midpoint_noise(mids: &[(f64, f64)], enc: &Encoding) -> f64 {
 }
 
 pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
-    let cover = spec.covering(dist.min(), dist.max());
+    let cover = spec.fitting(dist.min(), dist.max());
     if dist.n_bins() == 0 {
         return cover;
     }
@@ -43,15 +43,20 @@ pub fn tf_enhanced(dist: &Dist, spec: &QuantSpec) -> Encoding {
     };
     offsets.push(cover.lowest_index());
     let mids: Vec<(f64, f64)> = dist
-        .bins()
+        .pieces()
         .filter(|t| t.2 > 0.0)
         .map(|(a, b, c)| (0.5 * (a + b), c))
         .collect();
     let mut best = (midpoint_noise(&mids, &cover), cover);
     for i in 1..=DELTAS {
         let scale = (cover.scale * i as f64 / DELTAS as f64) as f32 as f64;
+        // (qfcal keeps every window within half a step of the data's extremes)
+        let (fa, fb) = spec.fitting_windows(scale, dist.min(), dist.max());
         for &l in &offsets {
-            let l = l.clamp(-steps, 0);
+            let l = l.clamp(-steps, 0).clamp(fa, fb.max(fa));
+            if l < fa || l > fb {
+                continue;
+            }
             let enc = spec.encoding(scale, l);
             let n = midpoint_noise(&mids, &enc);
             if n < best.0 {
