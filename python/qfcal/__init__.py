@@ -21,8 +21,10 @@ from qfcal._core import (
     __version__,
     check_search_options,
     methods,
+    score,
     search,
 )
+from qfcal.crossval import cross_validate
 
 __all__ = [
     "DEFAULT_BINS",
@@ -33,6 +35,8 @@ __all__ = [
     "SearchResult",
     "__version__",
     "check_search_options",
+    "cross_validate",
     "methods",
+    "score",
     "search",
 ]

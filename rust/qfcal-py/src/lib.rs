@@ -5,7 +5,7 @@
 //! * `args`: integer arguments checked with messages that name them;
 //! * `arrays`: which numpy arrays `update` reads and how (dtype, byte order, strides);
 //! * `histogram`: the `Histogram` class (locking, GIL release, pickling);
-//! * `search`: `search`, `check_search_options`, `SearchResult`;
+//! * `search`: `search`, `score`, `check_search_options`, `SearchResult`;
 //! * `format`: the text of `repr()`.
 
 mod args;
@@ -23,6 +23,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<histogram::PyHistogram>()?;
     m.add_class::<search::PySearchResult>()?;
     m.add_function(wrap_pyfunction!(search::search, m)?)?;
+    m.add_function(wrap_pyfunction!(search::score, m)?)?;
     m.add_function(wrap_pyfunction!(search::check_search_options, m)?)?;
     m.add_function(wrap_pyfunction!(search::methods, m)?)?;
     m.add_function(wrap_pyfunction!(search::_search_result, m)?)?;

@@ -203,12 +203,43 @@ pub(crate) fn search(
         method,
         percentile,
     )?;
-    let dist = match hist.cast::<PyHistogram>() {
-        Ok(h) => h.get().read(py, |h| h.to_dist())?.map_err(to_py)?,
-        Err(_) => dist_from_pair(py, hist)?,
-    };
+    let dist = dist_of(py, hist)?;
     // `core::search` runs `opts.check()` first: the same check as `check_search_options`.
     let r = py.detach(|| guard(|| core::search(&dist, &opts).map_err(to_py)))?;
+    Ok(PySearchResult { r })
+}
+
+/// The density `search` reads from a Histogram or a `(counts, edges)` pair.
+fn dist_of(py: Python<'_>, hist: &Bound<'_, PyAny>) -> PyResult<Dist> {
+    match hist.cast::<PyHistogram>() {
+        Ok(h) => h.get().read(py, |h| h.to_dist())?.map_err(to_py),
+        Err(_) => dist_from_pair(py, hist),
+    }
+}
+
+/// `result`'s encoding scored on `hist`: its loss there (with `gamma`, by default the result's).
+#[pyfunction]
+#[pyo3(signature = (hist, result, *, gamma = None), text_signature = "(hist, result, *, gamma=None)")]
+pub(crate) fn score(
+    py: Python<'_>,
+    hist: &Bound<'_, PyAny>,
+    result: PyRef<'_, PySearchResult>,
+    gamma: Option<f64>,
+) -> PyResult<PySearchResult> {
+    let gamma = gamma.unwrap_or(result.r.gamma);
+    if !(gamma > 0.0 && gamma.is_finite()) {
+        return Err(PyValueError::new_err(format!(
+            "gamma must be a positive finite number, got {gamma}"
+        )));
+    }
+    let dist = dist_of(py, hist)?;
+    let (enc, method) = (result.r.encoding, result.r.method);
+    let r = py.detach(|| {
+        guard(|| {
+            dist.require_values().map_err(to_py)?;
+            Ok(core::search::evaluate(&dist, enc, gamma, method))
+        })
+    })?;
     Ok(PySearchResult { r })
 }
 
