@@ -261,26 +261,13 @@ impl Evaluator {
         for i in inner {
             let (a, b, c) = (self.bin_lo[i], self.bin_hi[i], self.bin_count[i]);
             let (u, v) = (a.max(ta), b.min(tb));
-            if a == b && nh > 0 && a >= ta && a <= tb {
-                // a point mass: into the half cell that holds it (on a boundary, either one
-                // gives the same rounding and clipping)
-                while half_end <= a && k + 1 < nh {
-                    (k, acc, half_end, centre) = next_half(
-                        &mut self.half_mass,
-                        &mut self.half_m1,
-                        &mut self.half_m2,
-                        span,
-                        k,
-                        acc,
-                    );
-                }
-                add_point(&mut acc, c, a, centre);
+            // a point mass goes whole into the half cell that holds it (on a boundary, either
+            // one gives the same rounding and clipping); a bin is cut at the half cells' ends
+            let point = a == b;
+            let inside = if point { a >= ta && a <= tb } else { u < v };
+            if !inside || nh == 0 {
                 continue;
             }
-            if u >= v || nh == 0 {
-                continue;
-            }
-            let dens = c / (b - a);
             while half_end <= u && k + 1 < nh {
                 (k, acc, half_end, centre) = next_half(
                     &mut self.half_mass,
@@ -291,6 +278,11 @@ impl Evaluator {
                     acc,
                 );
             }
+            if point {
+                add_point(&mut acc, c, a, centre);
+                continue;
+            }
+            let dens = c / (b - a);
             let mut pos = u;
             loop {
                 let end = v.min(half_end);

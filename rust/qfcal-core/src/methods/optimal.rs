@@ -524,7 +524,8 @@ fn clusters(
     // is refined on the full histogram.
     let tiny = dist.coarsened(64);
     let mut ev_t = Evaluator::new(&tiny, spec, gamma);
-    let mut tries: Vec<(f64, f64, i64)> = Vec::new(); // (Δ, cost on the copy, grid index)
+    // (Δ, cost on the copy, grid index, whether the cluster is a lone extreme)
+    let mut tries: Vec<(f64, f64, i64, bool)> = Vec::new();
     for &(c, mass, width) in runs {
         let reach = if c > 0.0 { l1 + h } else { -l0 };
         let m_lo = ((c.abs() / (2.0 * x_top.exp())).floor() as i64).max(1);
@@ -561,15 +562,14 @@ fn clusters(
         };
         for m in ms.into_iter().chain(near) {
             let d = c.abs() / m as f64;
-            // (a lone extreme's index is stored negated: it is not refined on the copy)
-            tries.push((d, ev_t.eval(d).cost, if lone { -m } else { m }));
+            tries.push((d, ev_t.eval(d).cost, m, lone));
         }
     }
     let least = tries.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
     // The best few, and the smallest scales among near-ties.
     tries.sort_by(|p, q| p.1.total_cmp(&q.1));
-    let mut pick: Vec<(f64, f64, i64)> = tries.iter().take(2).copied().collect();
-    let mut ties: Vec<(f64, f64, i64)> = tries
+    let mut pick: Vec<(f64, f64, i64, bool)> = tries.iter().take(2).copied().collect();
+    let mut ties: Vec<(f64, f64, i64, bool)> = tries
         .iter()
         .filter(|t| t.1 <= least * (1.0 + 1e-3))
         .copied()
@@ -578,10 +578,9 @@ fn clusters(
     pick.extend(ties.into_iter().take(3));
     let mut refined: Vec<(f64, f64, f64)> = pick
         .iter()
-        .map(|&(d, _, m)| {
+        .map(|&(d, _, m, lone)| {
             // Grid point m stays the nearest one to the cluster for Δ in this bracket.
-            let lone = m < 0;
-            let m = m.abs() as f64;
+            let m = m as f64;
             let (lo, hi) = ((d * m / (m + 0.5)).ln(), (d * m / (m - 0.5).max(0.25)).ln());
             // A lone extreme's dip is where the grid point meets it, at d itself: the copy,
             // which holds it exactly, has nothing to add; the full histogram refines it below.
