@@ -29,24 +29,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from qfcal._core import Histogram, SearchResult, check_search_options, score, search
+from qfcal.distributed import merge_bytes
 
 #: Clipping weights tried by default: from the plain mean squared error (1) to ranges that
 #: all but refuse to clip (256).
 DEFAULT_GAMMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0)
 
 
-def _merged(hists: Sequence[Histogram]) -> Histogram:
-    out = hists[0].copy()
-    for h in hists[1:]:
-        out.merge(h)
-    return out
-
-
 def _folds(hists: Sequence[Histogram], folds: int) -> list[Histogram]:
     """The histograms merged into `folds` groups of consecutive ones, sizes differing by one."""
     n = len(hists)
     bounds = [round(i * n / folds) for i in range(folds + 1)]
-    return [_merged(hists[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [merge_bytes(hists[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def held_out_errors(
@@ -113,7 +107,7 @@ def cross_validate(
     """
     errors = held_out_errors(hists, folds=folds, gammas=gammas, **options)
     best = min(errors, key=lambda g: (errors[g], g))
-    return search(_merged(list(hists)), gamma=best, **options)
+    return search(merge_bytes(hists), gamma=best, **options)
 
 
 def _check(
