@@ -129,6 +129,7 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
     # qfcal's adapter as a user calls it (no method=): the real 8-bit default rows, and the
     # histograms every other qfcal row re-searches.
     cal = None
+    weight_overrides: dict[str, Any] = {}  # the adapter's weight scales, per weight mode
     for w in args.weights:
         t0 = time.perf_counter()
         out = flow.workdir / "qfcal_default.onnx"
@@ -136,6 +137,7 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
             pre, out, calib_feeds, progress=False, **flow.ort_kwargs(w == "per-channel")
         )
         dt = time.perf_counter() - t0
+        weight_overrides[w] = qfcal.onnxruntime.weight_overrides(cal.weight_ranges)
         if "default" in args.contenders and 8 in args.bits:
             row("qfcal:default", w, 8, out, seconds=dt, method=cal.method)
     assert cal is not None
@@ -205,7 +207,11 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
                 if label == "qfcal:default" and bits == 8:
                     continue  # done above through the adapter itself
                 t0 = time.perf_counter()
-                path = flow.quantize(ranges, per_channel=w == "per-channel", bits=bits)
+                # qfcal's default at 6/4 bits: with the adapter's weight scales too
+                wo = weight_overrides.get(w) if label == "qfcal:default" else None
+                path = flow.quantize(
+                    ranges, per_channel=w == "per-channel", bits=bits, weight_overrides=wo
+                )
                 row(label, w, bits, path, seconds=time.perf_counter() - t0)
         sim = aimet_sims.get(("tf_enhanced", bits))
         if sim is not None:  # AIMET's own QuantSim output (its weights: per-channel int8)
@@ -250,7 +256,12 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
                     if group not in args.contenders:
                         continue
                     m = flow.convert_and_score(
-                        prepared, bits, method=kw.get("method"), percentile=kw.get("percentile")
+                        prepared,
+                        bits,
+                        method=kw.get("method"),
+                        percentile=kw.get("percentile"),
+                        # qfcal's default: its weight scales too (per channel)
+                        weight_method="optimal" if label == "qfcal:default" else "minmax",
                     )
                     rec.add(
                         model=spec.key, flow="pt2e", contender=label, weights=w, bits=bits,
@@ -277,7 +288,9 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
             rec.add(**base, contender="tflite:converter", weights=w, metrics=m, seconds=dt)
         for label, (group, kw) in QFCAL_ROWS.items():
             if group in args.contenders:
-                m, dt, _ = flow.qfcal(pc, **kw)
+                # the other qfcal rows compare activation ranges: the converter's weights
+                wkw = {} if label == "qfcal:default" else {"weight_method": "minmax"}
+                m, dt, _ = flow.qfcal(pc, **kw, **wkw)
                 rec.add(**base, contender=label, weights=w, metrics=m, seconds=dt)
 
 

@@ -594,3 +594,68 @@ def test_onnxruntime_arithmetic_gives_back_every_range(seed: int) -> None:
                     zp, scale = compute_scale_zp(lo, hi, qmin, qmax, symmetric)
                     assert scale.dtype == np.float32 and scale == np.float32(r.scale)
                     assert int(zp) == r.zero_point
+
+
+@pytest.mark.parametrize(
+    ("per_channel", "weight_method", "quant_format"),
+    [
+        (True, "auto", QuantFormat.QDQ),
+        (True, "optimal", QuantFormat.QOperator),
+        (False, "optimal", QuantFormat.QDQ),
+        (False, "auto", QuantFormat.QDQ),
+        (True, "minmax", QuantFormat.QDQ),
+    ],
+)
+def test_weight_scales_are_qfcal_ones(
+    cnn: dict[str, Any], tmp_path: Path, per_channel: bool, weight_method: str, quant_format: Any
+) -> None:
+    out = tmp_path / "q.onnx"
+    cal = qo.quantize_static(
+        cnn["path"],
+        out,
+        cnn["batches"],
+        progress=False,
+        quant_format=quant_format,
+        per_channel=per_channel,
+        weight_method=weight_method,
+    )
+    q = onnx.load(str(out))
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    floats = {i.name: numpy_helper.to_array(i) for i in cnn["model"].graph.initializer}
+    searched = weight_method == "optimal" or (weight_method == "auto" and per_channel)
+    weights = [
+        n.input[1] for n in cnn["model"].graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+    ]
+    assert weights and set(cal.weight_ranges) == (set(weights) if searched else set())
+    for name in weights:
+        w, scale, zp = floats[name], inits[f"{name}_scale"], inits[f"{name}_zero_point"]
+        qw = inits[f"{name}_quantized"].astype(np.int32)
+        assert not zp.any()
+        axis = 0 if per_channel else None
+        if searched:
+            r = cal.weight_ranges[name]
+            # ORT clamps weights quantized with a given scale to the type's range
+            assert (r.axis, r.qmin, r.qmax, r.zero_point) == (axis, -128, 127, 0)
+            # the scales ORT wrote are qfcal's, bit for bit, and so are the integer weights
+            np.testing.assert_array_equal(scale, r.scale.reshape(scale.shape))
+            # (QDQ divides in float32, as qfcal's cost does; the QOperator path in float64)
+            div = np.float64 if quant_format == QuantFormat.QOperator else np.float32
+            s = r.scale if axis is None else r.scale.reshape([-1] + [1] * (w.ndim - 1))
+            expected = np.clip(np.rint(w.astype(div) / s.astype(div)), r.qmin, r.qmax)
+            np.testing.assert_array_equal(qw, expected.astype(np.int32))
+            if div == np.float32:
+                np.testing.assert_array_equal((qw * s).astype(np.float32), r.fake_quantize(w))
+            # never a larger error than min/max's scale on the same grid; ONNX Runtime's own
+            # max |w| / 127 (on [-127, 127]) reaches up to a step past the data, which qfcal
+            # does not allow, and on a channel of 9 values its rounding can happen to be
+            # better: compared over the whole tensor
+            assert (r.mse <= r.minmax_mse).all()
+            rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+            own = np.abs(rows).max(axis=1, keepdims=True) / np.float32(127)
+            own_mse = ((np.clip(np.rint(rows / own), -127, 127) * own - rows) ** 2).mean(axis=1)
+            assert r.mse.sum() < own_mse.sum()
+        else:
+            # ORT's own: max |w| / 127
+            rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
+            own = np.abs(rows).max(axis=1) / np.float32(127)
+            np.testing.assert_allclose(scale.reshape(-1), own, rtol=1e-6)

@@ -207,3 +207,49 @@ def test_readme_example(model, rep, tmp_path, monkeypatch):
     assert (tmp_path / "model_int8.tflite").read_bytes() == bytes(ns["tflite_model"])
     assert isinstance(ns["tflite_model"], qtflite.QuantizedModel)
     assert qfcal.search  # the example uses the package, not a copy
+
+
+def _weight_params(content):
+    """Every int8 constant of a ``.tflite``: name -> (scales, zero points, values)."""
+    it = Interpreter(model_content=bytes(content))
+    it.allocate_tensors()
+    out = {}
+    for d in it.get_tensor_details():
+        q = d["quantization_parameters"]
+        if d["dtype"] == np.int8 and len(d["shape"]) >= 2:
+            try:
+                values = it.get_tensor(d["index"])
+            except ValueError:
+                continue  # an activation: no data here
+            out[d["name"]] = (q["scales"], q["zero_points"], values)
+    return out
+
+
+def test_weight_scales_are_qfcals(model, quantized):
+    # auto: qfcal's per-channel weight scales; the converter derives them from the clipped,
+    # batch-norm-folded weights, bit for bit
+    assert quantized.weight_ranges, "no weight searched"
+    params = _weight_params(quantized)
+    found = 0
+    for name, r in quantized.weight_ranges.items():
+        assert (r.qmin, r.qmax, r.zero_point) == (-127, 127, 0) and r.axis in (0, 3)
+        scales, zps, values = params[name]
+        np.testing.assert_array_equal(scales.astype(np.float32), r.scale)
+        assert not zps.any() and values.min() >= -127
+        assert (r.mse <= r.minmax_mse).all() and (r.scale <= r.minmax_scale).all()
+        found += 1
+    # 4 convolutions (branch1, branch3 and the two first) and the 2 dense layers
+    assert found == 6
+    assert sum(float((r.minmax_mse - r.mse).sum()) for r in quantized.weight_ranges.values()) > 0
+    # minmax leaves the converter's own: max |w| / 127 per channel
+    own = qtflite.quantize(model, _few, weight_method="minmax")
+    assert own.weight_ranges == {}
+    for name, r in quantized.weight_ranges.items():
+        scales = _weight_params(own)[name][0].astype(np.float32)
+        np.testing.assert_array_equal(scales, r.minmax_scale)
+
+
+def _few():
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        yield [rng.random((1, 28, 28, 1), dtype=np.float32)]

@@ -592,6 +592,65 @@ def test_pt2e_with_torchao(fmnist, trained):
     assert acc >= trained[1] - ACCURACY_TOLERANCE
 
 
+@pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
+def test_weight_observer_scales_reach_the_quantized_model(fmnist, trained):
+    model, float_acc = trained
+    torch.backends.quantized.engine = ENGINE
+    qc = qtorch.qconfig(ENGINE, weight=qtorch.QfcalWeightObserver.with_args())
+    prepared, quantized = quantize(model, qc, fmnist["calib"])
+    checked = 0
+    float_mods = dict(prepared.named_modules())
+    for name, qmod in quantized.named_modules():
+        if not callable(getattr(qmod, "weight", None)) or name not in float_mods:
+            continue
+        mod = float_mods[name]
+        mod = mod[0] if isinstance(mod, nn.Sequential) else mod  # fused conv + relu
+        w = mod.weight.detach()
+        o = qtorch.QfcalWeightObserver()
+        o(w)
+        r = o.search()
+        q = qmod.weight()
+        scales = q.q_per_channel_scales().numpy().astype(np.float32)
+        if ENGINE == "qnnpack":
+            continue  # per-tensor weights there: torch's own observer
+        np.testing.assert_array_equal(scales, r.scale)
+        assert (r.qmin, r.qmax, r.zero_point) == (-128, 127, 0)
+        # never worse than torch's own min/max scales on the same grid, per channel
+        mm = qtorch.QfcalWeightObserver(method="minmax")
+        mm(w)
+        own = mm.calculate_qparams()[0].numpy()
+        rows = w.reshape(w.shape[0], -1).numpy()
+        own_err = (np.clip(np.rint(rows / own[:, None]), -128, 127) * own[:, None] - rows) ** 2
+        assert (r.mse <= own_err.mean(axis=1) * (1 + 1e-6)).all()
+        checked += 1
+    assert checked >= 2 or ENGINE == "qnnpack"
+    acc = accuracy(quantized, *fmnist["test"])
+    assert acc >= float_acc - ACCURACY_TOLERANCE, (acc, float_acc)
+
+
+def test_weight_observer_options_and_pt2e_class():
+    with pytest.raises(ValueError, match="per_channel_symmetric"):
+        qtorch.QfcalWeightObserver(qscheme=torch.per_channel_affine)
+    with pytest.raises(ValueError, match="method must be one of optimal, minmax, got 'x'"):
+        qtorch.QfcalWeightObserver(method="x")
+    o = qtorch.QfcalWeightObserver(quant_min=-127, quant_max=127)
+    with pytest.raises(RuntimeError, match="seen no weight"):
+        o.search()
+    with pytest.warns(UserWarning, match="seen no weight"):
+        o.calculate_qparams()
+    w = torch.randn(4, 3, 3, 3)
+    o(w)
+    assert o.search().qmin == -127 and "method='optimal'" in repr(o)
+    if qtorch.pt2e_flow() == "torchao":
+        cls = qtorch.pt2e_weight_observer()
+        assert cls is qtorch.QfcalPT2EWeightObserver
+        p = cls(quant_min=-127, quant_max=127)
+        p(w)
+        torch.testing.assert_close(p.calculate_qparams()[0], o.calculate_qparams()[0])
+        again = pickle.loads(pickle.dumps(p))
+        assert type(again) is cls
+
+
 # ----------------------------------------------------------------------------------------------
 # README
 

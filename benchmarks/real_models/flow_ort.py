@@ -139,11 +139,18 @@ class OrtFlow:
         return kwargs
 
     def quantize(
-        self, ranges: Ranges, *, per_channel: bool, bits: int = 8, name: str = "model"
+        self,
+        ranges: Ranges,
+        *,
+        per_channel: bool,
+        bits: int = 8,
+        name: str = "model",
+        weight_overrides: Mapping[str, Any] | None = None,
     ) -> Path:
         """The QDQ model for activation `ranges` (any mix of contenders: the ablation hook).
 
-        8 bits: ONNX Runtime's quantize_static with the ranges as its calibration cache.
+        8 bits: ONNX Runtime's quantize_static with the ranges as its calibration cache (and
+        `weight_overrides` as its ``TensorQuantOverrides``: qfcal's weight scales).
         Fewer bits: that model with each activation's quantizer moved to the b-bit grid (see
         the module docstring)."""
         out = self.workdir / f"{name}.onnx"
@@ -161,6 +168,11 @@ class OrtFlow:
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=str(cache),
                 **self.ort_kwargs(per_channel),
+                **(
+                    {"extra_options": {"TensorQuantOverrides": dict(weight_overrides)}}
+                    if weight_overrides
+                    else {}
+                ),
             )
         if bits != 8:
             to_bits(out, ranges, bits)

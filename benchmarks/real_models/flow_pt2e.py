@@ -40,7 +40,7 @@ _OUT_OPS = (
 )
 
 
-def _quantizer(observer_ctr: Any, per_channel: bool, bits: int) -> Any:
+def _quantizer(observer_ctr: Any, per_channel: bool, bits: int, weight_ctr: Any = None) -> Any:
     """A PT2E quantizer that quantizes every conv/linear input (activation and weight), every
     activation function's output, every conv/linear output not followed by one (a fused
     kernel's output), and the outputs of adds and pooling: the XNNPACK-style placement.
@@ -72,9 +72,8 @@ def _quantizer(observer_ctr: Any, per_channel: bool, bits: int) -> Any:
         qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
         ch_axis=0,
         is_dynamic=False,
-        observer_or_fake_quant_ctr=(
-            PerChannelMinMaxObserver if per_channel else MinMaxObserver
-        ).with_args(eps=2**-12),
+        observer_or_fake_quant_ctr=weight_ctr
+        or (PerChannelMinMaxObserver if per_channel else MinMaxObserver).with_args(eps=2**-12),
     )
 
     class AllOpsQuantizer(Quantizer):  # type: ignore[misc]
@@ -153,8 +152,14 @@ class Pt2eFlow:
             ctr = MinMaxObserver.with_args(eps=2**-12)
         else:
             raise ValueError(family)
+        # qfcal's weight observer (per channel; its method set per contender at conversion)
+        weight_ctr = None
+        if family == "qfcal" and per_channel:
+            weight_ctr = qfcal.torch.pt2e_weight_observer().with_args(eps=2**-12)
         t0 = time.perf_counter()
-        prepared = prepare_pt2e(copy.deepcopy(self.exported), _quantizer(ctr, per_channel, 8))
+        prepared = prepare_pt2e(
+            copy.deepcopy(self.exported), _quantizer(ctr, per_channel, 8, weight_ctr)
+        )
         with torch.no_grad():
             for b in self._batches(self.calib):
                 prepared(b)
@@ -166,16 +171,21 @@ class Pt2eFlow:
         bits: int,
         method: str | None = None,
         percentile: float | None = None,
+        weight_method: str = "minmax",
     ) -> dict[str, float]:
         """Copy the calibrated model, set every activation observer's quant range to `bits`
-        (and a qfcal observer's method/percentile; None keeps the adapter's default), convert
-        and score on the held-out images."""
+        (and a qfcal observer's method/percentile; None keeps the adapter's default) and a qfcal
+        weight observer's method (``minmax``: torch's own scales), convert and score on the
+        held-out images."""
         from torchao.quantization.pt2e import ObserverBase
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         m = copy.deepcopy(prepared)
         for mod in m.modules():
             if not isinstance(mod, ObserverBase) or getattr(mod, "dtype", None) is None:
+                continue
+            if "WeightObserver" in type(mod).__name__:  # qfcal's
+                mod.method = weight_method
                 continue
             if mod.dtype.is_signed or "PerChannel" in type(mod).__name__:
                 continue  # weight observers (int8)

@@ -25,6 +25,7 @@ from qfcal._core import (
     search,
 )
 from qfcal.crossval import cross_validate
+from qfcal.weights import WeightRanges, search_weights
 
 __all__ = [
     "DEFAULT_BINS",
@@ -33,10 +34,12 @@ __all__ = [
     "EmptyHistogramError",
     "Histogram",
     "SearchResult",
+    "WeightRanges",
     "__version__",
     "check_search_options",
     "cross_validate",
     "methods",
     "score",
     "search",
+    "search_weights",
 ]

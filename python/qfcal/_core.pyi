@@ -19,6 +19,7 @@ __all__ = [
     "score",
     "search",
     "_search_result",
+    "_channel_scales",
 ]
 
 __version__: str
@@ -333,3 +334,24 @@ def check_search_options(
 
 def methods() -> list[str]:
     """The names of the search methods, ``optimal`` first."""
+
+def _channel_scales(
+    values: npt.NDArray[np.float32],
+    *,
+    bits: int = 8,
+    signed: bool = True,
+    narrow_range: bool = False,
+    qmin: int | None = None,
+    qmax: int | None = None,
+    widen: bool = True,
+    threads: int = 0,
+) -> tuple[
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+    npt.NDArray[np.float64],
+]:
+    """``(scale, mse, fit_scale, fit_mse, power)`` per row of a C-contiguous float32
+    ``(channels, n)`` array, on the symmetric grid of the options; used by
+    :func:`qfcal.search_weights`."""

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantType,
@@ -47,7 +48,14 @@ import qfcal
 from qfcal._checks import check_bins
 from qfcal._progress import Progress
 
-__all__ = ["Calibration", "calibrate", "quantize_static"]
+__all__ = [
+    "WEIGHT_METHODS",
+    "Calibration",
+    "calibrate",
+    "quantize_static",
+    "search_weight_ranges",
+    "weight_overrides",
+]
 
 # The element types histogrammed (what ORT's calibrators take, plus double).
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
@@ -152,6 +160,8 @@ class Calibration:
         bounds: tensor name -> ``(lowest, highest)`` float32: what ONNX Runtime is given, from
             which its own arithmetic gives back exactly the scale and zero point in ``ranges``.
         skipped: tensor name -> why it has no range (no finite value seen, ...).
+        weight_ranges: weight name -> :class:`qfcal.WeightRanges` that :func:`quantize_static`
+            gave ONNX Runtime (empty when ORT chose the weight scales itself).
         activation_type, symmetric, method, gamma, percentile: the search settings.
         batches: number of calibration batches the histograms hold (0 if built from histograms).
 
@@ -186,6 +196,7 @@ class Calibration:
         self.ranges: dict[str, qfcal.SearchResult] = {}
         self.bounds: dict[str, tuple[np.float32, np.float32]] = {}
         self.skipped: dict[str, str] = {}
+        self.weight_ranges: dict[str, qfcal.WeightRanges] = {}
         for name, hist in self.histograms.items():
             if not isinstance(hist, qfcal.Histogram):
                 raise TypeError(
@@ -534,6 +545,114 @@ def _warn_non_finite(hists: Mapping[str, qfcal.Histogram]) -> None:
 # quantize_static
 
 
+# --------------------------------------------------------------------------------------------
+# Weights
+
+# The weight input (index 1) of the ops ONNX Runtime quantizes as weights, and its per-channel
+# axis by default (ORT's operators/conv.py, gemm.py, matmul.py); Gemm's depends on transB.
+_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": None}
+WEIGHT_METHODS = ("auto", "optimal", "minmax")
+
+
+def _weight_tensors(
+    proto: Any,
+    op_types: Sequence[str] | None,
+    nodes_to_exclude: Sequence[str] | None,
+    axis_overrides: Mapping[str, int],
+    user_overrides: Mapping[str, Any],
+) -> dict[str, int]:
+    """{weight initializer: ORT's per-channel axis} of the weights qfcal may set: the weight
+    input of every Conv, ConvTranspose, Gemm and MatMul node ORT quantizes, when every node
+    using it agrees on the axis and the user gave no override of their own for it."""
+    inits = {i.name: len(i.dims) for i in proto.graph.initializer}
+    out: dict[str, int] = {}
+    conflicting: set[str] = set()
+    excluded = set(nodes_to_exclude or ())
+    for node in proto.graph.node:
+        if node.op_type not in _WEIGHT_AXIS or len(node.input) < 2:
+            continue
+        if (op_types and node.op_type not in op_types) or node.name in excluded:
+            continue
+        w = node.input[1]
+        if w not in inits or w in user_overrides or inits[w] < 1:
+            continue
+        axis = _WEIGHT_AXIS[node.op_type]
+        if axis is None:  # Gemm: B is [K, N], or [N, K] with transB
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            axis = 0 if trans_b else 1
+        axis = int(axis_overrides.get(node.op_type, axis)) % inits[w]
+        if out.setdefault(w, axis) != axis:
+            conflicting.add(w)
+    for w in conflicting:
+        del out[w]
+    return out
+
+
+def search_weight_ranges(
+    model: str | os.PathLike[str] | Any,
+    *,
+    per_channel: bool = False,
+    weight_type: QuantType | str = "QInt8",
+    reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] | None = None,
+    extra_options: Mapping[str, Any] | None = None,
+) -> dict[str, qfcal.WeightRanges]:
+    """qfcal's scale for each weight (per channel or per tensor) ONNX Runtime will quantize,
+    searched on the exact values (:func:`qfcal.search_weights`) on the grid ORT applies to a
+    weight whose scale it is given: the weight type's full range with ORT's symmetric zero
+    point (``QInt8``: ``[-128, 127]``, zero point 0; ORT's own max |w| scales use
+    ``[-127, 127]``, but it clamps given scales to the type's range).
+
+    The arguments are ``quantize_static``'s. Weights with the user's own
+    ``TensorQuantOverrides``, or shared by nodes that want different channel axes, are left
+    to ONNX Runtime. :func:`weight_overrides` turns the result into ORT's overrides.
+    """
+    proto = _load(model)
+    wt = _quant_type(weight_type, "weight_type")
+    if reduce_range:
+        raise ValueError(
+            "reduce_range=True keeps weights within 7 bits, which ONNX Runtime does not apply to "
+            "the weight scales it is given: leave the weights to ONNX Runtime "
+            "(weight_method='minmax')"
+        )
+    qmin, qmax = get_qmin_qmax_for_qType(wt.tensor_type, symmetric=False)
+    extra = dict(extra_options or {})
+    tensors = _weight_tensors(
+        proto,
+        op_types,
+        nodes_to_exclude,
+        extra.get("QDQOpTypePerChannelSupportToAxis") or {},
+        extra.get("TensorQuantOverrides") or {},
+    )
+    arrays = {i.name: i for i in proto.graph.initializer if i.name in tensors}
+    out: dict[str, qfcal.WeightRanges] = {}
+    for name, axis in tensors.items():
+        w = numpy_helper.to_array(arrays[name])
+        if w.dtype.kind != "f":
+            continue
+        out[name] = qfcal.search_weights(
+            w, axis=axis if per_channel else None, qmin=int(qmin), qmax=int(qmax)
+        )
+    return out
+
+
+def weight_overrides(ranges: Mapping[str, qfcal.WeightRanges]) -> dict[str, list[dict[str, Any]]]:
+    """ONNX Runtime ``TensorQuantOverrides`` entries giving each weight qfcal's scales
+    (``{"scale", "zero_point"}``, with ``"axis"`` per channel). A channel of zeros keeps ORT's
+    own choice for it (scale 1)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, r in ranges.items():
+        entries = []
+        for s in r.scale:
+            e: dict[str, Any] = {"scale": float(s) if s > 0 else 1.0, "zero_point": r.zero_point}
+            if r.axis is not None:
+                e["axis"] = r.axis
+            entries.append(e)
+        out[name] = entries
+    return out
+
+
 def quantize_static(
     model_input: str | os.PathLike[str] | Any,
     model_output: str | os.PathLike[str],
@@ -544,6 +663,7 @@ def quantize_static(
     percentile: float = 99.99,
     bins: int = qfcal.DEFAULT_BINS,
     progress: bool = True,
+    weight_method: str = "auto",
     **ort_kwargs: Any,
 ) -> Calibration:
     """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
@@ -558,6 +678,13 @@ def quantize_static(
         model_input, model_output, calibration_data_reader: as for ONNX Runtime (the reader may
             also be any iterable of input dicts).
         method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`.
+        weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
+            error per channel (or per tensor), on ORT's own symmetric weight grid, given to ORT
+            as ``TensorQuantOverrides`` (:func:`search_weight_ranges`); ``minmax``: ONNX
+            Runtime's own (max |w|); ``auto`` (default): ``optimal`` with ``per_channel=True``,
+            ``minmax`` per tensor (where the least squared error clips the channels with the
+            largest weights and costs the model more than it saves, BENCHMARKS.md) and with
+            ``reduce_range`` (which ORT does not apply to given scales).
         **ort_kwargs: every other argument of ONNX Runtime's ``quantize_static``
             (``quant_format``, ``per_channel``, ``activation_type``, ``weight_type``,
             ``op_types_to_quantize``, ``nodes_to_exclude``, ``calibration_providers``,
@@ -620,6 +747,14 @@ def quantize_static(
             "replaces; they are ignored",
             stacklevel=2,
         )
+    if weight_method not in WEIGHT_METHODS:
+        raise ValueError(
+            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
+        )
+    per_channel = bool(ort_kwargs.get("per_channel", False))
+    if weight_method == "auto":
+        searched = per_channel and not ort_kwargs.get("reduce_range", False)
+        weight_method = "optimal" if searched else "minmax"
     op_types = ort_kwargs.get("op_types_to_quantize") or None
     cal = calibrate(
         model_input,
@@ -636,6 +771,19 @@ def quantize_static(
         progress=progress,
     )
     kwargs = dict(ort_kwargs)
+    if weight_method == "optimal":
+        cal.weight_ranges = search_weight_ranges(
+            model_input,
+            per_channel=per_channel,
+            weight_type=ort_kwargs.get("weight_type", QuantType.QInt8),
+            reduce_range=bool(ort_kwargs.get("reduce_range", False)),
+            op_types=op_types,
+            nodes_to_exclude=ort_kwargs.get("nodes_to_exclude"),
+            extra_options=extra,
+        )
+        overrides = dict(extra.get("TensorQuantOverrides") or {})
+        overrides.update(weight_overrides(cal.weight_ranges))
+        kwargs["extra_options"] = {**extra, "TensorQuantOverrides": overrides}
     cache = kwargs.pop("calibration_cache_path", None)
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
         path = Path(cache) if cache is not None else Path(tmp) / "qfcal-calibration.json"

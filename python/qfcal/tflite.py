@@ -16,6 +16,7 @@ Importing this module imports TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -31,7 +32,7 @@ from qfcal._checks import check_bins
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 
-__all__ = ["QuantizedModel", "TensorRange", "TFPrivateAPIError", "quantize"]
+__all__ = ["WEIGHT_METHODS", "QuantizedModel", "TFPrivateAPIError", "TensorRange", "quantize"]
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,11 @@ class TensorRange:
 class QuantizedModel(bytes):
     """The int8 ``.tflite`` flatbuffer (a :class:`bytes`: write it to a file or hand it to an
     interpreter as is), with what qfcal did to it: :attr:`ranges`, one :class:`TensorRange`
-    per calibrated tensor, and :attr:`samples`, the representative samples seen."""
+    per calibrated tensor, :attr:`weight_ranges`, the weights whose scales qfcal chose (name ->
+    :class:`qfcal.WeightRanges`), and :attr:`samples`, the representative samples seen."""
 
     ranges: dict[str, TensorRange]
+    weight_ranges: dict[str, qfcal.WeightRanges]
     samples: int
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -161,6 +164,95 @@ def _sample_source(representative_dataset: Any) -> Callable[[], Iterable[Any]]:
     )
 
 
+# Ops whose input 1 is a weight the converter quantizes, and its per-channel axis in the
+# flatbuffer's layout (CONV_2D [out, h, w, in], DEPTHWISE_CONV_2D [1, h, w, out],
+# FULLY_CONNECTED [out, in], TRANSPOSE_CONV [out, h, w, in]).
+_WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
+WEIGHT_METHODS = ("auto", "optimal", "minmax")
+
+
+def _clip_limit(scale: np.float32) -> np.float32:
+    """The float32 c nearest to 127 * scale whose c / 127 (the converter's max|w| / 127, in
+    float32) is `scale`, or, where no float32 c gives exactly `scale` (their quotients are
+    slightly sparser than float32 scales), the one whose quotient is nearest."""
+    c0 = np.float32(127 * float(scale))
+    candidates = [c0]
+    up = down = c0
+    for _ in range(4):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(0))
+        candidates += [up, down]
+    return min(candidates, key=lambda c: abs(float(c / np.float32(127)) - float(scale)))
+
+
+def _mse(w: np.ndarray, scale: np.ndarray, axis: int | None, q: int) -> np.ndarray:
+    """Per-channel mean squared error of `w` on the symmetric grid [-q, q] at `scale`."""
+    if axis is None:
+        rows = w.reshape(1, -1)
+    else:
+        rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    s = scale.reshape(-1, 1)
+    safe = np.where(s > 0, s, np.float32(1))
+    q_rows = np.clip(np.rint(rows / safe), -q, q) * safe.astype(np.float64)
+    err = np.where(s > 0, q_rows - rows, 0.0)
+    return np.asarray((err**2).mean(axis=1))
+
+
+def _search_weights(
+    graph: Any, per_channel: bool, dense_per_channel: bool, optimal: bool
+) -> dict[str, qfcal.WeightRanges]:
+    """qfcal's scales for the float weights of `graph` (the calibrated float model, batch norm
+    already folded), written into it by clipping each channel at its scale's end (127 steps):
+    the converter's symmetric int8 quantizer then derives exactly those scales from the
+    clipped weights. Per-tensor weights keep the converter's max |w| unless `optimal`."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    sub = graph.subgraphs[0]
+    out: dict[str, qfcal.WeightRanges] = {}
+    done: set[int] = set()
+    for op in sub.operators:
+        code = graph.operatorCodes[op.opcodeIndex]
+        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if kind not in _WEIGHT_AXIS or len(op.inputs) < 2 or op.inputs[1] < 0:
+            continue
+        index = int(op.inputs[1])
+        t = sub.tensors[index]
+        data = graph.buffers[t.buffer].data if t.buffer < len(graph.buffers) else None
+        if index in done or t.type != schema.TensorType.FLOAT32 or data is None or not len(data):
+            continue
+        done.add(index)
+        channel = per_channel and (dense_per_channel or kind != "FULLY_CONNECTED")
+        if not (channel or optimal):
+            continue
+        w = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(
+            [int(d) for d in t.shape]
+        )
+        axis = _WEIGHT_AXIS[kind] if channel else None
+        r = qfcal.search_weights(w, axis=axis, narrow_range=True, widen=False)
+        # channels min/max wins on are left alone; the others clipped at their scale's end
+        clip = (r.scale > 0) & (r.scale < r.minmax_scale)
+        limits = np.array(
+            [_clip_limit(s) if c else np.inf for s, c in zip(r.scale, clip, strict=True)],
+            np.float32,
+        )
+        # the scales the converter derives (c / 127, a float32 ulp from the searched one where
+        # no c gives it exactly) and their errors; a channel they make worse than min/max stays
+        realized = np.where(clip, limits / np.float32(127), r.scale).astype(np.float32)
+        if (realized != r.scale).any():
+            moved = realized != r.scale
+            mse = np.where(moved, _mse(w, realized, axis, 127), r.mse)
+            worse = moved & (mse > r.minmax_mse)
+            limits[worse] = np.inf
+            realized[worse] = r.minmax_scale[worse]
+            mse[worse] = r.minmax_mse[worse]
+            r = dataclasses.replace(r, scale=realized, mse=mse)
+        shape = [-1 if i == axis else 1 for i in range(w.ndim)] if axis is not None else []
+        clipped = np.clip(w, -limits.reshape(shape), limits.reshape(shape)).astype(np.float32)
+        graph.buffers[t.buffer].data = np.frombuffer(clipped.tobytes(), np.uint8).copy()
+        out[t.name.decode() if isinstance(t.name, bytes) else str(t.name)] = r
+    return out
+
+
 def quantize(
     model_or_converter: Any,
     representative_dataset: Callable[[], Iterable[Any]],
@@ -173,6 +265,7 @@ def quantize(
     inference_input_type: Any = None,
     inference_output_type: Any = None,
     progress: bool = False,
+    weight_method: str = "auto",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -184,7 +277,14 @@ def quantize(
     LiteRT interpreter, every tensor kept), replaces each min/max with ``qfcal.search(hist,
     bits=8, method=method, gamma=gamma, percentile=percentile)`` and lets the converter's
     quantizer finish. Weights are quantized by the converter (per channel unless `per_channel`
-    is False or the converter says otherwise). `inference_input_type` /
+    is False or the converter says otherwise), from scales qfcal chooses (`weight_method`):
+    ``optimal`` searches each weight's least squared error scale (:func:`qfcal.search_weights`,
+    on int8's ``[-127, 127]``, on the batch-norm-folded weights the converter quantizes) and
+    clips the float weights at its ends, so the converter's own max |w| / 127 gives exactly
+    that scale; ``minmax`` leaves the converter's; ``auto`` (default): ``optimal`` for
+    per-channel weights, ``minmax`` per tensor (where the least squared error clips the
+    channels with the largest weights and costs the model more than it saves; BENCHMARKS.md).
+    `inference_input_type` /
     `inference_output_type` (``tf.int8``, ``tf.uint8``, ``tf.float32``) override the
     converter's model I/O types.
 
@@ -199,6 +299,10 @@ def quantize(
     """
     # the search's own checks, before the conversion's minutes
     qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    if weight_method not in WEIGHT_METHODS:
+        raise ValueError(
+            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
+        )
     bins = check_bins(bins)
     samples = _sample_source(representative_dataset)
     _tf_private.check_version()
@@ -268,18 +372,27 @@ def quantize(
         t.quantization.min = [r.min]
         t.quantization.max = [r.max]
 
+    disable_pc = bool(conv._experimental_disable_per_channel)
+    disable_dense_pc = bool(
+        getattr(conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False)
+    )
+    weight_ranges = {}
+    if weight_method != "minmax":
+        weight_ranges = _search_weights(
+            graph, not disable_pc, not disable_dense_pc, weight_method == "optimal"
+        )
+
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
     quantized = _tf_private.quantize_calibrated(
         _tf_private.write_model(graph),
-        disable_per_channel=bool(conv._experimental_disable_per_channel),
-        disable_per_channel_for_dense_layers=bool(
-            getattr(conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False)
-        ),
+        disable_per_channel=disable_pc,
+        disable_per_channel_for_dense_layers=disable_dense_pc,
         input_type=in_type,
         output_type=out_type,
     )
     out = QuantizedModel(quantized)
     out.ranges = ranges
+    out.weight_ranges = weight_ranges
     out.samples = seen
     return out

@@ -39,8 +39,10 @@ from qfcal._checks import check_bins
 
 __all__ = [
     "QfcalObserver",
+    "QfcalWeightObserver",
     "pt2e_flow",
     "pt2e_observer",
+    "pt2e_weight_observer",
     "qconfig",
 ]
 
@@ -464,7 +466,116 @@ def pt2e_observer(flow: str | None = None) -> type[torch.nn.Module]:
     return _PT2E_CLASSES[flow]
 
 
+# -- weights -------------------------------------------------------------------------------------
+
+
+class _QfcalWeightImpl:
+    """Per-channel symmetric weight observer: torch's min/max bookkeeping, and scales from
+    :func:`qfcal.search_weights` on the weight itself (the least squared error per channel, on
+    exactly ``quant_min..quant_max`` with torch's symmetric zero point)."""
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        # a weight observer sees the same constant every call: keep a view of it, no copy
+        self._qfcal_weight = x_orig.detach()
+        return super().forward(x_orig)  # type: ignore[misc, no-any-return]
+
+    def search(self) -> qfcal.WeightRanges:
+        """The searched scales of the last weight seen (:class:`qfcal.WeightRanges`)."""
+        w = getattr(self, "_qfcal_weight", None)
+        if w is None:
+            raise RuntimeError("the observer has seen no weight yet (run the model once)")
+        return qfcal.search_weights(
+            w.float().cpu().numpy(),
+            axis=int(self.ch_axis),  # type: ignore[attr-defined]
+            qmin=int(self.quant_min),  # type: ignore[attr-defined]
+            qmax=int(self.quant_max),  # type: ignore[attr-defined]
+        )
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        own = super().calculate_qparams()  # type: ignore[misc]
+        if self.method == "minmax":  # type: ignore[attr-defined]
+            return cast(tuple[torch.Tensor, torch.Tensor], own)
+        if getattr(self, "_qfcal_weight", None) is None:
+            warnings.warn(
+                "QfcalWeightObserver has seen no weight (reloaded from a state dict?): torch's "
+                "min/max scales are used",
+                stacklevel=2,
+            )
+            return cast(tuple[torch.Tensor, torch.Tensor], own)
+        r = self.search()
+        scale = torch.from_numpy(np.where(r.scale > 0, r.scale, 1.0).astype(np.float32))
+        zero = torch.full_like(own[1], r.zero_point)
+        return scale.to(own[0].device), zero
+
+
+_WEIGHT_METHODS = ("optimal", "minmax")
+
+
+def _weight_check(obs: Any) -> None:
+    if obs.qscheme != torch.per_channel_symmetric:
+        raise ValueError(
+            "QfcalWeightObserver takes qscheme=torch.per_channel_symmetric (per tensor, keep "
+            f"torch's MinMaxObserver: see qfcal.search_weights), got {obs.qscheme}"
+        )
+
+
+def _weight_class(base: type) -> type:
+    class Observer(_QfcalWeightImpl, base):  # type: ignore[misc]
+        def __init__(self, *args: Any, method: str = "optimal", **kwargs: Any) -> None:
+            kwargs.setdefault("qscheme", torch.per_channel_symmetric)
+            kwargs.setdefault("dtype", torch.qint8)
+            super().__init__(*args, **kwargs)
+            _weight_check(self)
+            if method not in _WEIGHT_METHODS:
+                raise ValueError(
+                    f"method must be one of {', '.join(_WEIGHT_METHODS)}, got {method!r}"
+                )
+            self.method = method
+
+        def extra_repr(self) -> str:
+            return f"{super().extra_repr()}, method={self.method!r}"
+
+    return Observer
+
+
+from torch.ao.quantization.observer import PerChannelMinMaxObserver as _TorchPerChannel  # noqa: E402
+
+QfcalWeightObserver = _weight_class(_TorchPerChannel)
+QfcalWeightObserver.__name__ = QfcalWeightObserver.__qualname__ = "QfcalWeightObserver"
+QfcalWeightObserver.__doc__ = """Per-channel symmetric weight observer (``torch.ao``, eager and
+FX modes; :func:`pt2e_weight_observer` for torchao's PT2E): torch's
+``PerChannelMinMaxObserver`` whose ``calculate_qparams`` returns each channel's least
+squared error scale from :func:`qfcal.search_weights`, on exactly ``quant_min..quant_max``
+(torch's default int8 ``[-128, 127]``, or ``[-127, 127]`` where the backend wants it) with
+torch's symmetric zero point, and never a wider range than half a step past the channel's
+largest magnitude (``method="optimal"``, the default; ``method="minmax"`` gives torch's own
+scales). Per tensor, keep torch's ``MinMaxObserver``: the least squared error
+clips the channels with the largest weights, which costs the model more than it saves."""
+
+
+def pt2e_weight_observer(flow: str | None = None) -> type[torch.nn.Module]:
+    """:class:`QfcalWeightObserver` built on the installed PT2E flow's base classes (as
+    :func:`pt2e_observer` for activations): for ``QuantizationSpec(qscheme=
+    torch.per_channel_symmetric, observer_or_fake_quant_ctr=cls)``."""
+    if flow is None:
+        flow = pt2e_flow()
+    if flow == "torch.ao":
+        return cast(type[torch.nn.Module], QfcalWeightObserver)
+    if flow != "torchao":
+        raise ValueError(f"flow must be 'torchao', 'torch.ao' or None, got {flow!r}")
+    key = "torchao-weight"
+    if key not in _PT2E_CLASSES:
+        pt2e = importlib.import_module("torchao.quantization.pt2e")
+        cls = _weight_class(pt2e.PerChannelMinMaxObserver)
+        cls.__name__ = cls.__qualname__ = "QfcalPT2EWeightObserver"
+        cls.__doc__ = QfcalWeightObserver.__doc__
+        _PT2E_CLASSES[key] = cls
+    return _PT2E_CLASSES[key]
+
+
 def __getattr__(name: str) -> Any:
     if name == "QfcalPT2EObserver":  # built on torchao's base classes, on first use
         return pt2e_observer("torchao")
+    if name == "QfcalPT2EWeightObserver":
+        return pt2e_weight_observer("torchao")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@
 //!   batched, ordered and merged in any way, gives a bit-identical histogram.
 //! * [`search()`]: the scale and zero point minimizing the expected squared error of
 //!   quantize-then-dequantize ([`cost`]), by qfcal's global search or the peers' methods.
+//! * [`weights::channel_scales`]: each weight channel's scale, from its exact values.
 
 pub mod cost;
 pub mod dist;
@@ -12,6 +13,7 @@ pub mod histogram;
 pub mod methods;
 pub mod search;
 pub mod spec;
+pub mod weights;
 
 pub use cost::Loss;
 pub use dist::Dist;

@@ -6,6 +6,7 @@
 //! * `arrays`: which numpy arrays `update` reads and how (dtype, byte order, strides);
 //! * `histogram`: the `Histogram` class (locking, GIL release, pickling);
 //! * `search`: `search`, `score`, `check_search_options`, `SearchResult`;
+//! * `weights`: each weight channel's scale, from its exact values;
 //! * `format`: the text of `repr()`.
 
 mod args;
@@ -14,6 +15,7 @@ mod errors;
 mod format;
 mod histogram;
 mod search;
+mod weights;
 
 use pyo3::prelude::*;
 use qfcal_core::histogram::{DEFAULT_BINS, MAX_BINS, MIN_BINS};
@@ -27,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(search::check_search_options, m)?)?;
     m.add_function(wrap_pyfunction!(search::methods, m)?)?;
     m.add_function(wrap_pyfunction!(search::_search_result, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::_channel_scales, m)?)?;
     #[cfg(debug_assertions)]
     m.add_function(wrap_pyfunction!(errors::_debug_panic, m)?)?;
     m.add(
