@@ -9,6 +9,7 @@ tf = pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
 import keras  # noqa: E402
 import qfcal  # noqa: E402
+import qfcal.distributed  # noqa: E402
 import qfcal.tflite as qtflite  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from conftest import int8_tensors  # noqa: E402
@@ -91,17 +92,22 @@ def test_every_activation_range_is_qfcals(quantized):
     ours = {
         (float(np.float32(r.result.scale)), r.result.zero_point) for r in quantized.ranges.values()
     }
-    # TFLite's max pool, reshape and concatenation kernels need one scale on both sides: there
-    # the quantizer gives a tensor its neighbour's range (the pool's input's; the concatenation's
-    # output's), which is one of qfcal's ranges too. Every other tensor has its own.
-    shared = ("pool1", "pool2", "flatten", "branch1", "branch3")
+    # TFLite's max pool, reshape and concatenation kernels need one scale on both sides: those
+    # tensors get one joint range (their merged histograms searched), every other its own; the
+    # int8 model holds exactly qfcal's range for every tensor
     for name, r in quantized.ranges.items():
         want = (float(np.float32(r.result.scale)), r.result.zero_point)
         got = params.get(name)
         assert got is not None, f"{name} is not an int8 tensor of the quantized model"
-        assert got in ours, (name, got, want)
-        if not any(f"/{s}" in name for s in shared):
-            assert got == want, (name, got, want)
+        assert got == want, (name, got, want)
+    groups = {frozenset((n, *r.shared_with)) for n, r in quantized.ranges.items() if r.shared_with}
+    # add -> pool1; concat(branch1, branch3) -> pool2 -> flatten
+    assert len(groups) == 2, groups
+    for g in groups:
+        merged = qfcal.distributed.merge_bytes(quantized.ranges[n].histogram for n in g)
+        joint = qfcal.search(merged, bits=8)
+        assert all(quantized.ranges[n].result == joint for n in g)
+    assert ours
 
 
 def test_histograms_saw_the_tensors_the_converter_calibrated(quantized):

@@ -45,6 +45,9 @@ class TensorRange:
     converter_max: float
     result: qfcal.SearchResult  # qfcal's range (what the int8 model uses)
     histogram: qfcal.Histogram
+    # the tensors TFLite's kernels force onto this one's scale (concatenation, pooling,
+    # reshape...): `result` is then the joint search over all of them, this one included
+    shared_with: tuple[str, ...] = ()
 
 
 class QuantizedModel(bytes):
@@ -197,6 +200,71 @@ def _mse(w: np.ndarray, scale: np.ndarray, axis: int | None, q: int) -> np.ndarr
     return np.asarray((err**2).mean(axis=1))
 
 
+# TFLite int8 kernels that need one scale and zero point on their inputs and outputs (the
+# converter's same-operands-and-results-scale ops): their tensors get one joint range.
+_SAME_SCALE_OPS = frozenset(
+    {
+        "CONCATENATION",
+        "MAX_POOL_2D",
+        "AVERAGE_POOL_2D",
+        "RESHAPE",
+        "SQUEEZE",
+        "EXPAND_DIMS",
+        "TRANSPOSE",
+        "PAD",
+        "PADV2",
+        "SLICE",
+        "STRIDED_SLICE",
+        "GATHER",
+        "SPLIT",
+        "SPLIT_V",
+        "PACK",
+        "UNPACK",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "SPACE_TO_DEPTH",
+        "DEPTH_TO_SPACE",
+        "BATCH_TO_SPACE_ND",
+        "SPACE_TO_BATCH_ND",
+    }
+)
+
+
+def _op_names(graph: Any) -> list[str | None]:
+    """The builtin operator name of each operator of the first subgraph."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    out = []
+    for op in graph.subgraphs[0].operators:
+        code = graph.operatorCodes[op.opcodeIndex]
+        out.append(names.get(max(code.builtinCode, code.deprecatedBuiltinCode)))
+    return out
+
+
+def _shared_groups(graph: Any, marked: Mapping[int, Any]) -> list[list[int]]:
+    """Groups (of two or more) of calibrated tensors that TFLite's kernels force onto one
+    scale: the connected components of the same-scale ops' calibrated inputs and outputs."""
+    parent = {i: i for i in marked}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for op, name in zip(graph.subgraphs[0].operators, _op_names(graph), strict=True):
+        if name not in _SAME_SCALE_OPS:
+            continue
+        ends = [int(i) for i in list(op.inputs) + list(op.outputs) if int(i) in parent]
+        for a, b in zip(ends, ends[1:], strict=False):
+            parent[find(a)] = find(b)
+    groups: dict[int, list[int]] = {}
+    for i in marked:
+        groups.setdefault(find(i), []).append(i)
+    return [sorted(g) for g in groups.values() if len(g) > 1]
+
+
 def _search_weights(
     graph: Any, per_channel: bool, dense_per_channel: bool, optimal: bool
 ) -> dict[str, qfcal.WeightRanges]:
@@ -206,13 +274,10 @@ def _search_weights(
     clipped weights. Per-tensor weights keep the converter's max |w| unless `optimal`."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     sub = graph.subgraphs[0]
     out: dict[str, qfcal.WeightRanges] = {}
     done: set[int] = set()
-    for op in sub.operators:
-        code = graph.operatorCodes[op.opcodeIndex]
-        kind = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    for op, kind in zip(sub.operators, _op_names(graph), strict=True):
         if kind not in _WEIGHT_AXIS or len(op.inputs) < 2 or op.inputs[1] < 0:
             continue
         index = int(op.inputs[1])
@@ -276,8 +341,12 @@ def quantize(
     qfcal histograms the very tensors it calibrated (the calibrated float model run in the
     LiteRT interpreter, every tensor kept), replaces each min/max with ``qfcal.search(hist,
     bits=8, method=method, gamma=gamma, percentile=percentile)`` and lets the converter's
-    quantizer finish. Weights are quantized by the converter (per channel unless `per_channel`
-    is False or the converter says otherwise), from scales qfcal chooses (`weight_method`):
+    quantizer finish. Tensors that TFLite's int8 kernels force onto one scale (the inputs and
+    outputs of concatenation, pooling, reshape, transpose, pad, slice...) get one joint range,
+    searched on their merged histograms (the least total error over all of them), instead of
+    the converter giving one the other's. Weights are quantized by the converter (per channel
+    unless `per_channel` is False or the converter says otherwise), from scales qfcal chooses
+    (`weight_method`):
     ``optimal`` searches each weight's least squared error scale (:func:`qfcal.search_weights`,
     on int8's ``[-127, 127]``, on the batch-norm-folded weights the converter quantizes) and
     clips the float weights at its ends, so the converter's own max |w| / 127 gives exactly
@@ -354,20 +423,37 @@ def quantize(
     if seen == 0:
         raise ValueError("representative_dataset yielded no samples")
 
+    def name_of(i: int) -> str:
+        n = tensors[i].name
+        return n.decode() if isinstance(n, bytes) else str(n)
+
+    # one joint search for the tensors the kernels force onto one scale, one search for the rest
+    groups = {i: g for g in _shared_groups(graph, marked) for i in g}
     ranges: dict[str, TensorRange] = {}
+    joint: dict[tuple[int, ...], qfcal.SearchResult | None] = {}
     for i, t in marked.items():
-        h = hists[i]
-        name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
-        if h.finite == 0:
+        group = tuple(groups.get(i, (i,)))
+        if group not in joint:
+            merged = hists[group[0]].copy()
+            for j in group[1:]:
+                merged.merge(hists[j])
+            joint[group] = (
+                qfcal.search(merged, bits=8, method=method, gamma=gamma, percentile=percentile)
+                if merged.finite
+                else None
+            )
+        r = joint[group]
+        if r is None:
             continue  # never finite (not reached?): the converter's range stays
-        r = qfcal.search(h, bits=8, method=method, gamma=gamma, percentile=percentile)
+        name = name_of(i)
         ranges[name] = TensorRange(
             name=name,
             index=i,
             converter_min=float(t.quantization.min[0]),
             converter_max=float(t.quantization.max[0]),
             result=r,
-            histogram=h,
+            histogram=hists[i],
+            shared_with=tuple(name_of(j) for j in group if j != i),
         )
         t.quantization.min = [r.min]
         t.quantization.max = [r.max]
