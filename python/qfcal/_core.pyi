@@ -13,6 +13,7 @@ __all__ = [
     "EmptyHistogramError",
     "Histogram",
     "SearchResult",
+    "WeightedHistogram",
     "__version__",
     "check_search_options",
     "methods",
@@ -234,6 +235,41 @@ class SearchResult:
     def __deepcopy__(self, memo: Any, /) -> SearchResult: ...
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]: ...
 
+@final
+class WeightedHistogram:
+    """Counts and, beside them, the sum of a non-negative weight per value, on the same exact
+    grid: the loss-aware density. ``qfcal.search(wh)`` then minimizes the weighted squared error
+    ``sum w * (x - q(x))**2`` (for example with ``w`` the squared gradient of the loss with
+    respect to each activation, see :mod:`qfcal.loss_aware`).
+
+    Weights are summed exactly (each rounded down once to a multiple of ``2**-96``, 128-bit
+    integer sums): the state does not depend on how values were batched, ordered or merged.
+    Weights below ``2**-96`` count as 0; a total beyond ``2**32`` is an error (scale them down:
+    only their ratios matter). Weights of NaN and +-Inf values are dropped with them. Not
+    picklable (no byte format yet).
+    """
+
+    def __new__(cls, bins: int = 4096) -> WeightedHistogram: ...
+    def update(self, values: npt.ArrayLike, weights: npt.ArrayLike) -> None:
+        """Add ``values`` with their ``weights`` (same shape; each finite, >= 0 and below
+        ``2**32``). Nothing changes if it raises ValueError."""
+    def merge(self, other: WeightedHistogram) -> None:
+        """Add ``other`` into this one, exactly (same ``bins``)."""
+    def copy(self) -> WeightedHistogram: ...
+    @property
+    def counts(self) -> Histogram:
+        """The counts alone: exactly the :class:`Histogram` of the same values (a copy)."""
+    @property
+    def bins(self) -> int: ...
+    @property
+    def total_weight(self) -> float:
+        """The total weight of the finite values."""
+    def weight_sums(self) -> tuple[npt.NDArray[np.float64], float, float, float]:
+        """``(bins, at_min, at_max, zeros)``: the weight sums of the occupied bins (those of
+        ``counts.occupied``), of the values equal to the exact min and max, and of the zeros."""
+    def __eq__(self, value: object, /) -> bool: ...
+    def __ne__(self, value: object, /) -> bool: ...
+
 def _search_result(
     scale: float,
     zero_point: int,
@@ -248,7 +284,7 @@ def _search_result(
     """Rebuilds a pickled :class:`SearchResult`."""
 
 def search(
-    hist: Histogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
+    hist: Histogram | WeightedHistogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
     *,
     bits: int = 8,
     symmetric: bool = False,
@@ -293,7 +329,7 @@ def search(
     """
 
 def score(
-    hist: Histogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
+    hist: Histogram | WeightedHistogram | tuple[npt.ArrayLike, npt.ArrayLike] | Sequence[Any],
     result: SearchResult,
     *,
     gamma: float | None = None,

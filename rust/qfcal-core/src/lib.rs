@@ -18,6 +18,6 @@ pub mod weights;
 pub use cost::Loss;
 pub use dist::Dist;
 pub use error::{Error, Result};
-pub use histogram::Histogram;
+pub use histogram::{Histogram, WeightedHistogram};
 pub use search::{search, Method, SearchOptions, SearchResult};
 pub use spec::{Encoding, QuantSpec, SpecOptions};

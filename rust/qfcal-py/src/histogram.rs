@@ -31,7 +31,7 @@ pub(crate) struct PyHistogram {
 }
 
 impl PyHistogram {
-    fn wrap(h: Histogram) -> PyHistogram {
+    pub(crate) fn wrap(h: Histogram) -> PyHistogram {
         PyHistogram {
             bins: h.bins(),
             inner: Mutex::new(h),

@@ -6,6 +6,7 @@
 //! * `arrays`: which numpy arrays `update` reads and how (dtype, byte order, strides);
 //! * `histogram`: the `Histogram` class (locking, GIL release, pickling);
 //! * `search`: `search`, `score`, `check_search_options`, `SearchResult`;
+//! * `weighted`: the `WeightedHistogram` class (counts and loss-aware weights);
 //! * `weights`: each weight channel's scale, from its exact values;
 //! * `format`: the text of `repr()`.
 
@@ -15,6 +16,7 @@ mod errors;
 mod format;
 mod histogram;
 mod search;
+mod weighted;
 mod weights;
 
 use pyo3::prelude::*;
@@ -24,6 +26,7 @@ use qfcal_core::histogram::{DEFAULT_BINS, MAX_BINS, MIN_BINS};
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<histogram::PyHistogram>()?;
     m.add_class::<search::PySearchResult>()?;
+    m.add_class::<weighted::PyWeightedHistogram>()?;
     m.add_function(wrap_pyfunction!(search::search, m)?)?;
     m.add_function(wrap_pyfunction!(search::score, m)?)?;
     m.add_function(wrap_pyfunction!(search::check_search_options, m)?)?;

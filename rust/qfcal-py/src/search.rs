@@ -15,6 +15,7 @@ use crate::args::IntArg;
 use crate::errors::{guard, to_py};
 use crate::format::search_result_repr;
 use crate::histogram::PyHistogram;
+use crate::weighted::PyWeightedHistogram;
 
 /// The result of a search: a frozen value object.
 #[pyclass(module = "qfcal._core", name = "SearchResult", frozen, eq)]
@@ -211,6 +212,9 @@ pub(crate) fn search(
 
 /// The density `search` reads from a Histogram or a `(counts, edges)` pair.
 fn dist_of(py: Python<'_>, hist: &Bound<'_, PyAny>) -> PyResult<Dist> {
+    if let Ok(h) = hist.cast::<PyWeightedHistogram>() {
+        return h.get().read(py, |h| h.to_dist())?.map_err(to_py);
+    }
     match hist.cast::<PyHistogram>() {
         Ok(h) => h.get().read(py, |h| h.to_dist())?.map_err(to_py),
         Err(_) => dist_from_pair(py, hist),

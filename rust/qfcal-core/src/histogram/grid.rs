@@ -71,9 +71,15 @@ pub(crate) fn edges(first: i64, len: usize, k: i32) -> Vec<f64> {
 /// Adds counts of bins `src_lo..` at exponent `k` into bins `dst_lo..` at exponent `k + shift`:
 /// bin `g` lands in `g >> shift` (floor division by `2^shift`), which is exact on a grid
 /// anchored at zero.
-pub(crate) fn coarsen_into(dst: &mut [u64], dst_lo: i64, src: &[u64], src_lo: i64, shift: u32) {
+pub(crate) fn coarsen_into<T: Copy + Default + PartialEq + std::ops::AddAssign>(
+    dst: &mut [T],
+    dst_lo: i64,
+    src: &[T],
+    src_lo: i64,
+    shift: u32,
+) {
     for (i, &c) in src.iter().enumerate() {
-        if c != 0 {
+        if c != T::default() {
             let g = src_lo + i as i64;
             let coarse = if shift >= 63 {
                 if g < 0 {

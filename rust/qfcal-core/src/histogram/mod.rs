@@ -24,11 +24,13 @@ mod feeder;
 mod grid;
 mod kernels;
 pub mod parallel;
+mod weighted;
 
 pub use codec::FORMAT_VERSION;
 pub use feeder::Feeder;
 pub(crate) use grid::exponent;
 pub use kernels::{BlockStats, Sample, SubCounts};
+pub use weighted::{WeightedHistogram, WEIGHT_FRACTION_BITS};
 
 use crate::dist::Dist;
 use crate::error::{invalid, Error, Result};
@@ -189,9 +191,30 @@ impl Histogram {
     /// zeros as a point mass at 0. Fails only for values within a bin of the float64 maximum,
     /// whose upper bin edge overflows.
     pub fn to_dist(&self) -> Result<Dist> {
+        let (_, c) = self.occupied();
+        let masses: Vec<f64> = c.iter().map(|&x| x as f64).collect();
+        self.dist_with(
+            masses,
+            self.at_min as f64,
+            self.at_max as f64,
+            self.zeros as f64,
+        )
+    }
+
+    /// [`to_dist`](Histogram::to_dist) with other masses on the same pieces: `bins` for the
+    /// occupied bins (extremes included), `at_min`/`at_max` for the values equal to the
+    /// extremes (`at_max` unused where the maximum sits on its bin's lower edge, whose bin then
+    /// holds only such values), `zeros` for the exact zeros. The weighted histogram's density.
+    pub(crate) fn dist_with(
+        &self,
+        mut bins: Vec<f64>,
+        at_min: f64,
+        at_max: f64,
+        zeros: f64,
+    ) -> Result<Dist> {
         let (g0, c) = self.occupied();
         if c.is_empty() {
-            return Dist::uniform(0.0, 1.0, &[], self.zeros);
+            return Dist::new(Vec::new(), vec![0.0], zeros);
         }
         let w = pow2(self.k);
         if !((g0 + c.len() as i64) as f64 * w).is_finite() {
@@ -203,36 +226,35 @@ impl Histogram {
         }
         let (mn, mx) = (self.min_nz(), self.max_nz());
         if mn == mx {
-            return Dist::uniform(0.0, 1.0, &[], self.zeros)?
-                .with_atoms(vec![(mn, self.nonzero as f64)]);
+            let all: f64 = bins.iter().sum();
+            return Dist::new(Vec::new(), vec![0.0], zeros)?.with_atoms(vec![(mn, all)]);
         }
         let n = c.len();
-        let mut counts: Vec<f64> = c.iter().map(|&x| x as f64).collect();
         let mut edges: Vec<f64> = (0..=n).map(|i| (g0 + i as i64) as f64 * w).collect();
         edges[0] = mn;
         edges[n] = mx;
         // A maximum on its bin's lower edge leaves that bin only values equal to it, whether or
         // not they were counted (a version 1 histogram).
         let at_max = if edges[n - 1] == mx {
-            c[n - 1]
+            bins[n - 1]
         } else {
-            self.at_max
+            at_max
         };
-        counts[0] -= self.at_min as f64;
-        counts[n - 1] -= at_max as f64;
+        // (never below 0: float rounding of weights summed apart)
+        bins[0] = (bins[0] - at_min).max(0.0);
+        bins[n - 1] = (bins[n - 1] - at_max).max(0.0);
         if edges[n - 1] == mx {
-            counts.pop();
+            bins.pop();
             edges.pop();
         }
-        if counts.is_empty() {
-            edges.clear();
+        if bins.is_empty() {
+            edges = vec![0.0];
         }
-        let atoms = [(mn, self.at_min), (mx, at_max)]
+        let atoms = [(mn, at_min), (mx, at_max)]
             .into_iter()
-            .filter(|&(_, m)| m > 0)
-            .map(|(x, m)| (x, m as f64))
+            .filter(|&(_, m)| m > 0.0)
             .collect();
-        Dist::new(counts, edges, self.zeros as f64)?.with_atoms(atoms)
+        Dist::new(bins, edges, zeros)?.with_atoms(atoms)
     }
 
     /// The histogram with the zeros binned too, as `np.histogram` would count them: the grid is

@@ -1,0 +1,333 @@
+//! A histogram with a weight beside every count: the loss-aware density.
+//!
+//! A tensor's quantization error does not cost the model the same everywhere: an activation the
+//! loss is sensitive to (a large squared gradient) matters more than one it ignores. The
+//! weighted histogram keeps, beside the exact counts of a [`Histogram`], the sum of a
+//! non-negative weight per value (for example the squared gradient of the loss with respect to
+//! that activation) in every bin, at the exact extremes, and at zero, so that the searches
+//! minimize the weighted squared error, `sum w·(x - q(x))²`, instead of the plain one.
+//!
+//! Weights are summed exactly, like the counts: each is rounded down once to a multiple of
+//! `2^-96` ([`WEIGHT_FRACTION_BITS`]) and the sums are 128-bit integers, so the state does not
+//! depend on how values were batched, ordered or merged. Weights below `2^-96` count as 0; a sum
+//! beyond `2^32` is an error (scale the weights down: only their ratios matter). The weight
+//! bins follow the counts' window: when the counts' grid coarsens, the weight bins merge the
+//! same way. Weights of NaN and ±Inf values are dropped with them (those values are never
+//! binned).
+
+use super::grid::{bin_index, coarsen_into, pow2};
+use super::Histogram;
+use crate::dist::Dist;
+use crate::error::{invalid, Error, Result};
+
+/// Fraction bits of the fixed-point weight sums.
+pub const WEIGHT_FRACTION_BITS: i32 = 96;
+
+/// Counts and per-bin weight sums on the same grid (see the module documentation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedHistogram {
+    counts: Histogram,
+    /// Weight sums per bin of the counts' window (`bins` entries while it has values).
+    weights: Vec<u128>,
+    /// Weight of the values equal to the exact smallest / largest nonzero value, and of zeros.
+    at_min: u128,
+    at_max: u128,
+    zeros: u128,
+}
+
+/// A weight as a fixed-point integer, rounded down.
+fn fixed(w: f64) -> u128 {
+    // exact scaling by a power of two, then truncation (w < 2^32 is checked by the caller)
+    (w * pow2(WEIGHT_FRACTION_BITS)) as u128
+}
+
+fn overflow() -> Error {
+    invalid(
+        "the weights sum beyond 2^32: scale them down (only their ratios matter to the search)"
+            .to_string(),
+    )
+}
+
+fn add(a: &mut u128, b: u128) -> Result<()> {
+    // 2^32 in fixed point is 2^128: the u128 overflows exactly there
+    *a = a.checked_add(b).ok_or_else(overflow)?;
+    Ok(())
+}
+
+impl WeightedHistogram {
+    /// An empty weighted histogram with `bins` bins (as [`Histogram::new`]).
+    pub fn new(bins: usize) -> Result<WeightedHistogram> {
+        Ok(WeightedHistogram {
+            counts: Histogram::new(bins)?,
+            weights: Vec::new(),
+            at_min: 0,
+            at_max: 0,
+            zeros: 0,
+        })
+    }
+
+    /// The counts (exactly the [`Histogram`] of the same values).
+    pub fn counts(&self) -> &Histogram {
+        &self.counts
+    }
+
+    /// The total weight of the finite values.
+    pub fn total_weight(&self) -> f64 {
+        let s: u128 = self.weights.iter().sum::<u128>() + self.zeros;
+        s as f64 * pow2(-WEIGHT_FRACTION_BITS)
+    }
+
+    /// The weight sums of the occupied bins (as [`Histogram::occupied`]'s counts), of the
+    /// values equal to the smallest and largest nonzero value, and of the zeros.
+    pub fn weight_sums(&self) -> (Vec<f64>, f64, f64, f64) {
+        let (_, occ) = self.counts.occupied();
+        let f = |x: u128| x as f64 * pow2(-WEIGHT_FRACTION_BITS);
+        let bins = self.weights[..occ.len()].iter().map(|&x| f(x)).collect();
+        (bins, f(self.at_min), f(self.at_max), f(self.zeros))
+    }
+
+    /// Moves the weight bins onto the counts' current window (coarsening exactly).
+    fn follow(&mut self, k_old: i32, lo_old: i64) {
+        let (k, lo) = (self.counts.k, self.counts.lo);
+        if self.counts.nonzero == 0 {
+            return;
+        }
+        if self.weights.is_empty() {
+            self.weights = vec![0; self.counts.bins];
+        } else if k != k_old || lo != lo_old {
+            let mut fresh = vec![0u128; self.counts.bins];
+            coarsen_into(&mut fresh, lo, &self.weights, lo_old, (k - k_old) as u32);
+            self.weights = fresh;
+        }
+    }
+
+    /// Adds `values` with their `weights` (same length; each weight finite, `>= 0` and below
+    /// `2^32`). Fails, changing nothing, on a bad weight or a weight sum beyond `2^32`.
+    pub fn update(&mut self, values: &[f64], weights: &[f64]) -> Result<()> {
+        if values.len() != weights.len() {
+            return Err(invalid(format!(
+                "values and weights must have the same length, got {} and {}",
+                values.len(),
+                weights.len()
+            )));
+        }
+        if let Some((i, w)) = weights
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !(w.is_finite() && **w >= 0.0 && **w < 4294967296.0))
+        {
+            return Err(invalid(format!(
+                "weights must be finite, >= 0 and below 2^32, weights[{i}] is {w}"
+            )));
+        }
+        let mut next = self.clone();
+        let (k_old, lo_old) = (next.counts.k, next.counts.lo);
+        let (min_old, max_old, had) = (
+            next.counts.min_nz,
+            next.counts.max_nz,
+            next.counts.nonzero > 0,
+        );
+        next.counts.update(values, 1);
+        next.follow(k_old, lo_old);
+        if !had || next.counts.min_nz != min_old {
+            next.at_min = 0;
+        }
+        if !had || next.counts.max_nz != max_old {
+            next.at_max = 0;
+        }
+        let (mn, mx) = (next.counts.min_nz(), next.counts.max_nz());
+        let inv = pow2(-next.counts.k);
+        for (&x, &w) in values.iter().zip(weights) {
+            if !x.is_finite() {
+                continue;
+            }
+            let q = fixed(w);
+            if x == 0.0 {
+                add(&mut next.zeros, q)?;
+                continue;
+            }
+            let i = (bin_index(x, inv) - next.counts.lo) as usize;
+            add(&mut next.weights[i], q)?;
+            if x == mn {
+                add(&mut next.at_min, q)?;
+            }
+            if x == mx {
+                add(&mut next.at_max, q)?;
+            }
+        }
+        let mut total = 0u128;
+        for &b in next.weights.iter().chain([&next.zeros]) {
+            add(&mut total, b)?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// Adds `other` into `self`, exactly (same `bins`).
+    pub fn merge(&mut self, other: &WeightedHistogram) -> Result<()> {
+        let mut next = self.clone();
+        let (k_old, lo_old) = (next.counts.k, next.counts.lo);
+        let (min_old, max_old, had) = (
+            next.counts.min_nz,
+            next.counts.max_nz,
+            next.counts.nonzero > 0,
+        );
+        next.counts.merge(&other.counts)?;
+        add(&mut next.zeros, other.zeros)?;
+        if other.counts.nonzero == 0 {
+            *self = next;
+            return Ok(());
+        }
+        next.follow(k_old, lo_old);
+        // the extremes' weights: each side's where its extreme is the merged one
+        let (mn, mx) = (next.counts.min_nz, next.counts.max_nz);
+        let mut at_min = if had && min_old == mn { next.at_min } else { 0 };
+        let mut at_max = if had && max_old == mx { next.at_max } else { 0 };
+        if other.counts.min_nz == mn {
+            add(&mut at_min, other.at_min)?;
+        }
+        if other.counts.max_nz == mx {
+            add(&mut at_max, other.at_max)?;
+        }
+        (next.at_min, next.at_max) = (at_min, at_max);
+        let shift = (next.counts.k - other.counts.k) as u32;
+        let mut theirs = vec![0u128; next.counts.bins];
+        coarsen_into(
+            &mut theirs,
+            next.counts.lo,
+            &other.weights,
+            other.counts.lo,
+            shift,
+        );
+        for (a, b) in next.weights.iter_mut().zip(theirs) {
+            add(a, b)?;
+        }
+        let mut total = 0u128;
+        for &b in next.weights.iter().chain([&next.zeros]) {
+            add(&mut total, b)?;
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// The weighted density the searches read: the counts' pieces (see
+    /// [`Histogram::to_dist`]) with the weight sums as their masses, scaled so that the total
+    /// mass is the number of finite values (only the ratios matter to the search; the scale
+    /// keeps the search's per-value heuristics meaningful). Without any weight, the counts.
+    pub fn to_dist(&self) -> Result<Dist> {
+        let total = self.total_weight();
+        if total <= 0.0 {
+            return Err(invalid(
+                "the weighted histogram has no weight: every weight was 0 (or below 2^-96)"
+                    .to_string(),
+            ));
+        }
+        let scale = self.counts.finite() as f64 / total;
+        let (bins, at_min, at_max, zeros) = self.weight_sums();
+        let bins = bins.into_iter().map(|b| b * scale).collect();
+        self.counts
+            .dist_with(bins, at_min * scale, at_max * scale, zeros * scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|i| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if i % 17 == 0 {
+                    0.0
+                } else {
+                    ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.3) * (1 + i % 5) as f64
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn order_and_batching_free_and_merges_exactly() {
+        let v = values(5000, 1);
+        let w: Vec<f64> = v.iter().map(|x| x * x + 0.25).collect();
+        let mut one = WeightedHistogram::new(64).unwrap();
+        one.update(&v, &w).unwrap();
+        let mut parts = WeightedHistogram::new(64).unwrap();
+        // reversed, in uneven batches, then merged from two halves
+        let mut a = WeightedHistogram::new(64).unwrap();
+        let mut b = WeightedHistogram::new(64).unwrap();
+        let rv: Vec<f64> = v.iter().rev().copied().collect();
+        let rw: Vec<f64> = w.iter().rev().copied().collect();
+        for (i, (cv, cw)) in rv.chunks(333).zip(rw.chunks(333)).enumerate() {
+            let h = if i % 2 == 0 { &mut a } else { &mut b };
+            h.update(cv, cw).unwrap();
+        }
+        parts.merge(&b).unwrap();
+        parts.merge(&a).unwrap();
+        assert_eq!(one, parts);
+        // the counts are the plain histogram's
+        let mut plain = Histogram::new(64).unwrap();
+        plain.update(&v, 1);
+        assert_eq!(one.counts(), &plain);
+        // the weight sums, exactly: total, extremes and zeros
+        let (bins, at_min, at_max, zeros) = one.weight_sums();
+        let exact = |xs: &mut dyn Iterator<Item = f64>| -> f64 {
+            (xs.map(fixed).sum::<u128>()) as f64 * pow2(-WEIGHT_FRACTION_BITS)
+        };
+        let nz = exact(&mut v.iter().zip(&w).filter(|p| *p.0 != 0.0).map(|p| *p.1));
+        assert_eq!(bins.iter().sum::<f64>(), nz);
+        let mn = v
+            .iter()
+            .cloned()
+            .filter(|x| *x != 0.0)
+            .fold(f64::INFINITY, f64::min);
+        let mx = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(
+            at_min,
+            exact(&mut v.iter().zip(&w).filter(|p| *p.0 == mn).map(|p| *p.1))
+        );
+        assert_eq!(
+            at_max,
+            exact(&mut v.iter().zip(&w).filter(|p| *p.0 == mx).map(|p| *p.1))
+        );
+        assert_eq!(
+            zeros,
+            exact(&mut v.iter().zip(&w).filter(|p| *p.0 == 0.0).map(|p| *p.1))
+        );
+    }
+
+    #[test]
+    fn equal_weights_give_the_counts_density() {
+        let v = values(3000, 2);
+        let mut h = WeightedHistogram::new(128).unwrap();
+        h.update(&v, &vec![0.5; v.len()]).unwrap();
+        let (a, b) = (h.to_dist().unwrap(), h.counts().to_dist().unwrap());
+        let pa: Vec<_> = a.pieces().collect();
+        let pb: Vec<_> = b.pieces().collect();
+        assert_eq!(pa.len(), pb.len());
+        for (x, y) in pa.iter().zip(&pb) {
+            assert_eq!((x.0, x.1), (y.0, y.1));
+            assert!((x.2 - y.2).abs() <= 1e-9 * y.2.max(1.0));
+        }
+    }
+
+    #[test]
+    fn bad_weights_change_nothing() {
+        let mut h = WeightedHistogram::new(64).unwrap();
+        h.update(&[1.0, 2.0], &[1.0, 1.0]).unwrap();
+        let before = h.clone();
+        assert!(h.update(&[3.0], &[f64::NAN]).is_err());
+        assert!(h.update(&[3.0], &[-1.0]).is_err());
+        assert!(h.update(&[3.0, 4.0], &[1.0]).is_err());
+        assert!(h.update(&[3.0, 4.0], &[3e9, 3e9]).is_err()); // sum beyond 2^32
+        assert_eq!(h, before);
+        assert!(WeightedHistogram::new(64).unwrap().to_dist().is_err());
+        let mut z = WeightedHistogram::new(64).unwrap();
+        z.update(&[1.0], &[0.0]).unwrap();
+        assert!(z.to_dist().is_err());
+    }
+}
