@@ -39,7 +39,16 @@ BITS = (8, 6, 4)
 WEIGHTS = ("per-channel", "per-tensor")
 PERCENTILES = (99.9, 99.99, 99.999)
 # contender groups (--contenders) -> what they add in each flow
-GROUPS = ("default", "optimal", "minmax", "percentile", "entropy", "framework", "aimet")
+GROUPS = (
+    "default",
+    "optimal",
+    "minmax",
+    "percentile",
+    "entropy",
+    "framework",
+    "aimet",
+    "loss-aware",
+)
 QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # row label -> (group, search kwargs; no "method" = the adapter's / search's default)
     "qfcal:default": ("default", {}),
@@ -240,11 +249,22 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
         families.append("qfcal")
     if "framework" in args.contenders:
         families += ["torch:HistogramObserver", "torch:MinMaxObserver"]
+    if "loss-aware" in args.contenders:
+        families.append("qfcal-loss-aware")
     for w in args.weights:
         for family in families:
             prepared, dt = flow.calibrate(family, w == "per-channel")
             rec.note(f"{spec.key} pt2e {w} {family} calibration {dt:.1f} s")
             for bits in args.bits:
+                if family == "qfcal-loss-aware":  # optimal on the loss-weighted histograms
+                    m = flow.convert_and_score(
+                        prepared, bits, method="optimal", weight_method="optimal"
+                    )
+                    rec.add(
+                        model=spec.key, flow="pt2e", contender="qfcal:loss-aware", weights=w,
+                        bits=bits, sim=None, metrics=m,
+                    )  # fmt: skip
+                    continue
                 if family != "qfcal":
                     m = flow.convert_and_score(prepared, bits)
                     rec.add(

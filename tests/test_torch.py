@@ -651,6 +651,82 @@ def test_weight_observer_options_and_pt2e_class():
         assert type(again) is cls
 
 
+def _conv_relu_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 6, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
+    )  # fmt: skip
+
+
+def test_loss_aware_histograms_weigh_by_the_gradient():
+    net = _conv_relu_net()
+    net.train()
+    batches = [
+        torch.randn(8, 1, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+    hists = qtorch.loss_aware_histograms(net, batches)
+    assert set(hists) == {"0", "1", "2", "3", "4", "5", "6"}
+    # the counts are those of a plain forward pass
+    plain = {n: qfcal.Histogram() for n in hists}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: plain[n].update(o.detach().numpy()))
+        for n, m in net.named_modules() if n in plain
+    ]  # fmt: skip
+    with torch.no_grad():
+        for b in batches:
+            net(b)
+    for h in hooks:
+        h.remove()
+    assert all(hists[n].counts == plain[n] for n in hists)
+    # a ReLU passes no gradient to negative inputs: the conv outputs' negative values weigh 0,
+    # and the loss-aware range does not spend levels on them; the plain range does
+    for conv in ("0", "2"):
+        assert plain[conv].min < 0
+        r, p = qfcal.search(hists[conv]), qfcal.search(plain[conv])
+        assert r.min >= -r.scale / 2 < -p.min, (conv, r, p)
+    # the model is left as it was
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    proj = qtorch.loss_aware_histograms(net, batches, target="projection", modules=["0"])
+    assert set(proj) == {"0"} and proj["0"].counts == plain["0"]
+
+
+def test_loss_aware_bad_arguments():
+    net = _conv_relu_net()
+    with pytest.raises(ValueError, match="target must be one of fisher, projection, got 'kl'"):
+        qtorch.loss_aware_histograms(net, [torch.randn(1, 1, 8, 8)], target="kl")
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        qtorch.loss_aware_histograms(net, [torch.randn(1, 1, 8, 8)], modules=["nope"])
+    with pytest.raises(ValueError, match="no batch"):
+        qtorch.loss_aware_histograms(net, [])
+    with pytest.raises(ValueError, match="no qfcal observer"):
+        qtorch.calibrate_loss_aware(net, [])
+
+
+@pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
+def test_calibrate_loss_aware_reaches_convert(fmnist, trained):
+    model, float_acc = trained
+    torch.backends.quantized.engine = ENGINE
+    m = copy.deepcopy(model)
+    m.qconfig = qtorch.qconfig(ENGINE)
+    prepared = prepare(m)
+    hists = qtorch.calibrate_loss_aware(prepared, fmnist["calib"][:4])
+    observers = {n: o for n, o in prepared.named_modules() if isinstance(o, QfcalObserver)}
+    assert hists and set(hists) <= set(observers)
+    for name, obs in observers.items():
+        if name in hists:
+            assert obs.loss_weights is hists[name] and obs.loss_weights.counts == obs.histogram
+            s, z = obs.calculate_qparams()
+            r = qfcal.search(hists[name], qmin=obs.quant_min, qmax=obs.quant_max)
+            assert float(s) == np.float32(r.scale) and int(z) == r.zero_point
+    quantized = convert(prepared)
+    acc = accuracy(quantized, *fmnist["test"])
+    assert acc >= float_acc - ACCURACY_TOLERANCE, (acc, float_acc)
+    obs = next(iter(observers.values()))
+    obs.reset_min_max_vals()
+    assert obs.loss_weights is None
+
+
 # ----------------------------------------------------------------------------------------------
 # README
 

@@ -144,7 +144,7 @@ class Pt2eFlow:
         from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-        if family == "qfcal":
+        if family in ("qfcal", "qfcal-loss-aware"):
             ctr = qfcal.torch.pt2e_observer().with_args()  # the adapter's default method
         elif family == "torch:HistogramObserver":
             ctr = HistogramObserver.with_args(eps=2**-12)
@@ -154,15 +154,20 @@ class Pt2eFlow:
             raise ValueError(family)
         # qfcal's weight observer (per channel; its method set per contender at conversion)
         weight_ctr = None
-        if family == "qfcal" and per_channel:
+        if family.startswith("qfcal") and per_channel:
             weight_ctr = qfcal.torch.pt2e_weight_observer().with_args(eps=2**-12)
         t0 = time.perf_counter()
         prepared = prepare_pt2e(
             copy.deepcopy(self.exported), _quantizer(ctr, per_channel, 8, weight_ctr)
         )
-        with torch.no_grad():
-            for b in self._batches(self.calib):
-                prepared(b)
+        if family == "qfcal-loss-aware":
+            # one forward and backward pass per batch: the observers count as usual and get
+            # the squared-gradient weights of the same values (Fisher, labels from the model)
+            qfcal.torch.calibrate_loss_aware(prepared, list(self._batches(self.calib)))
+        else:
+            with torch.no_grad():
+                for b in self._batches(self.calib):
+                    prepared(b)
         return prepared, time.perf_counter() - t0
 
     def convert_and_score(

@@ -246,7 +246,7 @@ class WeightedHistogram:
     integer sums): the state does not depend on how values were batched, ordered or merged.
     Weights below ``2**-96`` count as 0; a total beyond ``2**32`` is an error (scale them down:
     only their ratios matter). Weights of NaN and +-Inf values are dropped with them. Not
-    picklable (no byte format yet).
+    picklable (no byte format yet); ``copy.copy`` and ``copy.deepcopy`` work.
     """
 
     def __new__(cls, bins: int = 4096) -> WeightedHistogram: ...
@@ -256,6 +256,8 @@ class WeightedHistogram:
     def merge(self, other: WeightedHistogram) -> None:
         """Add ``other`` into this one, exactly (same ``bins``)."""
     def copy(self) -> WeightedHistogram: ...
+    def __copy__(self) -> WeightedHistogram: ...
+    def __deepcopy__(self, memo: Any, /) -> WeightedHistogram: ...
     @property
     def counts(self) -> Histogram:
         """The counts alone: exactly the :class:`Histogram` of the same values (a copy)."""

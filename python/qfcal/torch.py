@@ -36,12 +36,15 @@ from torch.ao.quantization.qconfig import QConfig
 
 import qfcal
 from qfcal._checks import check_bins
+from qfcal._progress import Progress
 
 __all__ = [
     "QfcalObserver",
     "QfcalWeightObserver",
     "pt2e_flow",
     "pt2e_observer",
+    "calibrate_loss_aware",
+    "loss_aware_histograms",
     "pt2e_weight_observer",
     "qconfig",
 ]
@@ -152,6 +155,8 @@ class _QfcalObserverImpl(torch.nn.Module):
         self.percentile = float(percentile)
         self._hist = hist
         self._negate = False
+        # the loss-aware weights of the values seen (calibrate_loss_aware), or None
+        self.loss_weights: qfcal.WeightedHistogram | None = None
         if self.qscheme == torch.per_tensor_symmetric:
             qmin, qmax = self.quant_min, self.quant_max
             zp = _torch_symmetric_zero_point(dtype, qmin, qmax, self.has_customized_qrange)
@@ -204,15 +209,18 @@ class _QfcalObserverImpl(torch.nn.Module):
         return self._negate
 
     def search(self) -> qfcal.SearchResult:
-        """:func:`qfcal.search` on the histogram with this observer's grid and options. For a
+        """:func:`qfcal.search` on the histogram (on :attr:`loss_weights`, the loss-aware
+        weighted histogram, where :func:`calibrate_loss_aware` set one) with this observer's
+        grid and options. For a
         mirrored grid (:attr:`negated`) the result describes ``-x``: its zero point maps to
         ``quant_min + quant_max - zero_point`` and its range to ``[-max, -min]``.
 
         Raises:
             qfcal.EmptyHistogramError: no finite value has been seen.
         """
+        weighted = self.loss_weights is not None and not self._negate
         return qfcal.search(
-            self._hist,
+            self.loss_weights if weighted else self._hist,  # type: ignore[arg-type]
             qmin=self.quant_min,
             qmax=self.quant_max,
             symmetric=self.qscheme == torch.per_tensor_symmetric,
@@ -270,8 +278,9 @@ class _QfcalObserverImpl(torch.nn.Module):
         )
 
     def reset_min_max_vals(self) -> None:
-        """Forget every value seen (a fresh histogram)."""
+        """Forget every value seen (a fresh histogram, no loss weights)."""
         self._hist = qfcal.Histogram(self.bins)
+        self.loss_weights = None
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
 
@@ -571,6 +580,171 @@ def pt2e_weight_observer(flow: str | None = None) -> type[torch.nn.Module]:
         cls.__doc__ = QfcalWeightObserver.__doc__
         _PT2E_CLASSES[key] = cls
     return _PT2E_CLASSES[key]
+
+
+# -- loss-aware histograms -----------------------------------------------------------------------
+
+_TARGETS = ("fisher", "projection")
+
+
+def loss_aware_histograms(
+    model: torch.nn.Module,
+    batches: Any,
+    *,
+    modules: Any = None,
+    target: str = "fisher",
+    bins: int = qfcal.DEFAULT_BINS,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, qfcal.WeightedHistogram]:
+    """Each module output's :class:`qfcal.WeightedHistogram`: the values, weighted by the
+    squared gradient of a loss with respect to each of them (one backward pass per batch), so
+    that ``qfcal.search(hist)`` minimizes the error the model's output feels, not the plain
+    squared error of the tensor.
+
+    There are no labels: the loss compares the model with itself.
+    - ``fisher`` (classifiers; the output is logits): the cross-entropy of the output with
+      labels drawn from the model's own softmax. Its squared gradient is, in expectation, the
+      diagonal of the Fisher information: the curvature of the KL divergence to the float
+      output, which an error of the activation costs to second order (the KL's own gradient
+      at the float model is zero).
+    - ``projection`` (encoders, any output): ``sum(r * output)`` with ``r`` standard normal; its
+      squared gradient is, in expectation, the squared sensitivity of the whole output (the
+      Gauss-Newton diagonal of the output's squared error).
+
+    Args:
+        model: an ``nn.Module`` (run in eval mode; its parameters get no gradients).
+        batches: an iterable of inputs (a tensor, or a tuple of tensors passed as arguments).
+        modules: the modules whose outputs are histogrammed (name -> module, or names); by
+            default every leaf module whose output is a floating tensor.
+        target: ``fisher`` or ``projection`` (see above).
+        bins: histogram bins. seed: the random labels' / projections' seed.
+        progress: a progress bar over the batches.
+
+    Cost: one forward and one backward pass per batch (the backward computes no parameter
+    gradients), about three forward passes; ``benchmarks/bench_loss_aware.py`` measures it
+    against the forward-only histograms.
+
+    Raises:
+        ValueError: an unknown target or module name, a batch that produces no floating output,
+            or no batch.
+    """
+    if target not in _TARGETS:
+        raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
+    bins = check_bins(bins)
+    named = dict(model.named_modules())
+    if modules is None:
+        chosen = {n: m for n, m in named.items() if n and not list(m.children())}
+    elif isinstance(modules, dict):
+        chosen = dict(modules)
+    else:
+        unknown = [n for n in modules if n not in named]
+        if unknown:
+            raise ValueError(f"modules: model has no module {unknown[0]!r}")
+        chosen = {n: named[n] for n in modules}
+    hists: dict[str, qfcal.WeightedHistogram] = {}
+    gen = torch.Generator().manual_seed(seed)
+
+    def hook(name: str) -> Any:
+        def on_output(_mod: Any, _inp: Any, out: Any) -> None:
+            if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+                return
+            if not out.requires_grad:
+                return  # not on the path to the output (nothing to weigh)
+            values = out.detach()
+
+            def on_grad(g: torch.Tensor) -> None:
+                h = hists.setdefault(name, qfcal.WeightedHistogram(bins))
+                h.update(values.double().cpu().numpy(), (g.double() ** 2).cpu().numpy())
+
+            out.register_hook(on_grad)  # type: ignore[no-untyped-call]
+
+        return on_output
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in chosen.items()]
+    grads = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    seen = 0
+    try:
+        model.eval()
+        for p in grads:
+            p.requires_grad_(False)
+        with Progress(None, "qfcal.torch: loss-aware histograms", unit="batches",
+                      enabled=progress) as bar:  # fmt: skip
+            for batch in batches:
+                args = batch if isinstance(batch, tuple | list) else (batch,)
+                args = tuple(
+                    a.detach().requires_grad_(True)
+                    if isinstance(a, torch.Tensor) and a.is_floating_point()
+                    else a
+                    for a in args
+                )
+                with torch.enable_grad():
+                    y = model(*args)
+                    if not (isinstance(y, torch.Tensor) and y.is_floating_point()):
+                        raise ValueError(
+                            f"batch {seen}: the model returned {type(y).__name__}, not a "
+                            "floating tensor (wrap it so that it returns the logits or "
+                            "embedding)"
+                        )
+                    if target == "fisher":
+                        logits = y.reshape(-1, y.shape[-1])
+                        probs = torch.softmax(logits.detach().double(), dim=-1)
+                        labels = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+                        loss = torch.nn.functional.cross_entropy(
+                            logits, labels.to(logits.device), reduction="sum"
+                        )
+                    else:
+                        r = torch.randn(y.shape, generator=gen, dtype=y.dtype)
+                        loss = (y * r.to(y.device)).sum()
+                    loss.backward()  # type: ignore[no-untyped-call]
+                seen += 1
+                bar.update()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("batches yielded no batch")
+    return hists
+
+
+def calibrate_loss_aware(
+    prepared: torch.nn.Module,
+    batches: Any,
+    *,
+    target: str = "fisher",
+    progress: bool = False,
+) -> dict[str, qfcal.WeightedHistogram]:
+    """Calibrate a prepared model (eager, FX or PT2E, with qfcal observers) with loss-aware
+    weights: one forward and backward pass per batch (see :func:`loss_aware_histograms`); each
+    qfcal observer counts the values as in plain calibration and gets, as its
+    :attr:`~QfcalObserver.loss_weights`, the weighted histogram of the same values, so that
+    ``convert`` uses ranges that minimize the error the model's output feels. Returns the
+    weighted histograms by observer name. (Mirrored grids, see :class:`QfcalObserver`, keep the
+    plain search.)
+
+    Raises:
+        ValueError: the model has no qfcal observer, and what :func:`loss_aware_histograms`
+            raises.
+    """
+    observers = {n: m for n, m in prepared.named_modules() if isinstance(m, _QfcalObserverImpl)}
+    if not observers:
+        raise ValueError("prepared has no qfcal observer (prepare it with qfcal's observers)")
+    bins = {o.bins for o in observers.values()}
+    hists = loss_aware_histograms(
+        prepared,
+        batches,
+        modules=observers,
+        target=target,
+        bins=bins.pop() if len(bins) == 1 else qfcal.DEFAULT_BINS,
+        progress=progress,
+    )
+    for name, obs in observers.items():
+        obs.loss_weights = hists.get(name)
+    return hists
 
 
 def __getattr__(name: str) -> Any:

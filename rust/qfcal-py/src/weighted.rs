@@ -97,6 +97,18 @@ impl PyWeightedHistogram {
         })
     }
 
+    fn __copy__(&self, py: Python<'_>) -> PyResult<PyWeightedHistogram> {
+        self.copy(py)
+    }
+
+    fn __deepcopy__(
+        &self,
+        py: Python<'_>,
+        _memo: &Bound<'_, PyAny>,
+    ) -> PyResult<PyWeightedHistogram> {
+        self.copy(py)
+    }
+
     /// The counts alone, as a `Histogram` (a copy).
     #[getter]
     fn counts(&self, py: Python<'_>) -> PyResult<PyHistogram> {
