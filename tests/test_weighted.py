@@ -97,3 +97,15 @@ def test_no_weight_is_a_clear_error() -> None:
         qfcal.search(wh)
     with pytest.raises(ValueError, match="bins must be in"):
         qfcal.WeightedHistogram(3)
+
+
+def test_readme_example_runs() -> None:
+    from readme_examples import run
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(10_000)
+    grad = np.where(x > 0, rng.standard_normal(10_000), 0.0)  # a ReLU after it
+    ns = run("weighted", {"qfcal": qfcal, "conv_output": x, "grad": grad})
+    r = ns["r"]
+    assert r.min >= -r.scale / 2  # the negative values weigh nothing
+    assert qfcal.search(ns["wh"].counts, bits=8).min < -1

@@ -104,3 +104,13 @@ def test_axes_and_per_tensor() -> None:
 def test_bad_input_names_argument_and_value(call: object, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         call()  # type: ignore[operator]
+
+
+def test_readme_example_runs() -> None:
+    from readme_examples import run
+
+    w = np.random.default_rng(3).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    ns = run("weights", {"qfcal": qfcal, "conv_weight": w})
+    r = ns["r"]
+    assert isinstance(r, qfcal.WeightRanges) and r.scale.shape == (8,)
+    assert ns["w_int8_view"].shape == w.shape
