@@ -679,12 +679,12 @@ def quantize_static(
             also be any iterable of input dicts).
         method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`.
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
-            error per channel (or per tensor), on ORT's own symmetric weight grid, given to ORT
-            as ``TensorQuantOverrides`` (:func:`search_weight_ranges`); ``minmax``: ONNX
-            Runtime's own (max |w|); ``auto`` (default): ``optimal`` with ``per_channel=True``,
-            ``minmax`` per tensor (where the least squared error clips the channels with the
-            largest weights and costs the model more than it saves, BENCHMARKS.md) and with
-            ``reduce_range`` (which ORT does not apply to given scales).
+            error per channel (or per tensor) on the grid ORT applies to given scales
+            (``[-128, 127]``), given to ORT as ``TensorQuantOverrides``
+            (:func:`search_weight_ranges`); ``minmax``: ONNX Runtime's own (max |w| / 127);
+            ``auto`` (default): ``minmax``, which measured as well in exact semantics and better
+            on ORT's int8 kernels of an AVX2 CPU (BENCHMARKS.md). Not with ``reduce_range``
+            (which ORT does not apply to given scales).
         **ort_kwargs: every other argument of ONNX Runtime's ``quantize_static``
             (``quant_format``, ``per_channel``, ``activation_type``, ``weight_type``,
             ``op_types_to_quantize``, ``nodes_to_exclude``, ``calibration_providers``,
@@ -753,8 +753,9 @@ def quantize_static(
         )
     per_channel = bool(ort_kwargs.get("per_channel", False))
     if weight_method == "auto":
-        searched = per_channel and not ort_kwargs.get("reduce_range", False)
-        weight_method = "optimal" if searched else "minmax"
+        # measured end to end (BENCHMARKS.md): ORT's own weight scales did as well in exact
+        # semantics and better on its int8 kernels, which see the -128 level given scales use
+        weight_method = "minmax"
     op_types = ort_kwargs.get("op_types_to_quantize") or None
     cal = calibrate(
         model_input,
