@@ -48,6 +48,7 @@ GROUPS = (
     "framework",
     "aimet",
     "loss-aware",
+    "weights",
 )
 QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # row label -> (group, search kwargs; no "method" = the adapter's / search's default)
@@ -147,6 +148,11 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
         )
         dt = time.perf_counter() - t0
         weight_overrides[w] = qfcal.onnxruntime.weight_overrides(cal.weight_ranges)
+        if "weights" in args.contenders:  # qfcal's weight scales, for qfcal:optimal+weights
+            searched = qfcal.onnxruntime.search_weight_ranges(
+                pre, per_channel=w == "per-channel", op_types=spec.ort_op_types
+            )
+            weight_overrides[f"{w}+weights"] = qfcal.onnxruntime.weight_overrides(searched)
         if "default" in args.contenders and 8 in args.bits:
             row("qfcal:default", w, 8, out, seconds=dt, method=cal.method)
     assert cal is not None
@@ -170,6 +176,8 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
             return out
 
         sources[label] = qfcal_ranges
+        if label == "qfcal:optimal" and "weights" in args.contenders:
+            sources["qfcal:optimal+weights"] = qfcal_ranges
     if "framework" in args.contenders:
         for method in ORT_CALIBRATORS:
             try:
@@ -217,7 +225,10 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
                     continue  # done above through the adapter itself
                 t0 = time.perf_counter()
                 # qfcal's default at 6/4 bits: with the adapter's weight scales too
-                wo = weight_overrides.get(w) if label == "qfcal:default" else None
+                wo = {
+                    "qfcal:default": weight_overrides.get(w),
+                    "qfcal:optimal+weights": weight_overrides.get(f"{w}+weights"),
+                }.get(label)
                 path = flow.quantize(
                     ranges, per_channel=w == "per-channel", bits=bits, weight_overrides=wo
                 )
@@ -257,9 +268,7 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
             rec.note(f"{spec.key} pt2e {w} {family} calibration {dt:.1f} s")
             for bits in args.bits:
                 if family == "qfcal-loss-aware":  # optimal on the loss-weighted histograms
-                    m = flow.convert_and_score(
-                        prepared, bits, method="optimal", weight_method="optimal"
-                    )
+                    m = flow.convert_and_score(prepared, bits, method="optimal")
                     rec.add(
                         model=spec.key, flow="pt2e", contender="qfcal:loss-aware", weights=w,
                         bits=bits, sim=None, metrics=m,
@@ -280,12 +289,19 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
                         bits,
                         method=kw.get("method"),
                         percentile=kw.get("percentile"),
-                        # qfcal's default: its weight scales too (per channel)
-                        weight_method="optimal" if label == "qfcal:default" else "minmax",
                     )
                     rec.add(
                         model=spec.key, flow="pt2e", contender=label, weights=w, bits=bits,
                         sim=None, metrics=m,
+                    )  # fmt: skip
+                if "weights" in args.contenders and w == "per-channel":
+                    # qfcal's weight observer searching (the other rows: torch's min/max)
+                    m = flow.convert_and_score(
+                        prepared, bits, method="optimal", weight_method="optimal"
+                    )
+                    rec.add(
+                        model=spec.key, flow="pt2e", contender="qfcal:optimal+weights",
+                        weights=w, bits=bits, sim=None, metrics=m,
                     )  # fmt: skip
 
 
@@ -308,10 +324,11 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
             rec.add(**base, contender="tflite:converter", weights=w, metrics=m, seconds=dt)
         for label, (group, kw) in QFCAL_ROWS.items():
             if group in args.contenders:
-                # the other qfcal rows compare activation ranges: the converter's weights
-                wkw = {} if label == "qfcal:default" else {"weight_method": "minmax"}
-                m, dt, _ = flow.qfcal(pc, **kw, **wkw)
+                m, dt, _ = flow.qfcal(pc, **kw)
                 rec.add(**base, contender=label, weights=w, metrics=m, seconds=dt)
+        if "weights" in args.contenders:
+            m, dt, _ = flow.qfcal(pc, method="optimal", weight_method="optimal")
+            rec.add(**base, contender="qfcal:optimal+weights", weights=w, metrics=m, seconds=dt)
 
 
 # -- report -----------------------------------------------------------------------------------

@@ -231,13 +231,14 @@ def _weight_params(content):
     return out
 
 
-def test_weight_scales_are_qfcals(model, quantized):
-    # auto: qfcal's per-channel weight scales; the converter derives them from the clipped,
+def test_weight_scales_are_qfcals(model, rep, quantized):
+    # optimal: qfcal's per-channel weight scales; the converter derives them from the clipped,
     # batch-norm-folded weights, bit for bit
-    assert quantized.weight_ranges, "no weight searched"
-    params = _weight_params(quantized)
+    assert quantized.weight_ranges == {}  # the default keeps the converter's
+    searched = qtflite.quantize(model, rep, weight_method="optimal")
+    params = _weight_params(searched)
     found = 0
-    for name, r in quantized.weight_ranges.items():
+    for name, r in searched.weight_ranges.items():
         assert (r.qmin, r.qmax, r.zero_point) == (-127, 127, 0) and r.axis in (0, 3)
         scales, zps, values = params[name]
         np.testing.assert_array_equal(scales.astype(np.float32), r.scale)
@@ -246,16 +247,10 @@ def test_weight_scales_are_qfcals(model, quantized):
         found += 1
     # 4 convolutions (branch1, branch3 and the two first) and the 2 dense layers
     assert found == 6
-    assert sum(float((r.minmax_mse - r.mse).sum()) for r in quantized.weight_ranges.values()) > 0
-    # minmax leaves the converter's own: max |w| / 127 per channel
-    own = qtflite.quantize(model, _few, weight_method="minmax")
-    assert own.weight_ranges == {}
-    for name, r in quantized.weight_ranges.items():
-        scales = _weight_params(own)[name][0].astype(np.float32)
-        np.testing.assert_array_equal(scales, r.minmax_scale)
-
-
-def _few():
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        yield [rng.random((1, 28, 28, 1), dtype=np.float32)]
+    assert sum(float((r.minmax_mse - r.mse).sum()) for r in searched.weight_ranges.values()) > 0
+    # the default leaves the converter's own: max |w| / 127 per channel
+    own = _weight_params(quantized)
+    for name, r in searched.weight_ranges.items():
+        np.testing.assert_array_equal(own[name][0].astype(np.float32), r.minmax_scale)
+    with pytest.raises(ValueError, match="weight_method must be one of minmax, optimal"):
+        qtflite.quantize(model, rep, weight_method="auto")

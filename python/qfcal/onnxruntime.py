@@ -551,7 +551,7 @@ def _warn_non_finite(hists: Mapping[str, qfcal.Histogram]) -> None:
 # The weight input (index 1) of the ops ONNX Runtime quantizes as weights, and its per-channel
 # axis by default (ORT's operators/conv.py, gemm.py, matmul.py); Gemm's depends on transB.
 _WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": None}
-WEIGHT_METHODS = ("auto", "optimal", "minmax")
+WEIGHT_METHODS = ("minmax", "optimal")
 
 
 def _weight_tensors(
@@ -663,7 +663,7 @@ def quantize_static(
     percentile: float = 99.99,
     bins: int = qfcal.DEFAULT_BINS,
     progress: bool = True,
-    weight_method: str = "auto",
+    weight_method: str = "minmax",
     **ort_kwargs: Any,
 ) -> Calibration:
     """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
@@ -681,10 +681,10 @@ def quantize_static(
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
             error per channel (or per tensor) on the grid ORT applies to given scales
             (``[-128, 127]``), given to ORT as ``TensorQuantOverrides``
-            (:func:`search_weight_ranges`); ``minmax``: ONNX Runtime's own (max |w| / 127);
-            ``auto`` (default): ``minmax``, which measured as well in exact semantics and better
-            on ORT's int8 kernels of an AVX2 CPU (BENCHMARKS.md). Not with ``reduce_range``
-            (which ORT does not apply to given scales).
+            (:func:`search_weight_ranges`); ``minmax`` (default): ONNX Runtime's own
+            (max |w| / 127), which measured as well in exact semantics and better on ORT's int8
+            kernels of an AVX2 CPU (BENCHMARKS.md). ``optimal`` is refused with
+            ``reduce_range`` (which ORT does not apply to given scales).
         **ort_kwargs: every other argument of ONNX Runtime's ``quantize_static``
             (``quant_format``, ``per_channel``, ``activation_type``, ``weight_type``,
             ``op_types_to_quantize``, ``nodes_to_exclude``, ``calibration_providers``,
@@ -752,10 +752,6 @@ def quantize_static(
             f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
         )
     per_channel = bool(ort_kwargs.get("per_channel", False))
-    if weight_method == "auto":
-        # measured end to end (BENCHMARKS.md): ORT's own weight scales did as well in exact
-        # semantics and better on its int8 kernels, which see the -128 level given scales use
-        weight_method = "minmax"
     op_types = ort_kwargs.get("op_types_to_quantize") or None
     cal = calibrate(
         model_input,

@@ -171,7 +171,7 @@ def _sample_source(representative_dataset: Any) -> Callable[[], Iterable[Any]]:
 # flatbuffer's layout (CONV_2D [out, h, w, in], DEPTHWISE_CONV_2D [1, h, w, out],
 # FULLY_CONNECTED [out, in], TRANSPOSE_CONV [out, h, w, in]).
 _WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
-WEIGHT_METHODS = ("auto", "optimal", "minmax")
+WEIGHT_METHODS = ("minmax", "optimal")
 
 
 def _clip_limit(scale: np.float32) -> np.float32:
@@ -266,12 +266,12 @@ def _shared_groups(graph: Any, marked: Mapping[int, Any]) -> list[list[int]]:
 
 
 def _search_weights(
-    graph: Any, per_channel: bool, dense_per_channel: bool, optimal: bool
+    graph: Any, per_channel: bool, dense_per_channel: bool
 ) -> dict[str, qfcal.WeightRanges]:
     """qfcal's scales for the float weights of `graph` (the calibrated float model, batch norm
     already folded), written into it by clipping each channel at its scale's end (127 steps):
     the converter's symmetric int8 quantizer then derives exactly those scales from the
-    clipped weights. Per-tensor weights keep the converter's max |w| unless `optimal`."""
+    clipped weights (per channel where the converter quantizes per channel, else per tensor)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     sub = graph.subgraphs[0]
@@ -287,8 +287,6 @@ def _search_weights(
             continue
         done.add(index)
         channel = per_channel and (dense_per_channel or kind != "FULLY_CONNECTED")
-        if not (channel or optimal):
-            continue
         w = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32).reshape(
             [int(d) for d in t.shape]
         )
@@ -330,7 +328,7 @@ def quantize(
     inference_input_type: Any = None,
     inference_output_type: Any = None,
     progress: bool = False,
-    weight_method: str = "auto",
+    weight_method: str = "minmax",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -345,15 +343,13 @@ def quantize(
     outputs of concatenation, pooling, reshape, transpose, pad, slice...) get one joint range,
     searched on their merged histograms (the least total error over all of them), instead of
     the converter giving one the other's. Weights are quantized by the converter (per channel
-    unless `per_channel` is False or the converter says otherwise), from scales qfcal chooses
-    (`weight_method`):
-    ``optimal`` searches each weight's least squared error scale (:func:`qfcal.search_weights`,
-    on int8's ``[-127, 127]``, on the batch-norm-folded weights the converter quantizes) and
-    clips the float weights at its ends, so the converter's own max |w| / 127 gives exactly
-    that scale; ``minmax`` leaves the converter's; ``auto`` (default): ``optimal`` for
-    per-channel weights, ``minmax`` per tensor (where the least squared error clips the
-    channels with the largest weights and costs the model more than it saves; BENCHMARKS.md).
-    `inference_input_type` /
+    unless `per_channel` is False or the converter says otherwise) with its own max |w| / 127
+    scales (``weight_method="minmax"``, the default), or (``"optimal"``) with each weight's
+    least squared error scale (:func:`qfcal.search_weights` on int8's ``[-127, 127]``, on the
+    batch-norm-folded weights the converter quantizes): the float weights are clipped at its
+    ends, so the converter's own max |w| / 127 gives exactly that scale. The least squared
+    weight error did not make the 8-bit model closer to float (BENCHMARKS.md), hence the
+    default. `inference_input_type` /
     `inference_output_type` (``tf.int8``, ``tf.uint8``, ``tf.float32``) override the
     converter's model I/O types.
 
@@ -463,10 +459,8 @@ def quantize(
         getattr(conv, "_experimental_disable_per_channel_quantization_for_dense_layers", False)
     )
     weight_ranges = {}
-    if weight_method != "minmax":
-        weight_ranges = _search_weights(
-            graph, not disable_pc, not disable_dense_pc, weight_method == "optimal"
-        )
+    if weight_method == "optimal":
+        weight_ranges = _search_weights(graph, not disable_pc, not disable_dense_pc)
 
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
