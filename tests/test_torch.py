@@ -591,6 +591,17 @@ def test_pt2e_with_torchao(fmnist, trained):
     print(f"PT2E (torchao) with qfcal observers: top-1 {acc:.2f}% (float {trained[1]:.2f}%)")
     assert acc >= trained[1] - ACCURACY_TOLERANCE
 
+    # loss-aware calibration of an exported model (which refuses train()/eval())
+    prepared = prepare_pt2e(
+        torch.export.export(float_model, (x_test[:8],), dynamic_shapes=batch).module(), quantizer
+    )
+    hists = qtorch.calibrate_loss_aware(prepared, fmnist["calib"][:3])
+    observers = [m for m in prepared.modules() if isinstance(m, cls)]
+    assert hists and all(obs.loss_weights is not None for obs in observers)
+    acc = accuracy(convert_pt2e(prepared), x_test, y_test)
+    print(f"PT2E, loss-aware: top-1 {acc:.2f}%")
+    assert acc >= trained[1] - ACCURACY_TOLERANCE
+
 
 @pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
 def test_weight_observer_scales_reach_the_quantized_model(fmnist, trained):

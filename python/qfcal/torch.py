@@ -587,6 +587,15 @@ def pt2e_weight_observer(flow: str | None = None) -> type[torch.nn.Module]:
 _TARGETS = ("fisher", "projection")
 
 
+def _set_training(model: torch.nn.Module, training: bool) -> None:
+    """``model.train(training)``, where the model allows it: a PT2E-exported model refuses
+    ``train()``/``eval()`` (it runs as it was exported, in inference semantics)."""
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass
+
+
 def loss_aware_histograms(
     model: torch.nn.Module,
     batches: Any,
@@ -666,7 +675,7 @@ def loss_aware_histograms(
     was_training = model.training
     seen = 0
     try:
-        model.eval()
+        _set_training(model, False)
         for p in grads:
             p.requires_grad_(False)
         with Progress(None, "qfcal.torch: loss-aware histograms", unit="batches",
@@ -705,7 +714,7 @@ def loss_aware_histograms(
             h.remove()
         for p, g in grads.items():
             p.requires_grad_(g)
-        model.train(was_training)
+        _set_training(model, was_training)
     if seen == 0:
         raise ValueError("batches yielded no batch")
     return hists
