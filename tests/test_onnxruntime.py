@@ -25,6 +25,8 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 
 import qfcal  # noqa: E402
+import qfcal.crossval  # noqa: E402
+import qfcal.distributed  # noqa: E402
 import qfcal.onnxruntime as qo  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_cnn import build_onnx  # noqa: E402
@@ -658,3 +660,26 @@ def test_weight_scales_are_qfcal_ones(
             rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
             own = np.abs(rows).max(axis=1) / np.float32(127)
             np.testing.assert_allclose(scale.reshape(-1), own, rtol=1e-6)
+
+
+def test_crossval_method_end_to_end(cnn: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "cv.onnx"
+    cal = qo.quantize_static(cnn["path"], out, cnn["batches"], method="crossval", progress=False)
+    assert cal.method == "crossval" and cal.crossval_gamma
+    assert set(cal.crossval_gamma.values()) <= set(qfcal.crossval.DEFAULT_GAMMAS)
+    for name, parts in cal.batch_histograms.items():
+        assert len(parts) == CALIB_BATCHES
+        assert qfcal.distributed.merge_bytes(parts) == cal.histograms[name]
+    name = next(iter(cal.crossval_gamma))
+    parts = [h for h in cal.batch_histograms[name] if h.finite]
+    r = cal.ranges[name]
+    expected = qfcal.cross_validate(parts, folds=min(8, len(parts)), qmin=r.qmin, qmax=r.qmax)
+    assert (r.scale, r.zero_point, r.gamma) == (expected.scale, expected.zero_point, expected.gamma)
+    written = _written_params(out)
+    assert any(float(s) == np.float32(r.scale) for s, _ in written.values())
+    pred = predict(out, cnn["x_test"])
+    assert (pred == cnn["float_pred"]).mean() >= 0.97
+    # re-searching keeps the batches; without them crossval is a clear error
+    assert cal.search(method="optimal").batch_histograms == cal.batch_histograms
+    with pytest.raises(ValueError, match="needs each batch's histograms"):
+        qo.Calibration(cal.histograms, method="crossval")

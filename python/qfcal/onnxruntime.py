@@ -71,6 +71,21 @@ _ORT_CALIBRATION_OPTIONS = (
 _CACHE_PR = "microsoft/onnxruntime#28221"
 
 
+CROSSVAL = "crossval"
+# Folds of method="crossval" (consecutive batches grouped): leave-one-out over many batches
+# costs a search per batch and gamma per tensor.
+CROSSVAL_FOLDS = 8
+
+
+def _check_method(method: str, gamma: float, percentile: float) -> None:
+    """qfcal's search options, plus ``crossval`` (cross-validated clipping, see
+    :class:`Calibration`)."""
+    if method == CROSSVAL:
+        qfcal.check_search_options(percentile=percentile)
+    else:
+        qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+
+
 def _ort_has_cache() -> bool:
     return "calibration_cache_path" in inspect.signature(_ort_quantize_static).parameters
 
@@ -160,6 +175,9 @@ class Calibration:
         bounds: tensor name -> ``(lowest, highest)`` float32: what ONNX Runtime is given, from
             which its own arithmetic gives back exactly the scale and zero point in ``ranges``.
         skipped: tensor name -> why it has no range (no finite value seen, ...).
+        batch_histograms: tensor name -> each calibration batch's own histogram (kept by
+            ``method="crossval"``; empty otherwise).
+        crossval_gamma: tensor name -> the clipping weight ``gamma`` cross-validation chose.
         weight_ranges: weight name -> :class:`qfcal.WeightRanges` that :func:`quantize_static`
             gave ONNX Runtime (empty when ORT chose the weight scales itself).
         activation_type, symmetric, method, gamma, percentile: the search settings.
@@ -180,6 +198,7 @@ class Calibration:
         percentile: float = 99.99,
         tensor_overrides: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         batches: int = 0,
+        batch_histograms: Mapping[str, Sequence[qfcal.Histogram]] | None = None,
     ) -> None:
         self.activation_type: Any = _quant_type(activation_type)
         self.symmetric = bool(symmetric)
@@ -190,9 +209,16 @@ class Calibration:
         self.tensor_overrides: dict[str, list[dict[str, Any]]] = {
             k: [dict(o) for o in v] for k, v in (tensor_overrides or {}).items()
         }
-        qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+        _check_method(method, gamma, percentile)
         _grid(self.activation_type, self.symmetric)  # rejects float8 up front
         self.histograms: dict[str, qfcal.Histogram] = dict(histograms)
+        self.batch_histograms = {k: list(v) for k, v in (batch_histograms or {}).items()}
+        if method == CROSSVAL and not self.batch_histograms:
+            raise ValueError(
+                "method='crossval' needs each batch's histograms (batch_histograms=, as "
+                "calibrate(..., method='crossval') keeps them)"
+            )
+        self.crossval_gamma: dict[str, float] = {}
         self.ranges: dict[str, qfcal.SearchResult] = {}
         self.bounds: dict[str, tuple[np.float32, np.float32]] = {}
         self.skipped: dict[str, str] = {}
@@ -205,15 +231,7 @@ class Calibration:
             quant_type, symmetric_t, reduce_range = self._tensor_grid(name)
             qmin, qmax = _grid(quant_type, symmetric_t, reduce_range)
             try:
-                r = qfcal.search(
-                    hist,
-                    qmin=qmin,
-                    qmax=qmax,
-                    symmetric=symmetric_t,
-                    method=method,
-                    gamma=gamma,
-                    percentile=percentile,
-                )
+                r = self._search(name, hist, qmin, qmax, symmetric_t)
             except qfcal.EmptyHistogramError:
                 self.skipped[name] = f"no finite value among {hist.total} seen"
                 continue
@@ -234,6 +252,31 @@ class Calibration:
                 + "; ".join(f"{k!r}: {v}" for k, v in self.skipped.items()),
                 stacklevel=2,
             )
+
+    def _search(
+        self, name: str, hist: qfcal.Histogram, qmin: int, qmax: int, symmetric: bool
+    ) -> qfcal.SearchResult:
+        """One tensor's range: the search, or for ``crossval`` the cross-validated one (the
+        batches in up to ``CROSSVAL_FOLDS`` folds of consecutive batches; `gamma` chosen per
+        tensor, kept in :attr:`crossval_gamma`), falling back
+        to ``optimal`` where fewer than two batches hold finite values of the tensor."""
+        if self.method != CROSSVAL:
+            return qfcal.search(
+                hist,
+                qmin=qmin,
+                qmax=qmax,
+                symmetric=symmetric,
+                method=self.method,
+                gamma=self.gamma,
+                percentile=self.percentile,
+            )
+        parts = [h for h in self.batch_histograms.get(name, []) if h.finite]
+        if len(parts) < 2:
+            return qfcal.search(hist, qmin=qmin, qmax=qmax, symmetric=symmetric)
+        folds = min(len(parts), CROSSVAL_FOLDS)
+        r = qfcal.cross_validate(parts, folds=folds, qmin=qmin, qmax=qmax, symmetric=symmetric)
+        self.crossval_gamma[name] = r.gamma
+        return r
 
     def _tensor_grid(self, name: str) -> tuple[Any, bool, bool]:
         """(quant type, symmetric, reduce_range) of a tensor: ORT's per-tensor overrides
@@ -265,6 +308,7 @@ class Calibration:
             percentile=self.percentile if percentile is None else percentile,
             tensor_overrides=self.tensor_overrides,
             batches=self.batches,
+            batch_histograms=self.batch_histograms,
         )
 
     def tensors_data(self) -> Any:
@@ -356,7 +400,11 @@ def calibrate(
             returns an input dict, then None) or any iterable of input dicts
             ``{input name: numpy array}``. Read once.
         method: a qfcal search method (:func:`qfcal.methods`): ``optimal`` (default),
-            ``greedy``, ``tf_enhanced``, ``entropy``, ``percentile``, ``minmax``.
+            ``greedy``, ``tf_enhanced``, ``entropy``, ``percentile``, ``minmax``; or
+            ``crossval``: each batch's histograms are kept too, and each tensor's range is
+            :func:`qfcal.cross_validate`'s over them (the batches in up to 8 folds: the
+            clipping weight ``gamma`` of least held-out error, per tensor), for a clip that
+            generalizes beyond the calibration batches.
         activation_type: ORT's ``QuantType`` of the activations (or its name); sets the grid.
         symmetric: ORT's ``extra_options["ActivationSymmetric"]``.
         gamma, percentile: passed to :func:`qfcal.search`.
@@ -382,15 +430,18 @@ def calibrate(
         TypeError: `data_reader` or a batch of the wrong kind.
         RuntimeError: ONNX Runtime failed on a batch (the batch number and shapes are named).
     """
-    qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    _check_method(method, gamma, percentile)
     at = _quant_type(activation_type)
     _grid(at, bool(symmetric))
     bins = check_bins(bins)
     proto = _load(model)
     batches = _batches(data_reader)
+    per_batch: dict[str, list[qfcal.Histogram]] | None = {} if method == "crossval" else None
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
         session, graph_inputs, fetch = _augmented_session(proto, tmp, op_types, providers)
-        hists, count = _stream(session, graph_inputs, fetch, batches, bins, progress)
+        hists, count = _stream(
+            session, graph_inputs, fetch, batches, bins, progress, per_batch=per_batch
+        )
     _warn_non_finite(hists)
     return Calibration(
         hists,
@@ -401,6 +452,7 @@ def calibrate(
         percentile=percentile,
         tensor_overrides=tensor_overrides,
         batches=count,
+        batch_histograms=per_batch,
     )
 
 
@@ -477,7 +529,11 @@ def _stream(
     batches: Iterator[Mapping[str, Any]],
     bins: int,
     progress: bool,
+    per_batch: dict[str, list[qfcal.Histogram]] | None = None,
 ) -> tuple[dict[str, qfcal.Histogram], int]:
+    """The histograms of every tensor over the batches, and the batch count; with `per_batch`,
+    also each batch's own histogram of each tensor, appended there (the totals are their exact
+    merge)."""
     required = set(graph_inputs)
     hists: dict[str, qfcal.Histogram] = {}
     for name, floating in graph_inputs.items():
@@ -514,12 +570,16 @@ def _stream(
                 raise RuntimeError(
                     f"onnxruntime failed on calibration batch {count} (inputs {shapes}): {e}"
                 ) from e
-            for name, floating in graph_inputs.items():
-                if floating:
-                    hists[name].update(np.asarray(batch[name]))
-            for name, value in zip(fetch, outs, strict=True):
-                hists[name].update(value)
-            del outs  # drop the activations: only the histograms are kept
+            values = [(n, np.asarray(batch[n])) for n, f in graph_inputs.items() if f]
+            for name, value in values + list(zip(fetch, outs, strict=True)):
+                if per_batch is None:
+                    hists[name].update(value)
+                else:
+                    own = qfcal.Histogram(bins)
+                    own.update(value)
+                    hists[name].merge(own)
+                    per_batch.setdefault(name, []).append(own)
+            del outs, values  # drop the activations: only the histograms are kept
             count += 1
             bar.update()
         if count == 0:
