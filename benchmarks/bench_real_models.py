@@ -49,6 +49,7 @@ GROUPS = (
     "aimet",
     "loss-aware",
     "weights",
+    "crossval",
 )
 QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # row label -> (group, search kwargs; no "method" = the adapter's / search's default)
@@ -178,6 +179,28 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
         sources[label] = qfcal_ranges
         if label == "qfcal:optimal" and "weights" in args.contenders:
             sources["qfcal:optimal+weights"] = qfcal_ranges
+    if "crossval" in args.contenders:
+        # cross-validated clipping: each calibration sample's histograms kept, gamma per tensor
+        t0 = time.perf_counter()
+        cv = qfcal.onnxruntime.calibrate(
+            pre, calib_feeds, method="crossval", op_types=spec.ort_op_types, progress=False
+        )
+        dt = time.perf_counter() - t0
+        rec.note(f"{spec.key} qfcal:crossval calibration and 8-bit search {dt:.1f} s")
+
+        def crossval_ranges(bits: int) -> dict[str, tuple[float, float]]:
+            if bits == 8:
+                return {k: (float(lo), float(hi)) for k, (lo, hi) in cv.bounds.items()}
+            qmin, qmax = grid(bits)
+            out: dict[str, tuple[float, float]] = {}
+            for k, parts in cv.batch_histograms.items():
+                parts = [h for h in parts if h.finite]
+                if len(parts) >= 2:
+                    r = qfcal.cross_validate(parts, folds=min(8, len(parts)), qmin=qmin, qmax=qmax)
+                    out[k] = (r.min, r.max)
+            return out
+
+        sources["qfcal:crossval"] = crossval_ranges
     if "framework" in args.contenders:
         for method in ORT_CALIBRATORS:
             try:
