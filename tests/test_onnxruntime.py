@@ -622,10 +622,12 @@ def test_weight_scales_are_qfcal_ones(
     )
     q = onnx.load(str(out))
     inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
-    floats = {i.name: numpy_helper.to_array(i) for i in cnn["model"].graph.initializer}
+    # (from the file: another test saves cnn["model"] with external data, which moves it)
+    float_model = onnx.load(str(cnn["path"]))
+    floats = {i.name: numpy_helper.to_array(i) for i in float_model.graph.initializer}
     searched = weight_method == "optimal"  # minmax (the default): ORT's own
     weights = [
-        n.input[1] for n in cnn["model"].graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
+        n.input[1] for n in float_model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")
     ]
     assert weights and set(cal.weight_ranges) == (set(weights) if searched else set())
     for name in weights:

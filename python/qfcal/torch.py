@@ -604,6 +604,7 @@ def loss_aware_histograms(
     target: str = "fisher",
     bins: int = qfcal.DEFAULT_BINS,
     seed: int = 0,
+    floor: float = 0.0,
     progress: bool = False,
 ) -> dict[str, qfcal.WeightedHistogram]:
     """Each module output's :class:`qfcal.WeightedHistogram`: the values, weighted by the
@@ -628,6 +629,9 @@ def loss_aware_histograms(
             default every leaf module whose output is a floating tensor.
         target: ``fisher`` or ``projection`` (see above).
         bins: histogram bins. seed: the random labels' / projections' seed.
+        floor: added to every weight, as a multiple of the batch's mean squared gradient of
+            that tensor (0: pure squared gradients; larger blends in the plain histogram,
+            whose range every value shapes).
         progress: a progress bar over the batches.
 
     Cost: one forward and one backward pass per batch (the backward computes no parameter
@@ -664,7 +668,10 @@ def loss_aware_histograms(
 
             def on_grad(g: torch.Tensor) -> None:
                 h = hists.setdefault(name, qfcal.WeightedHistogram(bins))
-                h.update(values.double().cpu().numpy(), (g.double() ** 2).cpu().numpy())
+                w = g.double() ** 2
+                if floor:
+                    w = w + floor * w.mean()
+                h.update(values.double().cpu().numpy(), w.cpu().numpy())
 
             out.register_hook(on_grad)  # type: ignore[no-untyped-call]
 
@@ -725,6 +732,7 @@ def calibrate_loss_aware(
     batches: Any,
     *,
     target: str = "fisher",
+    floor: float = 0.0,
     progress: bool = False,
 ) -> dict[str, qfcal.WeightedHistogram]:
     """Calibrate a prepared model (eager, FX or PT2E, with qfcal observers) with loss-aware
@@ -749,6 +757,7 @@ def calibrate_loss_aware(
         modules=observers,
         target=target,
         bins=bins.pop() if len(bins) == 1 else qfcal.DEFAULT_BINS,
+        floor=floor,
         progress=progress,
     )
     for name, obs in observers.items():

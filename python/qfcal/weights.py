@@ -42,7 +42,9 @@ class WeightRanges:
     Attributes:
         axis: the channel axis (``None``: one scale for the whole tensor).
         qmin, qmax, zero_point: the integer grid (symmetric: the zero point is fixed).
-        scale: float32 scale per channel (0 where a channel is all zeros: no range to choose).
+        scale: float32 scale per channel (0 where a channel is all zeros: no range to choose;
+            the least normal float32 where the values are too small for any normal scale to
+            reach them, about 1e-36: they then round to 0).
         mse: mean squared error per channel at ``scale``.
         minmax_scale, minmax_mse: min/max's scale (the extremes on the grid's ends: max |w| / 127
             on int8's narrow grid, as the nearest float32) and its error, per channel.

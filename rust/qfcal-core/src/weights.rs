@@ -93,7 +93,13 @@ pub fn fit_scale(values: &[f32], spec: &QuantSpec) -> (f64, f64) {
     let limit = m / (e - 0.5);
     // the fitting scale as the nearest float32 (as the frameworks store max|w| / 127: the ends
     // then round onto the grid's ends); the limit rounded down
-    let s32 = s as f32;
+    // (a channel of values too small for a normal float32 scale gets the least normal one:
+    // its values then round to 0, and its error is theirs)
+    let s32 = if s > 0.0 {
+        (s as f32).max(f32::MIN_POSITIVE)
+    } else {
+        0.0
+    };
     let mut l32 = limit as f32;
     if (l32 as f64) > limit {
         l32 = f32::from_bits(l32.to_bits() - 1);
@@ -367,6 +373,9 @@ mod tests {
         let v: Vec<f32> = (-127..=127).map(|i| i as f32 * 0.5).collect();
         let c = channel_scale(&v, &spec(8, true), true);
         assert_eq!((c.scale, c.mse), (0.5, 0.0));
+        let tiny = channel_scale(&[1e-45, 0.0], &spec(8, true), true);
+        assert_eq!(tiny.scale, f32::MIN_POSITIVE as f64);
+        assert_eq!(tiny.mse, (1e-45f32 as f64).powi(2) / 2.0);
         let z = channel_scale(&[0.0; 5], &spec(8, true), true);
         assert_eq!((z.scale, z.mse, z.fit_scale), (0.0, 0.0, 0.0));
         // one-sided data: the fitting scale is set by the side that has values
