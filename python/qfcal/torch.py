@@ -668,10 +668,12 @@ def loss_aware_histograms(
 
             def on_grad(g: torch.Tensor) -> None:
                 h = hists.setdefault(name, qfcal.WeightedHistogram(bins))
-                w = g.double() ** 2
+                # float32 (as the activations are) is read without a copy; squares below
+                # 2**-96 count as 0 in the weighted histogram anyway
+                w = g.detach().float().square()
                 if floor:
                     w = w + floor * w.mean()
-                h.update(values.double().cpu().numpy(), w.cpu().numpy())
+                h.update(values.float().cpu().numpy(), w.cpu().numpy())
 
             out.register_hook(on_grad)  # type: ignore[no-untyped-call]
 

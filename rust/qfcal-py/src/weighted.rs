@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::{MutexExt, PyOnceLock};
 use pyo3::types::IntoPyDict;
+use qfcal_core::histogram::Sample;
 use qfcal_core::histogram::DEFAULT_BINS;
 use qfcal_core::WeightedHistogram;
 
@@ -31,7 +32,42 @@ fn float64<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, P
         .cast_into::<PyArrayDyn<f64>>()?)
 }
 
+/// `x` as a contiguous float32 numpy array when it is one already (no conversion), else None.
+fn float32<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyArrayDyn<f32>>>> {
+    static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let asarray = ASARRAY.import(py, "numpy", "ascontiguousarray")?;
+    Ok(asarray.call1((x,))?.cast_into::<PyArrayDyn<f32>>().ok())
+}
+
 impl PyWeightedHistogram {
+    /// Adds two same-shaped contiguous arrays with the GIL released.
+    fn add<V: numpy::Element + Sample, W: numpy::Element + Copy + Into<f64> + Send + Sync>(
+        &self,
+        py: Python<'_>,
+        values: &Bound<'_, PyArrayDyn<V>>,
+        weights: &Bound<'_, PyArrayDyn<W>>,
+    ) -> PyResult<()> {
+        if values.shape() != weights.shape() {
+            return Err(PyValueError::new_err(format!(
+                "values and weights must have the same shape, got {:?} and {:?}",
+                values.shape(),
+                weights.shape()
+            )));
+        }
+        let (v, w) = (values.readonly(), weights.readonly());
+        let (vs, ws) = (v.as_slice()?, w.as_slice()?);
+        let cell = &self.inner;
+        py.detach(|| {
+            guard(|| {
+                let mut h = cell.lock().map_err(|_| poisoned())?;
+                h.update(vs, ws).map_err(to_py)
+            })
+        })
+    }
+
     pub(crate) fn read<T>(
         &self,
         py: Python<'_>,
@@ -58,30 +94,19 @@ impl PyWeightedHistogram {
         })
     }
 
-    /// Adds `values` with `weights` (same shape).
+    /// Adds `values` with `weights` (same shape). float32 pairs are read as they are; anything
+    /// else is read as float64.
     fn update(
         &self,
         py: Python<'_>,
         values: &Bound<'_, PyAny>,
         weights: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let (v, w) = (float64(py, values)?, float64(py, weights)?);
-        if v.shape() != w.shape() {
-            return Err(PyValueError::new_err(format!(
-                "values and weights must have the same shape, got {:?} and {:?}",
-                v.shape(),
-                w.shape()
-            )));
+        if let (Some(v), Some(w)) = (float32(py, values)?, float32(py, weights)?) {
+            return self.add(py, &v, &w);
         }
-        let (v, w) = (v.readonly(), w.readonly());
-        let (vs, ws) = (v.as_slice()?, w.as_slice()?);
-        let cell = &self.inner;
-        py.detach(|| {
-            guard(|| {
-                let mut h = cell.lock().map_err(|_| poisoned())?;
-                h.update(vs, ws).map_err(to_py)
-            })
-        })
+        let (v, w) = (float64(py, values)?, float64(py, weights)?);
+        self.add(py, &v, &w)
     }
 
     /// Adds `other` into this one, exactly.

@@ -16,7 +16,7 @@
 //! binned).
 
 use super::grid::{bin_index, coarsen_into, pow2};
-use super::Histogram;
+use super::{Histogram, Sample};
 use crate::dist::Dist;
 use crate::error::{invalid, Error, Result};
 
@@ -35,10 +35,26 @@ pub struct WeightedHistogram {
     zeros: u128,
 }
 
-/// A weight as a fixed-point integer, rounded down.
+/// A weight as a fixed-point integer, rounded down: `floor(w * 2^96)`, from the float's bits
+/// (a float-to-u128 conversion is a slow library call). `w` must be finite, `>= 0` and below
+/// `2^32` (checked by the caller).
+#[inline]
 fn fixed(w: f64) -> u128 {
-    // exact scaling by a power of two, then truncation (w < 2^32 is checked by the caller)
-    (w * pow2(WEIGHT_FRACTION_BITS)) as u128
+    let bits = w.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    if exp == 0 {
+        return 0; // zero or subnormal: far below 2^-96
+    }
+    let mant = ((bits & ((1u64 << 52) - 1)) | (1u64 << 52)) as u128;
+    // w = mant * 2^(exp - 1075), so w * 2^96 = mant * 2^(exp - 1075 + 96)
+    let shift = exp - 1075 + WEIGHT_FRACTION_BITS;
+    if shift >= 0 {
+        mant << shift
+    } else if shift > -128 {
+        mant >> (-shift)
+    } else {
+        0
+    }
 }
 
 fn overflow() -> Error {
@@ -101,9 +117,19 @@ impl WeightedHistogram {
         }
     }
 
+    /// The exact total of the weight sums.
+    fn total_fixed(&self) -> u128 {
+        // never overflows: every update and merge checks the total first
+        self.weights.iter().sum::<u128>() + self.zeros
+    }
+
     /// Adds `values` with their `weights` (same length; each weight finite, `>= 0` and below
     /// `2^32`). Fails, changing nothing, on a bad weight or a weight sum beyond `2^32`.
-    pub fn update(&mut self, values: &[f64], weights: &[f64]) -> Result<()> {
+    pub fn update<V: Sample, W: Copy + Into<f64> + Send + Sync>(
+        &mut self,
+        values: &[V],
+        weights: &[W],
+    ) -> Result<()> {
         if values.len() != weights.len() {
             return Err(invalid(format!(
                 "values and weights must have the same length, got {} and {}",
@@ -111,56 +137,96 @@ impl WeightedHistogram {
                 weights.len()
             )));
         }
-        if let Some((i, w)) = weights
-            .iter()
-            .enumerate()
-            .find(|(_, w)| !(w.is_finite() && **w >= 0.0 && **w < 4294967296.0))
-        {
-            return Err(invalid(format!(
-                "weights must be finite, >= 0 and below 2^32, weights[{i}] is {w}"
-            )));
+        // check every weight and the new total before changing anything: then no sum below
+        // can overflow (each is part of the total). The float sum settles it unless the total
+        // comes within a millionth of the limit; only then is it summed exactly.
+        let mut sum = 0.0f64;
+        for (i, &w) in weights.iter().enumerate() {
+            let w: f64 = w.into();
+            if !(w.is_finite() && (0.0..4294967296.0).contains(&w)) {
+                return Err(invalid(format!(
+                    "weights must be finite, >= 0 and below 2^32, weights[{i}] is {w}"
+                )));
+            }
+            sum += w;
         }
-        let mut next = self.clone();
-        let (k_old, lo_old) = (next.counts.k, next.counts.lo);
+        let before = self.total_fixed();
+        if before as f64 * pow2(-WEIGHT_FRACTION_BITS) + sum * (1.0 + 1e-6) >= 4294967296.0 {
+            let mut total = before;
+            for (&x, &w) in values.iter().zip(weights) {
+                if x.to_f64().is_finite() {
+                    add(&mut total, fixed(w.into()))?;
+                }
+            }
+        }
+        let parts = super::parallel::parts_for(values.len(), 0);
+        if parts <= 1 {
+            self.add_checked(values, weights);
+            return Ok(());
+        }
+        // one part a thread, each into a histogram of its own, merged back exactly
+        let len = values.len().div_ceil(parts);
+        let bins = self.counts.bins;
+        let mine: Vec<WeightedHistogram> = std::thread::scope(|scope| {
+            let handles: Vec<_> = values
+                .chunks(len)
+                .zip(weights.chunks(len))
+                .map(|(v, w)| {
+                    scope.spawn(move || {
+                        let mut h = WeightedHistogram::new(bins).expect("bins already checked");
+                        h.add_checked(v, w);
+                        h
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        for h in &mine {
+            self.merge(h)?; // cannot fail: the total was checked above
+        }
+        Ok(())
+    }
+
+    /// Adds values whose weights were checked (finite, in range, total below the limit).
+    fn add_checked<V: Sample, W: Copy + Into<f64>>(&mut self, values: &[V], weights: &[W]) {
+        let (k_old, lo_old) = (self.counts.k, self.counts.lo);
         let (min_old, max_old, had) = (
-            next.counts.min_nz,
-            next.counts.max_nz,
-            next.counts.nonzero > 0,
+            self.counts.min_nz,
+            self.counts.max_nz,
+            self.counts.nonzero > 0,
         );
-        next.counts.update(values, 1);
-        next.follow(k_old, lo_old);
-        if !had || next.counts.min_nz != min_old {
-            next.at_min = 0;
+        self.counts.update(values, 1);
+        self.follow(k_old, lo_old);
+        if !had || self.counts.min_nz != min_old {
+            self.at_min = 0;
         }
-        if !had || next.counts.max_nz != max_old {
-            next.at_max = 0;
+        if !had || self.counts.max_nz != max_old {
+            self.at_max = 0;
         }
-        let (mn, mx) = (next.counts.min_nz(), next.counts.max_nz());
-        let inv = pow2(-next.counts.k);
+        let (mn, mx) = (self.counts.min_nz(), self.counts.max_nz());
+        let (inv, lo) = (pow2(-self.counts.k), self.counts.lo);
         for (&x, &w) in values.iter().zip(weights) {
-            if !x.is_finite() {
+            let (x, w): (f64, f64) = (x.to_f64(), w.into());
+            // a zero weight adds nothing (many: a ReLU passes no gradient to its negatives)
+            if w == 0.0 || !x.is_finite() {
                 continue;
             }
             let q = fixed(w);
             if x == 0.0 {
-                add(&mut next.zeros, q)?;
+                self.zeros += q;
                 continue;
             }
-            let i = (bin_index(x, inv) - next.counts.lo) as usize;
-            add(&mut next.weights[i], q)?;
+            self.weights[(bin_index(x, inv) - lo) as usize] += q;
             if x == mn {
-                add(&mut next.at_min, q)?;
+                self.at_min += q;
             }
             if x == mx {
-                add(&mut next.at_max, q)?;
+                self.at_max += q;
             }
         }
-        let mut total = 0u128;
-        for &b in next.weights.iter().chain([&next.zeros]) {
-            add(&mut total, b)?;
-        }
-        *self = next;
-        Ok(())
     }
 
     /// Adds `other` into `self`, exactly (same `bins`).
@@ -298,6 +364,44 @@ mod tests {
             zeros,
             exact(&mut v.iter().zip(&w).filter(|p| *p.0 == 0.0).map(|p| *p.1))
         );
+    }
+
+    #[test]
+    fn fixed_point_is_floor_of_the_scaled_weight() {
+        for w in [
+            0.0,
+            1e-40,
+            2f64.powi(-96),
+            2f64.powi(-97),
+            0.1,
+            0.75,
+            1.0,
+            3.5e9,
+            4294967295.9,
+        ] {
+            assert_eq!(fixed(w), (w * pow2(WEIGHT_FRACTION_BITS)) as u128, "{w}");
+        }
+        let mut s = 7u64;
+        for _ in 0..10_000 {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            let w = f64::from_bits(s >> 2) % 4.0e9;
+            if w.is_finite() && w >= 0.0 {
+                assert_eq!(fixed(w), (w * pow2(WEIGHT_FRACTION_BITS)) as u128, "{w}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_update_split_over_threads_is_the_same() {
+        let v: Vec<f32> = values(600_000, 9).iter().map(|&x| x as f32).collect();
+        let w: Vec<f32> = v.iter().map(|x| x * x).collect();
+        let mut whole = WeightedHistogram::new(256).unwrap();
+        whole.update(&v, &w).unwrap(); // split over threads
+        let mut pieces = WeightedHistogram::new(256).unwrap();
+        for (cv, cw) in v.chunks(1000).zip(w.chunks(1000)) {
+            pieces.update(cv, cw).unwrap(); // one thread each
+        }
+        assert_eq!(whole, pieces);
     }
 
     #[test]
