@@ -287,6 +287,13 @@ class _QfcalObserverImpl(torch.nn.Module):
     # -- state dict: the histogram's bytes travel as the module's extra state -------------------
 
     def get_extra_state(self) -> dict[str, Any]:
+        if self.loss_weights is not None:
+            warnings.warn(
+                f"{type(self).__name__}: the loss-aware weights are not saved in the state dict "
+                "(WeightedHistogram has no byte format yet); a model loaded from it searches "
+                "the plain histogram. Convert before saving to keep the loss-aware ranges.",
+                stacklevel=2,
+            )
         data = self._hist.to_bytes()
         return {
             "version": _STATE_VERSION,
