@@ -19,6 +19,7 @@
 //! the frameworks' own `max|w| / 127` is scored too, so the result is never worse than either.
 
 use crate::error::{invalid, Result};
+use crate::histogram::parallel::{map_on_threads, parts_for};
 use crate::spec::QuantSpec;
 
 /// Geometric scan steps per octave of the scale, from the limit down to `1/SPAN` of the fitting
@@ -255,34 +256,20 @@ pub fn channel_scales(
     if per == 0 {
         return Ok(vec![channel_scale(&[], spec, widen); channels]);
     }
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
-    // at least 64k values a thread: below that a thread costs more than it saves
-    let parts = threads.min(values.len() / (1 << 16)).clamp(1, channels);
+    let parts = parts_for(values.len(), threads).min(channels);
     let rows: Vec<&[f32]> = values.chunks(per).collect();
     if parts == 1 {
         return Ok(rows.iter().map(|r| channel_scale(r, spec, widen)).collect());
     }
     let chunk = channels.div_ceil(parts);
-    let out = std::thread::scope(|scope| {
-        let handles: Vec<_> = rows
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|r| channel_scale(r, spec, widen))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
+    let out = map_on_threads(rows.chunks(chunk), |part| {
+        part.iter()
+            .map(|r| channel_scale(r, spec, widen))
+            .collect::<Vec<_>>()
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     Ok(out)
 }
 

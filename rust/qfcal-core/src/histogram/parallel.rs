@@ -26,6 +26,25 @@ pub fn parts_for(len: usize, threads: usize) -> usize {
     threads.min(len / MIN_PART).max(1)
 }
 
+/// `f` of each of `parts`, each on a scoped thread of its own, in the parts' order. A panic in
+/// a worker is raised again here, with its own message.
+pub(crate) fn map_on_threads<P: Send, R: Send>(
+    parts: impl IntoIterator<Item = P>,
+    f: impl Fn(P) -> R + Sync,
+) -> Vec<R> {
+    let f = &f;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || f(part)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
 impl Histogram {
     /// Counts each of `parts` with `count`, each on its own thread into a histogram of its own,
     /// and merges them into this one. The workers start from this histogram's window, so that
@@ -39,25 +58,13 @@ impl Histogram {
     ) {
         let bins = self.bins;
         let seed = (self.nonzero > 0).then(|| (self.min_nz(), self.max_nz()));
-        let count = &count;
-        let partials: Vec<Histogram> = std::thread::scope(|scope| {
-            let workers: Vec<_> = parts
-                .into_iter()
-                .map(|part| {
-                    scope.spawn(move || {
-                        let mut mine = Histogram::new(bins).expect("bins already validated");
-                        if let Some((mn, mx)) = seed {
-                            mine.cover(mn, mx);
-                        }
-                        count(&mut mine, part);
-                        mine
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+        let partials = map_on_threads(parts, |part| {
+            let mut mine = Histogram::new(bins).expect("bins already validated");
+            if let Some((mn, mx)) = seed {
+                mine.cover(mn, mx);
+            }
+            count(&mut mine, part);
+            mine
         });
         for p in &partials {
             self.merge(p).expect("same bins");

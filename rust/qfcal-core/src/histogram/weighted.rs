@@ -167,22 +167,11 @@ impl WeightedHistogram {
         // one part a thread, each into a histogram of its own, merged back exactly
         let len = values.len().div_ceil(parts);
         let bins = self.counts.bins;
-        let mine: Vec<WeightedHistogram> = std::thread::scope(|scope| {
-            let handles: Vec<_> = values
-                .chunks(len)
-                .zip(weights.chunks(len))
-                .map(|(v, w)| {
-                    scope.spawn(move || {
-                        let mut h = WeightedHistogram::new(bins).expect("bins already checked");
-                        h.add_checked(v, w);
-                        h
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
+        let parts = values.chunks(len).zip(weights.chunks(len));
+        let mine = super::parallel::map_on_threads(parts, |(v, w)| {
+            let mut h = WeightedHistogram::new(bins).expect("bins already checked");
+            h.add_checked(v, w);
+            h
         });
         for h in &mine {
             self.merge(h)?; // cannot fail: the total was checked above
