@@ -20,3 +20,14 @@ def check_bins(bins: object, name: str = "bins") -> int:
     if not MIN_BINS <= bins <= MAX_BINS:
         raise ValueError(f"{name} must be in {MIN_BINS}..={MAX_BINS}, got {bins}")
     return int(bins)
+
+
+# The adapters' weight_method values and the loss-aware collectors' targets.
+WEIGHT_METHODS = ("minmax", "optimal")
+LOSS_TARGETS = ("fisher", "projection")
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
+    """ValueError naming the argument, its choices and the value, unless `value` is one."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

@@ -22,12 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 import qfcal
-from qfcal._checks import check_bins
+from qfcal._checks import LOSS_TARGETS, check_bins, check_choice
 from qfcal._progress import Progress
 
 __all__ = ["loss_aware_histograms"]
-
-_TARGETS = ("fisher", "projection")
 
 
 def _float_output(layer: Any) -> bool:
@@ -64,8 +62,7 @@ def loss_aware_histograms(
     Raises:
         ValueError: an unknown target or layer name, or no batch.
     """
-    if target not in _TARGETS:
-        raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
+    check_choice(target, "target", LOSS_TARGETS)
     bins = check_bins(bins)
     names = [layer.name for layer in model.layers]
     if layers is None:

@@ -45,7 +45,7 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
-from qfcal._checks import check_bins
+from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 
 __all__ = [
@@ -611,7 +611,6 @@ def _warn_non_finite(hists: Mapping[str, qfcal.Histogram]) -> None:
 # The weight input (index 1) of the ops ONNX Runtime quantizes as weights, and its per-channel
 # axis by default (ORT's operators/conv.py, gemm.py, matmul.py); Gemm's depends on transB.
 _WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1, "Gemm": None}
-WEIGHT_METHODS = ("minmax", "optimal")
 
 
 def _weight_tensors(
@@ -807,10 +806,7 @@ def quantize_static(
             "replaces; they are ignored",
             stacklevel=2,
         )
-    if weight_method not in WEIGHT_METHODS:
-        raise ValueError(
-            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
-        )
+    check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     per_channel = bool(ort_kwargs.get("per_channel", False))
     op_types = ort_kwargs.get("op_types_to_quantize") or None
     cal = calibrate(

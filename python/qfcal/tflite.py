@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
-from qfcal._checks import check_bins
+from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 
@@ -171,7 +171,6 @@ def _sample_source(representative_dataset: Any) -> Callable[[], Iterable[Any]]:
 # flatbuffer's layout (CONV_2D [out, h, w, in], DEPTHWISE_CONV_2D [1, h, w, out],
 # FULLY_CONNECTED [out, in], TRANSPOSE_CONV [out, h, w, in]).
 _WEIGHT_AXIS = {"CONV_2D": 0, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 0, "TRANSPOSE_CONV": 0}
-WEIGHT_METHODS = ("minmax", "optimal")
 
 
 def _clip_limit(scale: np.float32) -> np.float32:
@@ -364,10 +363,7 @@ def quantize(
     """
     # the search's own checks, before the conversion's minutes
     qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
-    if weight_method not in WEIGHT_METHODS:
-        raise ValueError(
-            f"weight_method must be one of {', '.join(WEIGHT_METHODS)}, got {weight_method!r}"
-        )
+    check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     bins = check_bins(bins)
     samples = _sample_source(representative_dataset)
     _tf_private.check_version()

@@ -35,7 +35,7 @@ from torch.ao.quantization.observer import UniformQuantizationObserverBase
 from torch.ao.quantization.qconfig import QConfig
 
 import qfcal
-from qfcal._checks import check_bins
+from qfcal._checks import LOSS_TARGETS, check_bins, check_choice
 from qfcal._progress import Progress
 
 __all__ = [
@@ -542,10 +542,7 @@ def _weight_class(base: type) -> type:
             kwargs.setdefault("dtype", torch.qint8)
             super().__init__(*args, **kwargs)
             _weight_check(self)
-            if method not in _WEIGHT_METHODS:
-                raise ValueError(
-                    f"method must be one of {', '.join(_WEIGHT_METHODS)}, got {method!r}"
-                )
+            check_choice(method, "method", _WEIGHT_METHODS)
             self.method = method
 
         def extra_repr(self) -> str:
@@ -590,8 +587,6 @@ def pt2e_weight_observer(flow: str | None = None) -> type[torch.nn.Module]:
 
 
 # -- loss-aware histograms -----------------------------------------------------------------------
-
-_TARGETS = ("fisher", "projection")
 
 
 def _set_training(model: torch.nn.Module, training: bool) -> None:
@@ -649,8 +644,7 @@ def loss_aware_histograms(
         ValueError: an unknown target or module name, a batch that produces no floating output,
             or no batch.
     """
-    if target not in _TARGETS:
-        raise ValueError(f"target must be one of {', '.join(_TARGETS)}, got {target!r}")
+    check_choice(target, "target", LOSS_TARGETS)
     bins = check_bins(bins)
     named = dict(model.named_modules())
     if modules is None:
