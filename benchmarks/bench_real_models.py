@@ -50,6 +50,7 @@ GROUPS = (
     "loss-aware",
     "weights",
     "crossval",
+    "auto",
 )
 QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # row label -> (group, search kwargs; no "method" = the adapter's / search's default)
@@ -62,6 +63,8 @@ QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     },
     "qfcal:entropy": ("entropy", {"method": "entropy"}),
 }
+# qfcal:auto's output error by the model's output (what its users compare)
+AUTO_METRICS = {"logits": "kl", "embedding": "cosine"}
 ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile")
 AIMET_SCHEMES = ("min_max", "tf_enhanced", "percentile")
 
@@ -201,6 +204,8 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
             return out
 
         sources["qfcal:crossval"] = crossval_ranges
+    if "auto" in args.contenders:
+        ort_auto(flow, pre, calib_feeds, args, rec, row)
     if "framework" in args.contenders:
         for method in ORT_CALIBRATORS:
             try:
@@ -269,6 +274,104 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
             )
 
 
+def ort_auto(
+    flow: Any, pre: Path, calib_feeds: list[Any], args: argparse.Namespace, rec: Recorder,
+    row: Callable[..., None],
+) -> None:  # fmt: skip
+    """qfcal:auto: the range method chosen end to end on held-out calibration folds, with the
+    output error a user of the model would pick (classifier logits: KL; encoder: cosine). 8 bits:
+    the adapter itself (quantize_static(method="auto")). 6/4 bits: the same selection
+    (qfcal.selection.select) on the simulated b-bit model, each candidate's ranges written into
+    one quantized model (to_bits); both in exact semantics."""
+    import shutil
+
+    import qfcal
+    import qfcal.onnxruntime
+    import qfcal.selection
+    from real_models.flow_ort import grid, session, to_bits
+
+    metric = AUTO_METRICS.get(flow.output, "mse")
+    cal = None
+    for w in args.weights:
+        t0 = time.perf_counter()
+        out = flow.workdir / "qfcal_auto.onnx"
+        cal = qfcal.onnxruntime.quantize_static(
+            pre, out, calib_feeds, method="auto", metric=metric, progress=False,
+            **flow.ort_kwargs(w == "per-channel"),
+        )  # fmt: skip
+        dt = time.perf_counter() - t0
+        assert cal.selection is not None
+        rec.note(
+            f"{flow.model.parent.name} qfcal:auto {w} 8b ({dt:.1f} s):\n{cal.selection.table()}"
+        )
+        if 8 in args.bits:
+            row("qfcal:auto", w, 8, out, seconds=dt, method=cal.selection.chosen)
+    assert cal is not None
+    lower = [b for b in args.bits if b != 8]
+    if not lower:
+        return
+    parts = cal.batch_histograms
+    ref_sess = session(flow.model, flow.threads)
+    reference = [ref_sess.run(None, dict(f))[:1] for f in calib_feeds]
+    merged: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def train(test: list[int]) -> dict[str, Any]:
+        key = tuple(test)
+        if key not in merged:
+            hs = {}
+            for k, v in parts.items():
+                keep = [h for i, h in enumerate(v) if i not in set(test)]
+                h = keep[0].copy()
+                for o in keep[1:]:
+                    h.merge(o)
+                hs[k] = h
+            merged[key] = hs
+        return merged[key]
+
+    def ranges_of(hists: dict[str, Any], options: dict[str, Any], bits: int) -> dict[str, Any]:
+        qmin, qmax = grid(bits)
+        out = {}
+        for k, h in hists.items():
+            if h.finite:
+                r = qfcal.search(h, qmin=qmin, qmax=qmax, **options)
+                out[k] = (r.min, r.max)
+        return out
+
+    trial = flow.workdir / "auto_trial.onnx"
+    for w in args.weights:
+        base = flow.quantize(
+            ranges_of(cal.histograms, {"method": "optimal"}, 8),
+            per_channel=w == "per-channel", name="auto_base",
+        )  # fmt: skip
+        for bits in lower:
+            t0 = time.perf_counter()
+
+            def evaluate(
+                options: Any, test: list[int], bits: int = bits, base: Path = base
+            ) -> tuple[Any, Any]:
+                shutil.copyfile(base, trial)
+                to_bits(trial, ranges_of(train(test), dict(options), bits), bits)
+                s = session(trial, flow.threads, reference=True)
+                errs, norms = [], []
+                for i in test:
+                    q = s.run(None, dict(calib_feeds[i]))[:1]
+                    e, n = qfcal.selection.output_error(metric, reference[i], q)
+                    errs.append(e)
+                    norms.append(n)
+                return errs, norms
+
+            sel = qfcal.selection.select(len(calib_feeds), evaluate, progress=False)
+            path = flow.quantize(
+                ranges_of(cal.histograms, sel.options, bits),
+                per_channel=w == "per-channel", bits=bits,
+            )  # fmt: skip
+            dt = time.perf_counter() - t0
+            rec.note(
+                f"{flow.model.parent.name} qfcal:auto {w} {bits}b ({dt:.1f} s):\n{sel.table()}"
+            )
+            row("qfcal:auto", w, bits, path, seconds=dt, method=sel.chosen)
+
+
 # -- PT2E -------------------------------------------------------------------------------------
 
 
@@ -317,6 +420,15 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
                         model=spec.key, flow="pt2e", contender=label, weights=w, bits=bits,
                         sim=None, metrics=m,
                     )  # fmt: skip
+                if "auto" in args.contenders and family == "qfcal":
+                    t0 = time.perf_counter()
+                    m, sel = flow.auto(w == "per-channel", bits, AUTO_METRICS[spec.output])
+                    dt = time.perf_counter() - t0
+                    rec.note(f"{spec.key} pt2e qfcal:auto {w} {bits}b ({dt:.1f} s):\n{sel.table()}")
+                    rec.add(
+                        model=spec.key, flow="pt2e", contender="qfcal:auto", weights=w, bits=bits,
+                        sim=None, metrics=m, seconds=dt, method=sel.chosen,
+                    )  # fmt: skip
                 if "weights" in args.contenders and w == "per-channel":
                     # qfcal's weight observer searching (the other rows: torch's min/max)
                     m = flow.convert_and_score(
@@ -352,6 +464,12 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
         if "weights" in args.contenders:
             m, dt, _ = flow.qfcal(pc, method="optimal", weight_method="optimal")
             rec.add(**base, contender="qfcal:optimal+weights", weights=w, metrics=m, seconds=dt)
+        if "auto" in args.contenders:
+            metric = AUTO_METRICS.get(spec.output, "mse")
+            m, dt, q = flow.qfcal(pc, method="auto", metric=metric)
+            rec.note(f"{spec.key} tflite qfcal:auto {w} 8b ({dt:.1f} s):\n{q.selection.table()}")
+            rec.add(**base, contender="qfcal:auto", weights=w, metrics=m, seconds=dt,
+                    method=q.selection.chosen)  # fmt: skip
 
 
 # -- report -----------------------------------------------------------------------------------

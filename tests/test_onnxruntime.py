@@ -685,3 +685,123 @@ def test_crossval_method_end_to_end(cnn: dict[str, Any], tmp_path: Path) -> None
     assert cal.search(method="optimal").batch_histograms == cal.batch_histograms
     with pytest.raises(ValueError, match="needs each batch's histograms"):
         qo.Calibration(cal.histograms, method="crossval")
+
+
+def _initializers(model: Any) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_candidate_ranges_written_into_one_model_equal_onnx_runtimes_own(
+    cnn: dict[str, Any], tmp_path: Path
+) -> None:
+    # select_method quantizes once and writes each candidate's scales into that model; the
+    # result must be the model ONNX Runtime makes from the candidate's ranges, initializer for
+    # initializer, except the int32 biases: their codes stay those of the first quantization
+    # (same float values, to int32 rounding), and so the outputs in exact semantics
+    cal = qo.calibrate(cnn["path"], cnn["batches"], keep=[], progress=False)
+    assert all(len(v) == CALIB_BATCHES for v in cal.batch_histograms.values())
+    base, fresh = tmp_path / "base.onnx", tmp_path / "fresh.onnx"
+    qo.quantize_static(cnn["path"], base, cnn["batches"], progress=False, per_channel=True)
+    other = cal.search(method="percentile", percentile=99.0)
+    assert any(other.ranges[k].scale != cal.ranges[k].scale for k in cal.ranges)
+    qo._ort_quantize_with(other, cnn["path"], fresh, tmp_path / "c.json", {"per_channel": True})
+    model = onnx.load(str(base))
+    index = qo._qparam_initializers(model, cal.histograms)
+    assert len(index) >= 6
+    rewritten_model = qo._set_qparams(model, index, other.ranges)
+    rewritten = _initializers(rewritten_model)
+    expected = _initializers(onnx.load(str(fresh)))
+    assert rewritten.keys() == expected.keys()
+    biases = {
+        k.removesuffix("_quantized")
+        for k, v in expected.items()
+        if v.dtype == np.int32 and k.endswith("_quantized")
+    }
+    assert len(biases) == 4  # three convolutions and the Gemm
+    for name, value in expected.items():
+        assert rewritten[name].dtype == value.dtype, name
+        if (
+            name.removesuffix("_scale").removesuffix("_zero_point").removesuffix("_quantized")
+            not in biases
+        ):
+            np.testing.assert_array_equal(rewritten[name], value, err_msg=name)
+    for b in biases:
+        old_value = rewritten[b + "_quantized"] * rewritten[b + "_quantized_scale"]
+        new_value = expected[b + "_quantized"] * expected[b + "_quantized_scale"]
+        step = np.maximum(rewritten[b + "_quantized_scale"], expected[b + "_quantized_scale"])
+        assert (np.abs(old_value - new_value) <= step).all(), b
+    exact = ort.SessionOptions()
+    exact.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = {"input": cnn["x_test"][:256]}
+    y_new = ort.InferenceSession(str(fresh), exact).run(None, x)[0]
+    y_old = ort.InferenceSession(rewritten_model.SerializeToString(), exact).run(None, x)[0]
+    # the bias codes' rounding moves an output by one quantization step now and then
+    step = max(r.scale for k, r in other.ranges.items() if k == model.graph.output[0].name)
+    diff = np.abs(y_old - y_new)
+    assert diff.max() <= step * 1.001 and (diff > 0).mean() < 0.02, (diff.max(), step)
+
+
+def test_auto_method_chooses_by_held_out_output_error(cnn: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "auto.onnx"
+    seen: list[dict[str, qfcal.SearchResult]] = []
+    real = qo._set_qparams
+
+    def spy(model: Any, index: Any, ranges: Any) -> Any:
+        seen.append(dict(ranges))
+        return real(model, index, ranges)
+
+    cands = {"optimal": {"method": "optimal"}, "minmax": {"method": "minmax"}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qo, "_set_qparams", spy)
+        cal = qo.quantize_static(
+            cnn["path"], out, cnn["batches"], method="auto", candidates=cands, folds=2,
+            progress=False, per_channel=True,
+        )  # fmt: skip
+    sel = cal.selection
+    assert sel is not None and set(sel.errors) == set(cands)
+    passing = [k for k in sel.errors if k == "optimal" or sel.z[k] <= -2.0]
+    assert sel.chosen == min(passing, key=lambda k: sel.errors[k])
+    assert len(sel.batch_errors["minmax"]) == CALIB_BATCHES
+    assert sel.folds == [list(range(5)), list(range(5, 10))]
+    # the model holds the chosen method's ranges searched on all the batches
+    assert cal.method == sel.options["method"]
+    full = cal.search(method=sel.options["method"])
+    assert {k: r.scale for k, r in cal.ranges.items()} == {
+        k: r.scale for k, r in full.ranges.items()
+    }
+    # nothing was scored on data its ranges saw: minmax's ranges in each fold are the extremes
+    # of the other fold's batches
+    assert len(seen) == len(cands) * 2
+    name = "input"
+    for i, test in enumerate(sel.folds):
+        r = seen[2 + i][name]  # minmax, fold i
+        others = [h for j, h in enumerate(cal.batch_histograms[name]) if j not in test]
+        assert r.min <= min(h.min for h in others) and r.max >= max(h.max for h in others)
+        assert r.max < max(h.max for h in others) + r.scale  # at most a step beyond
+    written = _written_params(out)
+    assert any(float(s) == np.float32(cal.ranges[name].scale) for s, _ in written.values())
+    assert (predict(out, cnn["x_test"]) == cnn["float_pred"]).mean() >= 0.97
+
+
+def test_auto_method_bad_input(cnn: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "x.onnx"
+    with pytest.raises(ValueError, match="method='auto' chooses"):
+        qo.calibrate(cnn["path"], cnn["batches"], method="auto")
+    with pytest.raises(ValueError, match="candidates= is for method='auto'"):
+        qo.quantize_static(cnn["path"], out, cnn["batches"], candidates={"a": {"method": "minmax"}})
+    bad: list[tuple[dict[str, Any], type, str]] = [
+        ({"a": {"method": "minmax", "bits": 4}}, TypeError, r"candidates\['a'\] has option"),
+        ({"a": {"method": "auto"}}, ValueError, "cannot be a candidate"),
+        ({"a": {"method": "nope"}}, ValueError, "nope"),
+        ({"a": {"gamma": 2.0}}, ValueError, "needs a 'method'"),
+    ]
+    for cands, error, match in bad:
+        with pytest.raises(error, match=match):
+            qo.quantize_static(cnn["path"], out, cnn["batches"], method="auto", candidates=cands)
+    with pytest.raises(ValueError, match="at least 2 calibration batches, got 1"):
+        qo.quantize_static(cnn["path"], out, cnn["batches"][:1], method="auto", progress=False)
+    plain = qo.calibrate(cnn["path"], cnn["batches"][:3], progress=False)
+    with pytest.raises(ValueError, match="one histogram per batch of inputs"):
+        qo.select_method(cnn["path"], plain, cnn["batches"][:3])
+    with pytest.raises(TypeError, match="calibration must be a qfcal.onnxruntime.Calibration"):
+        qo.select_method(cnn["path"], {}, cnn["batches"][:3])

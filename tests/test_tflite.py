@@ -196,6 +196,70 @@ def test_bad_input(model, rep, fmnist):
         qtflite.quantize(model, rep, gamma=-1.0)
 
 
+def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantized, fmnist):
+    _, _, xt, yt = fmnist
+    totals: list[int] = []
+    real = qtflite._search_all
+    input_name = min(quantized.ranges, key=lambda n: quantized.ranges[n].index)
+
+    def spy(hists, groups, options):
+        idx = quantized.ranges[input_name].index
+        totals.append(hists[idx].total)
+        return real(hists, groups, options)
+
+    cands = {
+        "optimal": {"method": "optimal"},
+        "minmax": {"method": "minmax"},
+        "clipped": {"method": "percentile", "percentile": 99.0},
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qtflite, "_search_all", spy)
+        q = qtflite.quantize(
+            model, rep, method="auto", candidates=cands, folds=4, metric="kl",
+            inference_input_type=tf.int8, inference_output_type=tf.int8,
+        )  # fmt: skip
+    sel = q.selection
+    assert sel is not None and set(sel.errors) == set(cands) and quantized.selection is None
+    # samples dealt round-robin; each fold's ranges come from the other three folds' samples
+    assert sel.folds == [list(range(k, CALIB, 4)) for k in range(4)]
+    per_sample = 28 * 28
+    assert totals[:-1] == [(CALIB - CALIB // 4) * per_sample] * (len(cands) * 4)
+    assert totals[-1] == CALIB * per_sample  # the final search: every sample
+    passing = [k for k in cands if k == "optimal" or sel.z[k] <= -2.0]
+    assert sel.chosen == min(passing, key=lambda k: sel.errors[k])
+    # the per-fold histograms merge into exactly the plain calibration's
+    params = int8_tensors(q)
+    for name, r in q.ranges.items():
+        assert r.histogram == quantized.ranges[name].histogram, name
+        assert r.result.method == sel.options["method"]
+        assert params[name] == (float(np.float32(r.result.scale)), r.result.zero_point), name
+    # a clipping percentile at 99 costs this model output accuracy: it is not chosen
+    assert sel.errors["clipped"] > sel.errors["optimal"] and sel.chosen != "clipped"
+    float_top1 = float(np.mean(np.argmax(model.predict(xt, verbose=0), axis=1) == yt))
+    assert _top1(q, xt, yt) >= float_top1 - 0.01
+
+
+def test_auto_method_bad_input(model, rep):
+    with pytest.raises(ValueError, match="candidates= is for method='auto'"):
+        qtflite.quantize(model, rep, candidates={"a": {"method": "minmax"}})
+    with pytest.raises(ValueError, match="folds must be an int >= 2, got 1"):
+        qtflite.quantize(model, rep, method="auto", folds=1)
+    with pytest.raises(ValueError, match="metric must be one of"):
+        qtflite.quantize(model, rep, method="auto", metric="l1")
+    with pytest.raises(TypeError, match=r"candidates\['a'\] has option\(s\) \['bits'\]"):
+        qtflite.quantize(
+            model, rep, method="auto", candidates={"a": {"method": "minmax", "bits": 4}}
+        )
+    with pytest.raises(ValueError, match="method must be one of"):
+        qtflite.quantize(model, rep, method="auto", candidates={"a": {"method": "auto"}})
+
+    def one():
+        yield [np.zeros((1, 28, 28, 1), np.float32)]
+
+    with pytest.raises(ValueError, match="at least 2 representative samples, got 1"):
+        qtflite.quantize(model, one, method="auto")
+
+
 def test_a_changed_private_api_gives_a_clear_error(monkeypatch):
     from tensorflow.lite.tools import flatbuffer_utils
 

@@ -602,6 +602,19 @@ def test_pt2e_with_torchao(fmnist, trained):
     print(f"PT2E, loss-aware: top-1 {acc:.2f}%")
     assert acc >= trained[1] - ACCURACY_TOLERANCE
 
+    # the method chosen end to end (convert_pt2e by default)
+    prepared = prepare_pt2e(
+        torch.export.export(float_model, (x_test[:8],), dynamic_shapes=batch).module(), quantizer
+    )
+    cands = {"optimal": {"method": "optimal"}, "minmax": {"method": "minmax"}}
+    sel = qtorch.calibrate_auto(prepared, fmnist["calib"][:4], candidates=cands, folds=2)
+    assert set(sel.errors) == set(cands) and len(sel.batch_errors["minmax"]) == 4
+    observers = [m for m in prepared.modules() if isinstance(m, cls)]
+    assert {obs.method for obs in observers} == {sel.options["method"]}
+    acc = accuracy(convert_pt2e(prepared), x_test, y_test)
+    print(f"PT2E, auto ({sel.chosen}): top-1 {acc:.2f}%")
+    assert acc >= trained[1] - ACCURACY_TOLERANCE
+
 
 @pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
 def test_weight_observer_scales_reach_the_quantized_model(fmnist, trained):
@@ -738,6 +751,82 @@ def test_calibrate_loss_aware_reaches_convert(fmnist, trained):
         obs.state_dict()  # nothing lost silently
     obs.reset_min_max_vals()
     assert obs.loss_weights is None
+
+
+@pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
+def test_calibrate_auto_scores_each_fold_on_ranges_that_never_saw_it(fmnist, trained):
+    model, float_acc = trained
+    torch.backends.quantized.engine = ENGINE
+    m = copy.deepcopy(model)
+    m.qconfig = qtorch.qconfig(ENGINE)
+    prepared = prepare(m)
+    batches = fmnist["calib"][:4]
+    observers = {n: o for n, o in prepared.named_modules() if isinstance(o, QfcalObserver)}
+    seen: list[dict[str, tuple[str, qfcal.Histogram]]] = []
+
+    def spy_convert(copied):
+        seen.append({
+            n: (o.method, o.histogram.copy())
+            for n, o in copied.named_modules() if isinstance(o, QfcalObserver)
+        })  # fmt: skip
+        return convert(copied)
+
+    cands = {"optimal": {"method": "optimal"}, "percentile": {"method": "percentile",
+                                                               "percentile": 99.0}}  # fmt: skip
+    sel = qtorch.calibrate_auto(prepared, batches, convert=spy_convert, candidates=cands, folds=2)
+    assert sel.folds == [[0, 1], [2, 3]] and len(seen) == 4
+    # each batch's own histogram, for comparison
+    single = []
+    for b in batches:
+        p = prepare(copy.deepcopy(m))
+        with torch.no_grad():
+            p(b)
+        single.append(
+            {n: o.histogram for n, o in p.named_modules() if isinstance(o, QfcalObserver)}
+        )
+    for trial, (label, test) in zip(seen, [(k, f) for k in cands for f in sel.folds], strict=True):
+        train = [i for i in range(4) if i not in test]
+        for n, (method, hist) in trial.items():
+            assert method == cands[label]["method"]
+            expected = single[train[0]][n].copy()
+            expected.merge(single[train[1]][n])
+            assert hist == expected, (n, label, test)  # the left-out batches are not in it
+    # afterwards: all four batches and the chosen method, as a plain calibration would hold
+    full = prepare(copy.deepcopy(m))
+    with torch.no_grad():
+        for b in batches:
+            full(b)
+    for n, o in full.named_modules():
+        if isinstance(o, QfcalObserver):
+            assert observers[n].histogram == o.histogram
+            assert observers[n].method == sel.options["method"]
+            assert float(observers[n].min_val) == float(o.min_val)
+    acc = accuracy(convert(prepared), *fmnist["test"])
+    assert acc >= float_acc - ACCURACY_TOLERANCE, (acc, float_acc)
+
+
+def test_calibrate_auto_bad_arguments():
+    net = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="prepared has no qfcal observer"):
+        qtorch.calibrate_auto(net, [torch.zeros(1, 4)] * 2, convert=lambda m: m)
+    net = nn.Sequential(QfcalObserver(), nn.Linear(4, 4))
+    x = [torch.randn(2, 4) for _ in range(3)]
+    with pytest.raises(ValueError, match="at least 2 calibration batches, got 1"):
+        qtorch.calibrate_auto(net, x[:1], convert=lambda m: m)
+    with pytest.raises(TypeError, match=r"candidates\['a'\] has option\(s\) \['bits'\]"):
+        qtorch.calibrate_auto(net, x, convert=lambda m: m,
+                              candidates={"a": {"method": "minmax", "bits": 4}})  # fmt: skip
+    with pytest.raises(ValueError, match="crossval"):
+        qtorch.calibrate_auto(net, x, convert=lambda m: m, candidates={"a": {"method": "crossval"}})
+    with pytest.raises(TypeError, match="convert must be callable"):
+        qtorch.calibrate_auto(net, x, convert=3)
+    with pytest.raises(ValueError, match="output holds no floating tensor"):
+        longs = [torch.ones(2, dtype=torch.long)] * 2
+        qtorch.calibrate_auto(nn.Sequential(QfcalObserver(), nn.Flatten(0)), longs,
+                              convert=lambda m: m)  # fmt: skip
+    # identity "quantization": every candidate scores 0, the first stays
+    sel = qtorch.calibrate_auto(net, x, convert=lambda m: m, folds=3)
+    assert sel.chosen == "optimal" and set(sel.errors.values()) == {0.0}
 
 
 # ----------------------------------------------------------------------------------------------

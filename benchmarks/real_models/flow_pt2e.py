@@ -182,10 +182,39 @@ class Pt2eFlow:
         (and a qfcal observer's method/percentile; None keeps the adapter's default) and a qfcal
         weight observer's method (``minmax``: torch's own scales), convert and score on the
         held-out images."""
-        from torchao.quantization.pt2e import ObserverBase
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
         m = copy.deepcopy(prepared)
+        self._configure(m, bits, method, percentile, weight_method)
+        converted = convert_pt2e(m)
+        return metrics.classifier(self.reference, self._probs(converted))
+
+    def auto(self, per_channel: bool, bits: int, metric: str) -> tuple[dict[str, float], Any]:
+        """qfcal:auto: qfcal's observers on `bits`-bit activations (the flow's weight scales),
+        calibrated by qfcal.torch.calibrate_auto on pairs of calibration images (the smallest
+        batch the exported model takes), converted and scored: (metrics, Selection)."""
+        import qfcal.torch
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        ctr = qfcal.torch.pt2e_observer().with_args()
+        weight_ctr = None
+        if per_channel:
+            weight_ctr = qfcal.torch.pt2e_weight_observer().with_args(eps=2**-12)
+        prepared = prepare_pt2e(
+            copy.deepcopy(self.exported), _quantizer(ctr, per_channel, 8, weight_ctr)
+        )
+        self._configure(prepared, bits, None, None, "minmax")
+        pairs = [self.calib[i : i + 2] for i in range(0, len(self.calib), 2)]
+        sel = qfcal.torch.calibrate_auto(prepared, pairs, metric=metric)
+        converted = convert_pt2e(prepared)
+        return metrics.classifier(self.reference, self._probs(converted)), sel
+
+    @staticmethod
+    def _configure(
+        m: Any, bits: int, method: str | None, percentile: float | None, weight_method: str
+    ) -> None:
+        from torchao.quantization.pt2e import ObserverBase
+
         for mod in m.modules():
             if not isinstance(mod, ObserverBase) or getattr(mod, "dtype", None) is None:
                 continue
@@ -200,5 +229,3 @@ class Pt2eFlow:
                     mod.method = method
                 if percentile is not None and hasattr(mod, "percentile"):
                     mod.percentile = percentile
-        converted = convert_pt2e(m)
-        return metrics.classifier(self.reference, self._probs(converted))

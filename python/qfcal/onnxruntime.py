@@ -47,6 +47,14 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 import qfcal
 from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
+from qfcal.selection import (
+    DEFAULT_FOLDS,
+    Selection,
+    check_candidates,
+    check_metric,
+    output_error,
+    select,
+)
 
 __all__ = [
     "WEIGHT_METHODS",
@@ -54,6 +62,7 @@ __all__ = [
     "calibrate",
     "quantize_static",
     "search_weight_ranges",
+    "select_method",
     "weight_overrides",
 ]
 
@@ -75,6 +84,8 @@ CROSSVAL = "crossval"
 # Folds of method="crossval" (consecutive batches grouped): leave-one-out over many batches
 # costs a search per batch and gamma per tensor.
 CROSSVAL_FOLDS = 8
+# quantize_static(method="auto"): the range method chosen end to end (qfcal.selection).
+AUTO = "auto"
 
 
 def _check_method(method: str, gamma: float, percentile: float) -> None:
@@ -180,6 +191,8 @@ class Calibration:
         crossval_gamma: tensor name -> the clipping weight ``gamma`` cross-validation chose.
         weight_ranges: weight name -> :class:`qfcal.WeightRanges` that :func:`quantize_static`
             gave ONNX Runtime (empty when ORT chose the weight scales itself).
+        selection: for ``quantize_static(method="auto")``, the :class:`qfcal.selection.Selection`
+            that chose :attr:`method` (every candidate's held-out output error); else None.
         activation_type, symmetric, method, gamma, percentile: the search settings.
         batches: number of calibration batches the histograms hold (0 if built from histograms).
 
@@ -223,6 +236,7 @@ class Calibration:
         self.bounds: dict[str, tuple[np.float32, np.float32]] = {}
         self.skipped: dict[str, str] = {}
         self.weight_ranges: dict[str, qfcal.WeightRanges] = {}
+        self.selection: Selection | None = None
         for name, hist in self.histograms.items():
             if not isinstance(hist, qfcal.Histogram):
                 raise TypeError(
@@ -390,6 +404,7 @@ def calibrate(
     providers: Sequence[Any] | None = None,
     tensor_overrides: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     progress: bool = True,
+    keep: list[Mapping[str, Any]] | None = None,
 ) -> Calibration:
     """Histogram every float activation of `model` over the calibration batches, streaming,
     and search each tensor's range with qfcal.
@@ -416,6 +431,11 @@ def calibrate(
             ``quant_type``, ``symmetric`` and ``reduce_range`` set its grid.
         progress: a progress bar over the batches (a live line on a terminal's stderr; logged
             at INFO under ``qfcal`` every 30 s and at the end otherwise).
+        keep: a list the batches are appended to as they are read (for a second use of a
+            reader that can be read once, as :func:`select_method` needs); each batch's
+            histograms are then kept too (:attr:`Calibration.batch_histograms`).
+
+    ``method="auto"`` is :func:`quantize_static`'s (it needs the quantized model's outputs).
 
     The model gets every float tensor that is an input or output of a node (initializers
     excepted) as an extra graph output; one ONNX Runtime session (graph optimizations off, as
@@ -430,17 +450,24 @@ def calibrate(
         TypeError: `data_reader` or a batch of the wrong kind.
         RuntimeError: ONNX Runtime failed on a batch (the batch number and shapes are named).
     """
+    if method == AUTO:
+        raise ValueError(
+            "method='auto' chooses the range method by the quantized model's outputs: use "
+            "quantize_static(..., method='auto'), or calibrate(..., method='crossval') (which "
+            "keeps each batch's histograms) and select_method()"
+        )
     _check_method(method, gamma, percentile)
     at = _quant_type(activation_type)
     _grid(at, bool(symmetric))
     bins = check_bins(bins)
     proto = _load(model)
     batches = _batches(data_reader)
-    per_batch: dict[str, list[qfcal.Histogram]] | None = {} if method == "crossval" else None
+    keep_parts = method == CROSSVAL or keep is not None
+    per_batch: dict[str, list[qfcal.Histogram]] | None = {} if keep_parts else None
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
         session, graph_inputs, fetch = _augmented_session(proto, tmp, op_types, providers)
         hists, count = _stream(
-            session, graph_inputs, fetch, batches, bins, progress, per_batch=per_batch
+            session, graph_inputs, fetch, batches, bins, progress, per_batch=per_batch, keep=keep
         )
     _warn_non_finite(hists)
     return Calibration(
@@ -530,6 +557,7 @@ def _stream(
     bins: int,
     progress: bool,
     per_batch: dict[str, list[qfcal.Histogram]] | None = None,
+    keep: list[Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, qfcal.Histogram], int]:
     """The histograms of every tensor over the batches, and the batch count; with `per_batch`,
     also each batch's own histogram of each tensor, appended there (the totals are their exact
@@ -580,6 +608,8 @@ def _stream(
                     hists[name].merge(own)
                     per_batch.setdefault(name, []).append(own)
             del outs, values  # drop the activations: only the histograms are kept
+            if keep is not None:
+                keep.append(batch)
             count += 1
             bar.update()
         if count == 0:
@@ -723,6 +753,10 @@ def quantize_static(
     bins: int = qfcal.DEFAULT_BINS,
     progress: bool = True,
     weight_method: str = "minmax",
+    candidates: Mapping[str, Mapping[str, Any]] | None = None,
+    folds: int = DEFAULT_FOLDS,
+    z: float = 2.0,
+    metric: Any = "mse",
     **ort_kwargs: Any,
 ) -> Calibration:
     """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
@@ -736,7 +770,17 @@ def quantize_static(
     Args:
         model_input, model_output, calibration_data_reader: as for ONNX Runtime (the reader may
             also be any iterable of input dicts).
-        method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`.
+        method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`; and
+            ``method="auto"``: the calibration batches are kept (in memory) with each one's
+            histograms, and :func:`select_method` chooses among `candidates` (default
+            :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy, percentile
+            99.999, 99.99 and 99.9) the one whose quantized model's outputs come closest to
+            float on batches its ranges were not searched on (`folds` folds of consecutive
+            batches; ``optimal`` stays unless another beats it by `z` standard errors);
+            :attr:`Calibration.selection` says what each scored. It costs one ONNX Runtime
+            quantization, and per candidate and fold a search, a session and a pass over the
+            fold's batches.
+        candidates, folds, z, metric: for ``method="auto"`` only, see :func:`select_method`.
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
             error per channel (or per tensor) on the grid ORT applies to given scales
             (``[-128, 127]``), given to ORT as ``TensorQuantOverrides``
@@ -807,12 +851,20 @@ def quantize_static(
             stacklevel=2,
         )
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
+    auto = method == AUTO
+    if auto:
+        candidates = check_candidates(candidates)
+        _check_candidates(candidates)
+        check_metric(metric)
+    elif candidates is not None:
+        raise ValueError(f"candidates= is for method='auto', got method={method!r}")
     per_channel = bool(ort_kwargs.get("per_channel", False))
     op_types = ort_kwargs.get("op_types_to_quantize") or None
+    kept: list[Mapping[str, Any]] | None = [] if auto else None
     cal = calibrate(
         model_input,
         calibration_data_reader,
-        method=method,
+        method="optimal" if auto else method,
         activation_type=activation_type,
         symmetric=symmetric,
         gamma=gamma,
@@ -822,6 +874,7 @@ def quantize_static(
         providers=ort_kwargs.get("calibration_providers"),
         tensor_overrides=extra.get("TensorQuantOverrides"),
         progress=progress,
+        keep=kept,
     )
     kwargs = dict(ort_kwargs)
     if weight_method == "optimal":
@@ -838,15 +891,270 @@ def quantize_static(
         overrides.update(weight_overrides(cal.weight_ranges))
         kwargs["extra_options"] = {**extra, "TensorQuantOverrides": overrides}
     cache = kwargs.pop("calibration_cache_path", None)
+    if auto:
+        assert kept is not None
+        if cal.batches < 2:
+            raise ValueError(
+                f"method='auto' needs at least 2 calibration batches, got {cal.batches}"
+            )
+        sel = select_method(
+            model_input, cal, kept, candidates=candidates, folds=folds, z=z, metric=metric,
+            progress=progress, **kwargs,
+        )  # fmt: skip
+        del kept
+        chosen = _search_with(cal, sel.options)
+        chosen.weight_ranges = cal.weight_ranges
+        chosen.selection = sel
+        cal = chosen
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
         path = Path(cache) if cache is not None else Path(tmp) / "qfcal-calibration.json"
-        cal.save_cache(path)
-        _ort_quantize_static(
-            model_input,
-            model_output,
-            None,
-            calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=path,
-            **kwargs,
-        )
+        _ort_quantize_with(cal, model_input, model_output, path, kwargs)
     return cal
+
+
+def _ort_quantize_with(
+    cal: Calibration,
+    model_input: str | os.PathLike[str] | Any,
+    model_output: str | os.PathLike[str],
+    cache: Path,
+    kwargs: Mapping[str, Any],
+) -> None:
+    """ONNX Runtime's quantize_static with `cal`'s ranges as its calibration cache at `cache`."""
+    cal.save_cache(cache)
+    _ort_quantize_static(
+        model_input,
+        model_output,
+        None,
+        calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=cache,
+        **kwargs,
+    )
+
+
+_CANDIDATE_OPTIONS = ("method", "gamma", "percentile")
+
+
+def _check_candidates(candidates: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each candidate a method the ONNX Runtime flow searches (its grid comes from ORT's
+    settings, so only method, gamma and percentile)."""
+    for label, o in candidates.items():
+        extra = sorted(set(o) - set(_CANDIDATE_OPTIONS))
+        if extra:
+            raise TypeError(
+                f"candidates[{label!r}] has option(s) {extra}; the ONNX Runtime flow takes "
+                f"{', '.join(_CANDIDATE_OPTIONS)} (the grid comes from ONNX Runtime's settings)"
+            )
+        if o["method"] == AUTO:
+            raise ValueError(f"candidates[{label!r}]: method 'auto' cannot be a candidate")
+        _check_method(o["method"], o.get("gamma", 1.0), o.get("percentile", 99.99))
+
+
+def _search_with(
+    cal: Calibration,
+    options: Mapping[str, Any],
+    histograms: Mapping[str, qfcal.Histogram] | None = None,
+    batch_histograms: Mapping[str, Sequence[qfcal.Histogram]] | None = None,
+) -> Calibration:
+    """A Calibration on `cal`'s grid searched with `options` (a candidate), on `histograms`
+    (default `cal`'s) and `batch_histograms` (for crossval; default `cal`'s)."""
+    return Calibration(
+        cal.histograms if histograms is None else histograms,
+        activation_type=cal.activation_type,
+        symmetric=cal.symmetric,
+        method=options["method"],
+        gamma=options.get("gamma", 1.0),
+        percentile=options.get("percentile", 99.99),
+        tensor_overrides=cal.tensor_overrides,
+        batches=cal.batches,
+        batch_histograms=cal.batch_histograms if batch_histograms is None else batch_histograms,
+    )
+
+
+def _qparam_initializers(model: Any, tensors: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """tensor -> (scale, zero point) initializer names of its activation quantizer in an ONNX
+    Runtime QDQ model: ORT names them ``<tensor>_scale`` and ``<tensor>_zero_point`` and every
+    QuantizeLinear/DequantizeLinear pair of the tensor reads them."""
+    names = {i.name for i in model.graph.initializer}
+    used: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            used.update(node.input[1:3])
+    out = {}
+    for t in tensors:
+        s, z = f"{t}_scale", f"{t}_zero_point"
+        if s in names and z in names and s in used:
+            out[t] = (s, z)
+    return out
+
+
+def _set_qparams(
+    model: Any, index: Mapping[str, tuple[str, str]], ranges: Mapping[str, qfcal.SearchResult]
+) -> Any:
+    """A copy of `model` whose activation quantizers in `index` hold the scale and zero point of
+    `ranges` (a tensor without a range keeps the model's own)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for t, (s, z) in index.items():
+        r = ranges.get(t)
+        if r is None:
+            continue
+        old_s = numpy_helper.to_array(inits[s])
+        old_z = numpy_helper.to_array(inits[z])
+        inits[s].CopyFrom(
+            numpy_helper.from_array(np.full(old_s.shape, r.scale, dtype=old_s.dtype), s)
+        )
+        inits[z].CopyFrom(
+            numpy_helper.from_array(np.full(old_z.shape, r.zero_point, dtype=old_z.dtype), z)
+        )
+    return out
+
+
+def _float_outputs(outs: Sequence[Any]) -> list[np.ndarray | None]:
+    return [
+        np.asarray(o, dtype=np.float64)
+        if isinstance(o, np.ndarray) and np.issubdtype(o.dtype, np.floating)
+        else None
+        for o in outs
+    ]
+
+
+def select_method(
+    model_input: str | os.PathLike[str] | Any,
+    calibration: Calibration,
+    inputs: Sequence[Mapping[str, Any]],
+    *,
+    candidates: Mapping[str, Mapping[str, Any]] | None = None,
+    folds: int = DEFAULT_FOLDS,
+    z: float = 2.0,
+    metric: Any = "mse",
+    providers: Sequence[Any] | None = None,
+    progress: bool = True,
+    **ort_kwargs: Any,
+) -> Selection:
+    """Choose the range method by the quantized model's outputs on batches left out.
+
+    For each candidate and each fold of consecutive calibration batches, every tensor's range
+    is searched on the other folds' merged histograms, the model quantized by ONNX Runtime is
+    given those ranges, and the fold's batches are run through it; the error compares every
+    floating output with the float model's (`metric`; by default the squared difference
+    relative to the float outputs' squares). See :mod:`qfcal.selection`.
+
+    ONNX Runtime quantizes the model once; each candidate's scales and zero points are written
+    into that model's activation quantizers (the biases keep their float values: their int32
+    codes and scales are those of the first quantization, which differs from ONNX Runtime's own
+    requantization only by int32 rounding), and it is run in exact quantization semantics
+    (graph optimizations off, as ONNX Runtime's calibrators run): the choice is the model's,
+    not one CPU's int8 kernels' (an AVX2 CPU without VNNI saturates u8s8 products, see
+    BENCHMARKS.md).
+
+    Args:
+        model_input: the float ONNX model (file or ``ModelProto``, under 2 GB).
+        calibration: a :class:`Calibration` of that model holding each batch's histograms
+            (``calibrate(..., method="crossval")``).
+        inputs: the same calibration batches, in the same order.
+        candidates: ``{label: {"method": ..., "gamma": ..., "percentile": ...}}``; default
+            :data:`qfcal.selection.DEFAULT_CANDIDATES`. Ties go to the earlier one.
+        folds: folds of consecutive batches (at most the number of batches).
+        z: how far (in standard errors of the paired per-batch differences) a candidate must
+            beat the first one to replace it; see :func:`qfcal.selection.select`.
+        metric: the output error: ``mse`` (any model; relative squared error), ``kl`` (logits:
+            KL divergence of the softmax), ``cosine`` (embeddings, hidden states: 1 - cosine
+            per vector), or a callable; see :func:`qfcal.selection.output_error`. Choose the
+            one that says what matters in the output: for an encoder, at 4 bits, the squared
+            error and the cosine chose different methods (BENCHMARKS.md).
+        providers: execution providers of the evaluation sessions (default
+            ``ort_kwargs["calibration_providers"]``, else CPU).
+        progress: a progress bar over the evaluations.
+        **ort_kwargs: the arguments of ONNX Runtime's ``quantize_static`` the model will be
+            quantized with (``per_channel``, ``quant_format``, ``extra_options``, ...).
+
+    Returns:
+        The :class:`qfcal.selection.Selection`; ``calibration.search(**selection.options)``
+        gives the chosen method's ranges on all the batches.
+
+    Raises:
+        TypeError: `calibration` is not a Calibration, or a bad candidate option.
+        ValueError: `calibration` holds no per-batch histograms or not one per batch of
+            `inputs`, bad candidates or folds.
+        RuntimeError: the installed ONNX Runtime has no calibration cache.
+    """
+    _require_cache("qfcal.onnxruntime.select_method")
+    if not isinstance(calibration, Calibration):
+        raise TypeError(
+            f"calibration must be a qfcal.onnxruntime.Calibration, got {type(calibration).__name__}"
+        )
+    batches = list(inputs)
+    counts = {len(v) for v in calibration.batch_histograms.values()}
+    if not calibration.batch_histograms or counts != {len(batches)}:
+        raise ValueError(
+            "calibration must hold one histogram per batch of inputs for every tensor "
+            f"(calibrate(..., method='crossval') keeps them): {len(batches)} input batches, "
+            f"histogram counts {sorted(counts) or 'none'}"
+        )
+    cands = check_candidates(candidates)
+    _check_candidates(cands)
+    check_metric(metric)
+    for k in ("calibrate_method", "calibration_data_reader"):
+        if k in ort_kwargs:
+            raise TypeError(f"select_method takes no {k}: qfcal's ranges are given to ORT")
+    kwargs = {k: v for k, v in ort_kwargs.items() if k != "calibration_cache_path"}
+    provs = list(providers or ort_kwargs.get("calibration_providers") or ["CPUExecutionProvider"])
+    proto = _load(model_input, "model_input")
+    if isinstance(model_input, onnx.ModelProto):
+        model_input = proto.SerializeToString()
+    sess = onnxruntime.InferenceSession(
+        model_input if isinstance(model_input, bytes) else str(model_input), providers=provs
+    )
+    reference = [_float_outputs(sess.run(None, dict(b))) for b in batches]
+    del sess
+    merged: dict[tuple[int, ...], tuple[dict[str, qfcal.Histogram], dict[str, list[Any]]]] = {}
+    exact = onnxruntime.SessionOptions()
+    exact.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+
+    def train(test: list[int]) -> tuple[dict[str, qfcal.Histogram], dict[str, list[Any]]]:
+        key = tuple(test)
+        if key not in merged:
+            left_out = set(test)
+            parts = {
+                k: [h for i, h in enumerate(v) if i not in left_out]
+                for k, v in calibration.batch_histograms.items()
+            }
+            hists = {}
+            for k, v in parts.items():
+                h = v[0].copy()
+                for other in v[1:]:
+                    h.merge(other)
+                hists[k] = h
+            merged[key] = (hists, parts)
+        return merged[key]
+
+    with tempfile.TemporaryDirectory(prefix="qfcal-ort-select-") as tmp:
+        base_path = Path(tmp) / "base.onnx"
+        src = model_input if not isinstance(model_input, bytes) else proto
+        _ort_quantize_with(calibration, src, base_path, Path(tmp) / "cache.json", kwargs)
+        base = onnx.load(str(base_path))
+        index = _qparam_initializers(base, calibration.histograms)
+
+        def evaluate(
+            options: Mapping[str, Any], test: list[int]
+        ) -> tuple[list[float], list[float]]:
+            hists, parts = train(test)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tensors with no finite value in a fold
+                cal = _search_with(calibration, options, hists, parts)
+            model = _set_qparams(base, index, cal.ranges)
+            s = onnxruntime.InferenceSession(
+                model.SerializeToString(), sess_options=exact, providers=provs
+            )
+            errs, norms = [], []
+            for i in test:
+                outs = _float_outputs(s.run(None, dict(batches[i])))
+                pairs = [(f, q) for f, q in zip(reference[i], outs, strict=True)
+                         if f is not None and q is not None]  # fmt: skip
+                err, norm = output_error(metric, [f for f, _ in pairs], [q for _, q in pairs])
+                errs.append(err)
+                norms.append(norm)
+            return errs, norms
+
+        return select(len(batches), evaluate, candidates=cands, folds=folds, z=z, progress=progress)

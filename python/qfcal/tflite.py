@@ -31,6 +31,17 @@ from qfcal import _tf_private
 from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
+from qfcal.selection import (
+    DEFAULT_FOLDS,
+    Selection,
+    check_candidates,
+    check_metric,
+    output_error,
+    select,
+)
+
+# method="auto": the range method chosen by the int8 model's outputs (qfcal.selection)
+AUTO = "auto"
 
 __all__ = ["WEIGHT_METHODS", "QuantizedModel", "TFPrivateAPIError", "TensorRange", "quantize"]
 
@@ -54,11 +65,13 @@ class QuantizedModel(bytes):
     """The int8 ``.tflite`` flatbuffer (a :class:`bytes`: write it to a file or hand it to an
     interpreter as is), with what qfcal did to it: :attr:`ranges`, one :class:`TensorRange`
     per calibrated tensor, :attr:`weight_ranges`, the weights whose scales qfcal chose (name ->
-    :class:`qfcal.WeightRanges`), and :attr:`samples`, the representative samples seen."""
+    :class:`qfcal.WeightRanges`), :attr:`samples`, the representative samples seen, and
+    :attr:`selection`, what ``method="auto"`` measured (None otherwise)."""
 
     ranges: dict[str, TensorRange]
     weight_ranges: dict[str, qfcal.WeightRanges]
     samples: int
+    selection: Selection | None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the flatbuffer atomically (write, then rename)."""
@@ -119,6 +132,11 @@ def _feeder(interp: Any) -> Callable[[Any], None]:
 
     def put(detail: Mapping[str, Any], value: Any, what: str) -> None:
         a = np.asarray(value)
+        scale, zero_point = detail.get("quantization", (0.0, 0))
+        if np.issubdtype(detail["dtype"], np.integer) and a.dtype.kind == "f" and scale > 0:
+            # a float sample for an integer model input: quantized as the model says
+            info = np.iinfo(detail["dtype"])
+            a = np.clip(np.round(a / scale) + zero_point, info.min, info.max)
         if a.dtype != detail["dtype"]:
             a = a.astype(detail["dtype"])
         if tuple(a.shape) != tuple(detail["shape"]):
@@ -328,6 +346,10 @@ def quantize(
     inference_output_type: Any = None,
     progress: bool = False,
     weight_method: str = "minmax",
+    candidates: Mapping[str, Mapping[str, Any]] | None = None,
+    folds: int = DEFAULT_FOLDS,
+    z: float = 2.0,
+    metric: Any = "mse",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -352,6 +374,17 @@ def quantize(
     `inference_output_type` (``tf.int8``, ``tf.uint8``, ``tf.float32``) override the
     converter's model I/O types.
 
+    ``method="auto"`` chooses the method end to end (:mod:`qfcal.selection`): the samples are
+    kept in memory and dealt round-robin into `folds` folds, each tensor gets one histogram
+    per fold, and for every candidate (`candidates`, default
+    :data:`qfcal.selection.DEFAULT_CANDIDATES`) and fold the ranges searched on the other
+    folds go through the converter's quantizer; the int8 model runs the fold's samples and its
+    outputs are compared with the float model's (`metric`: ``mse``, ``kl`` for logits,
+    ``cosine`` for embeddings, or a callable; see :func:`qfcal.selection.output_error`).
+    ``optimal`` stays unless another candidate beats it by `z` standard errors of the paired
+    per-sample differences. :attr:`QuantizedModel.selection` holds every candidate's error.
+    Cost: one quantizer run and one pass over a fold's samples per candidate and fold.
+
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
     Raises:
@@ -362,7 +395,28 @@ def quantize(
             knows.
     """
     # the search's own checks, before the conversion's minutes
-    qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    auto = method == AUTO
+    if auto:
+        cands = check_candidates(candidates)
+        for label, opts in cands.items():
+            extra = sorted(set(opts) - {"method", "gamma", "percentile"})
+            if extra:
+                raise TypeError(
+                    f"candidates[{label!r}] has option(s) {extra}; the TFLite flow takes "
+                    "method, gamma and percentile (its grid is int8's)"
+                )
+            qfcal.check_search_options(
+                method=opts["method"],
+                gamma=opts.get("gamma", 1.0),
+                percentile=opts.get("percentile", 99.99),
+            )
+        check_metric(metric)
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise ValueError(f"folds must be an int >= 2, got {folds!r}")
+    else:
+        if candidates is not None:
+            raise ValueError(f"candidates= is for method='auto', got method={method!r}")
+        qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     bins = check_bins(bins)
     samples = _sample_source(representative_dataset)
@@ -403,17 +457,34 @@ def quantize(
     interp.allocate_tensors()
     feed = _feeder(interp)
     hists = {i: qfcal.Histogram(bins) for i in marked}
+    # method="auto": per tensor one histogram per fold (samples dealt round-robin), the
+    # samples and the float model's outputs
+    parts = {i: [qfcal.Histogram(bins) for _ in range(folds)] for i in marked} if auto else {}
+    kept: list[Any] = []
+    reference: list[list[np.ndarray]] = []
     seen = 0
     with Progress(None, "qfcal.tflite: histogramming", unit="samples", enabled=progress) as bar:
         for sample in samples():
             feed(sample)
             interp.invoke()
             for i, h in hists.items():
-                h.update(interp.get_tensor(i))
+                if auto:
+                    parts[i][seen % folds].update(interp.get_tensor(i))
+                else:
+                    h.update(interp.get_tensor(i))
+            if auto:
+                kept.append(sample)
+                reference.append(_outputs(interp))
             seen += 1
             bar.update()
     if seen == 0:
         raise ValueError("representative_dataset yielded no samples")
+    if auto:
+        if seen < 2:
+            raise ValueError(f"method='auto' needs at least 2 representative samples, got {seen}")
+        parts = {i: p[: min(folds, seen)] for i, p in parts.items()}
+        for i, p in parts.items():
+            hists[i] = _merged(p)
 
     def name_of(i: int) -> str:
         n = tensors[i].name
@@ -421,34 +492,6 @@ def quantize(
 
     # one joint search for the tensors the kernels force onto one scale, one search for the rest
     groups = {i: g for g in _shared_groups(graph, marked) for i in g}
-    ranges: dict[str, TensorRange] = {}
-    joint: dict[tuple[int, ...], qfcal.SearchResult | None] = {}
-    for i, t in marked.items():
-        group = tuple(groups.get(i, (i,)))
-        if group not in joint:
-            merged = hists[group[0]].copy()
-            for j in group[1:]:
-                merged.merge(hists[j])
-            joint[group] = (
-                qfcal.search(merged, bits=8, method=method, gamma=gamma, percentile=percentile)
-                if merged.finite
-                else None
-            )
-        r = joint[group]
-        if r is None:
-            continue  # never finite (not reached?): the converter's range stays
-        name = name_of(i)
-        ranges[name] = TensorRange(
-            name=name,
-            index=i,
-            converter_min=float(t.quantization.min[0]),
-            converter_max=float(t.quantization.max[0]),
-            result=r,
-            histogram=hists[i],
-            shared_with=tuple(name_of(j) for j in group if j != i),
-        )
-        t.quantization.min = [r.min]
-        t.quantization.max = [r.max]
 
     disable_pc = bool(conv._experimental_disable_per_channel)
     disable_dense_pc = bool(
@@ -457,18 +500,136 @@ def quantize(
     weight_ranges = {}
     if weight_method == "optimal":
         weight_ranges = _search_weights(graph, not disable_pc, not disable_dense_pc)
-
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
-    quantized = _tf_private.quantize_calibrated(
-        _tf_private.write_model(graph),
-        disable_per_channel=disable_pc,
-        disable_per_channel_for_dense_layers=disable_dense_pc,
-        input_type=in_type,
-        output_type=out_type,
-    )
-    out = QuantizedModel(quantized)
+
+    def finish(results: Mapping[int, qfcal.SearchResult | None]) -> bytes:
+        """The converter's quantizer on the calibrated model holding `results`' ranges."""
+        for i, t in marked.items():
+            r = results[i]
+            if r is None:  # never finite (not reached?): the converter's range
+                t.quantization.min = [converter_min[i]]
+                t.quantization.max = [converter_max[i]]
+            else:
+                t.quantization.min = [r.min]
+                t.quantization.max = [r.max]
+        return _tf_private.quantize_calibrated(
+            _tf_private.write_model(graph),
+            disable_per_channel=disable_pc,
+            disable_per_channel_for_dense_layers=disable_dense_pc,
+            input_type=in_type,
+            output_type=out_type,
+        )
+
+    converter_min = {i: float(t.quantization.min[0]) for i, t in marked.items()}
+    converter_max = {i: float(t.quantization.max[0]) for i, t in marked.items()}
+    selection = None
+    if auto:
+        k = min(folds, seen)
+        fold_of = [[j for j in range(seen) if j % k == f] for f in range(k)]
+        selection = _select(
+            kept, reference, fold_of, parts, groups, finish, cands, z, metric, progress
+        )
+        method = selection.options["method"]
+        gamma = float(selection.options.get("gamma", 1.0))
+        percentile = float(selection.options.get("percentile", 99.99))
+    results = _search_all(hists, groups, {"method": method, "gamma": gamma,
+                                          "percentile": percentile})  # fmt: skip
+    ranges: dict[str, TensorRange] = {}
+    for i in marked:
+        group = tuple(groups.get(i, (i,)))
+        r = results[i]
+        if r is None:
+            continue  # never finite (not reached?): the converter's range stays
+        name = name_of(i)
+        ranges[name] = TensorRange(
+            name=name,
+            index=i,
+            converter_min=converter_min[i],
+            converter_max=converter_max[i],
+            result=r,
+            histogram=hists[i],
+            shared_with=tuple(name_of(j) for j in group if j != i),
+        )
+    out = QuantizedModel(finish(results))
     out.ranges = ranges
     out.weight_ranges = weight_ranges
     out.samples = seen
+    out.selection = selection
     return out
+
+
+def _merged(hists: list[qfcal.Histogram]) -> qfcal.Histogram:
+    out = hists[0].copy()
+    for h in hists[1:]:
+        out.merge(h)
+    return out
+
+
+def _search_all(
+    hists: Mapping[int, qfcal.Histogram],
+    groups: Mapping[int, list[int]],
+    options: Mapping[str, Any],
+) -> dict[int, qfcal.SearchResult | None]:
+    """Each tensor's range: one search per tensor, one joint search (on the merged histograms)
+    per group of tensors that share a scale; None for a tensor (group) with no finite value."""
+    joint: dict[tuple[int, ...], qfcal.SearchResult | None] = {}
+    out: dict[int, qfcal.SearchResult | None] = {}
+    for i in hists:
+        group = tuple(groups.get(i, (i,)))
+        if group not in joint:
+            merged = _merged([hists[j] for j in group])
+            joint[group] = qfcal.search(merged, bits=8, **options) if merged.finite else None
+        out[i] = joint[group]
+    return out
+
+
+def _outputs(interp: Any) -> list[np.ndarray]:
+    """The interpreter's outputs as float64 arrays (integer outputs dequantized)."""
+    out = []
+    for d in interp.get_output_details():
+        a = np.array(interp.get_tensor(d["index"]))
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        if np.issubdtype(a.dtype, np.integer) and scale > 0:
+            a = (a.astype(np.float64) - zero_point) * scale
+        out.append(a.astype(np.float64))
+    return out
+
+
+def _select(
+    samples: list[Any],
+    reference: list[list[np.ndarray]],
+    folds: list[list[int]],
+    parts: Mapping[int, list[qfcal.Histogram]],
+    groups: Mapping[int, list[int]],
+    finish: Callable[[Mapping[int, qfcal.SearchResult | None]], bytes],
+    candidates: Mapping[str, Mapping[str, Any]],
+    z: float,
+    metric: Any,
+    progress: bool,
+) -> Selection:
+    """method="auto": every candidate's ranges from all folds but one, through the converter's
+    quantizer, scored on the fold's samples (see :func:`quantize`)."""
+    train: dict[tuple[int, ...], dict[int, qfcal.Histogram]] = {}
+
+    def evaluate(options: Mapping[str, Any], test: list[int]) -> tuple[list[float], list[float]]:
+        k = folds.index(test)
+        if tuple(test) not in train:
+            train[tuple(test)] = {
+                i: _merged([h for f, h in enumerate(p) if f != k]) for i, p in parts.items()
+            }
+        results = _search_all(train[tuple(test)], groups, dict(options))
+        interp = _interpreter(finish(results))
+        interp.allocate_tensors()
+        feed = _feeder(interp)
+        errs, norms = [], []
+        for j in test:
+            feed(samples[j])
+            interp.invoke()
+            e, n = output_error(metric, reference[j], _outputs(interp))
+            errs.append(e)
+            norms.append(n)
+        return errs, norms
+
+    return select(len(samples), evaluate, candidates=candidates, folds=folds, z=z,
+                  progress=progress)  # fmt: skip

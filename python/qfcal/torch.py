@@ -24,6 +24,7 @@ This module imports torch when it is imported; ``import qfcal`` does not.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import warnings
@@ -37,12 +38,21 @@ from torch.ao.quantization.qconfig import QConfig
 import qfcal
 from qfcal._checks import LOSS_TARGETS, check_bins, check_choice
 from qfcal._progress import Progress
+from qfcal.selection import (
+    DEFAULT_FOLDS,
+    Selection,
+    check_candidates,
+    check_metric,
+    output_error,
+    select,
+)
 
 __all__ = [
     "QfcalObserver",
     "QfcalWeightObserver",
     "pt2e_flow",
     "pt2e_observer",
+    "calibrate_auto",
     "calibrate_loss_aware",
     "loss_aware_histograms",
     "pt2e_weight_observer",
@@ -188,13 +198,29 @@ class _QfcalObserverImpl(torch.nn.Module):
             x = x.to(torch.float32)
         values = x.cpu().resolve_conj().resolve_neg().numpy()
         self._hist.update(np.negative(values) if self._negate else values)
+        self._sync_min_max()
+        return x_orig
+
+    def _sync_min_max(self) -> None:
+        """min_val/max_val (torch's bookkeeping) from the histogram's exact extremes."""
         lo, hi = self._hist.min, self._hist.max
         if lo is not None and hi is not None:
             if self._negate:
                 lo, hi = -hi, -lo
             self.min_val.fill_(lo)
             self.max_val.fill_(hi)
-        return x_orig
+        else:
+            self.min_val.fill_(float("inf"))
+            self.max_val.fill_(float("-inf"))
+
+    def _load(self, hist: qfcal.Histogram, options: dict[str, Any]) -> None:
+        """Take `hist` (of this observer's values, negated where :attr:`negated`) and the
+        search `options` (method, gamma, percentile): :func:`calibrate_auto`'s trials."""
+        self._hist = hist
+        self._sync_min_max()
+        self.method = options["method"]
+        self.gamma = float(options.get("gamma", 1.0))
+        self.percentile = float(options.get("percentile", 99.99))
 
     @property
     def histogram(self) -> qfcal.Histogram:
@@ -766,6 +792,164 @@ def calibrate_loss_aware(
     for name, obs in observers.items():
         obs.loss_weights = hists.get(name)
     return hists
+
+
+def _floats(out: Any) -> list[np.ndarray]:
+    """The floating tensors of a model output (a tensor, or tuples, lists and dicts of them)
+    as float64 arrays, in order."""
+    if isinstance(out, torch.Tensor):
+        return [out.detach().double().cpu().numpy()] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [a for v in out.values() for a in _floats(v)]
+    if isinstance(out, tuple | list):
+        return [a for v in out for a in _floats(v)]
+    return []
+
+
+def _pt2e_convert() -> Any:
+    flow = pt2e_flow()
+    if flow is None:
+        raise ImportError(
+            f"PT2E quantization is not available with torch {torch.__version__} (pip install "
+            "torchao); pass convert= for another flow (eager: torch.ao.quantization.convert)"
+        )
+    module = {
+        "torchao": "torchao.quantization.pt2e.quantize_pt2e",
+        "torch.ao": "torch.ao.quantization.quantize_pt2e",
+    }[flow]
+    return importlib.import_module(module).convert_pt2e
+
+
+def calibrate_auto(
+    prepared: torch.nn.Module,
+    batches: Any,
+    *,
+    convert: Any = None,
+    candidates: Any = None,
+    folds: int = DEFAULT_FOLDS,
+    z: float = 2.0,
+    metric: Any = "mse",
+    progress: bool = False,
+) -> Selection:
+    """Calibrate a prepared model with qfcal observers and choose their range method by the
+    converted model's outputs on calibration batches its ranges did not see.
+
+    Each batch runs once through `prepared` (its observers are identities: the outputs are
+    the float model's); every qfcal activation observer keeps each batch's histogram. Then,
+    for each candidate method and each fold of consecutive batches, the observers get the
+    other folds' merged histograms and the method, a copy of the model is converted and the
+    fold's batches run through it; the error compares every floating output with the float
+    one (`metric`; by default the squared difference relative to the float outputs'
+    squares). The first candidate
+    (``optimal``) stays unless another beats it on the same batches by `z` standard errors
+    (:func:`qfcal.selection.select`). At the end each observer holds its histogram of all the
+    batches and the chosen method: ``convert`` it as usual.
+
+    Args:
+        prepared: a prepared model (PT2E, FX or eager) whose activation observers are qfcal's.
+        batches: an iterable of inputs (a tensor, or a tuple of tensors passed as arguments),
+            at least two; kept in memory.
+        convert: the flow's convert (default PT2E's ``convert_pt2e``, of torchao or
+            ``torch.ao`` as :func:`pt2e_flow` finds; eager mode:
+            ``torch.ao.quantization.convert``); called on a deep copy.
+        candidates: ``{label: {"method": ..., "gamma": ..., "percentile": ...}}``, default
+            :data:`qfcal.selection.DEFAULT_CANDIDATES`.
+        folds, z: see :func:`qfcal.selection.select`.
+        metric: the output error, ``mse`` (default), ``kl`` (logits) or ``cosine``
+            (embeddings), or a callable: :func:`qfcal.selection.output_error`.
+        progress: a progress bar over the evaluations.
+
+    Returns:
+        The :class:`qfcal.selection.Selection` (every candidate's held-out output error).
+
+    Cost: one forward pass per batch, then per candidate and fold a deep copy, a convert and
+    the fold's batches through the converted model. Loss-aware weights (from
+    :func:`calibrate_loss_aware`) are dropped: the trials use the plain histograms.
+
+    Raises:
+        ValueError: no qfcal observer, fewer than two batches, a batch whose output has no
+            floating tensor, bad candidates (a method qfcal's search does not know) or folds.
+    """
+    observers = {n: m for n, m in prepared.named_modules() if isinstance(m, _QfcalObserverImpl)}
+    if not observers:
+        raise ValueError("prepared has no qfcal observer (prepare it with qfcal's observers)")
+    cands = check_candidates(candidates)
+    for label, opts in cands.items():
+        extra = sorted(set(opts) - {"method", "gamma", "percentile"})
+        if extra:
+            raise TypeError(
+                f"candidates[{label!r}] has option(s) {extra}; an observer takes method, gamma "
+                "and percentile (its grid is its quant_min/quant_max)"
+            )
+        qfcal.check_search_options(
+            method=opts["method"],
+            gamma=opts.get("gamma", 1.0),
+            percentile=opts.get("percentile", 99.99),
+        )
+    check_metric(metric)
+    conv = _pt2e_convert() if convert is None else convert
+    if not callable(conv):
+        raise TypeError(f"convert must be callable (a flow's convert), got {conv!r}")
+    inputs = [b if isinstance(b, tuple | list) else (b,) for b in batches]
+    if len(inputs) < 2:
+        raise ValueError(f"calibrate_auto needs at least 2 calibration batches, got {len(inputs)}")
+    parts: dict[str, list[qfcal.Histogram]] = {n: [] for n in observers}
+    reference: list[list[np.ndarray]] = []
+    with torch.no_grad():
+        for i, args in enumerate(inputs):
+            for o in observers.values():
+                o.reset_min_max_vals()
+            ref = _floats(prepared(*args))
+            if not ref:
+                raise ValueError(f"batch {i}: the model's output holds no floating tensor")
+            reference.append(ref)
+            for n, o in observers.items():
+                parts[n].append(o.histogram)
+    merged: dict[tuple[int, ...], dict[str, qfcal.Histogram]] = {}
+
+    def merge(skip: set[int]) -> dict[str, qfcal.Histogram]:
+        out = {}
+        for n, hs in parts.items():
+            h = qfcal.Histogram(hs[0].bins)
+            for i, part in enumerate(hs):
+                if i not in skip:
+                    h.merge(part)
+            out[n] = h
+        return out
+
+    def evaluate(options: Any, test: list[int]) -> tuple[list[float], list[float]]:
+        key = tuple(test)
+        if key not in merged:
+            merged[key] = merge(set(test))
+        for n, o in observers.items():
+            o._load(merged[key][n].copy(), options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # observers that saw nothing in these folds
+            quantized = conv(copy.deepcopy(prepared))
+        errs, norms = [], []
+        with torch.no_grad():
+            for i in test:
+                try:
+                    e, n = output_error(metric, reference[i], _floats(quantized(*inputs[i])))
+                except ValueError as err:
+                    raise ValueError(f"batch {i}: {err}") from err
+                errs.append(e)
+                norms.append(n)
+        return errs, norms
+
+    own = {n: {"method": o.method, "gamma": o.gamma, "percentile": o.percentile}
+           for n, o in observers.items()}  # fmt: skip
+    try:
+        sel = select(len(inputs), evaluate, candidates=cands, folds=folds, z=z, progress=progress)
+    except BaseException:  # the observers keep all the batches and their own options
+        full = merge(set())
+        for n, o in observers.items():
+            o._load(full[n], own[n])
+        raise
+    full = merge(set())
+    for n, o in observers.items():
+        o._load(full[n], sel.options)
+    return sel
 
 
 def __getattr__(name: str) -> Any:
