@@ -63,8 +63,22 @@ QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     },
     "qfcal:entropy": ("entropy", {"method": "entropy"}),
 }
+
+
+def _pooled_cosine(reference: Any, outputs: Any, batch: Any) -> tuple[float, float]:
+    """1 - cosine of the mean-pooled sentence embeddings (MiniLM's graph ends at the hidden
+    states; its users compare the pooled embedding), summed over the batch's sentences."""
+    import numpy as np
+    from real_models import metrics
+
+    f = metrics.mean_pool(reference[0], batch["attention_mask"])
+    q = metrics.mean_pool(outputs[0], batch["attention_mask"])
+    cos = (f * q).sum(1) / (np.linalg.norm(f, axis=1) * np.linalg.norm(q, axis=1) + 1e-30)
+    return float(np.sum(1.0 - cos)), float(len(f))
+
+
 # qfcal:auto's output error by the model's output (what its users compare)
-AUTO_METRICS = {"logits": "kl", "embedding": "cosine"}
+AUTO_METRICS: dict[str, Any] = {"logits": "kl", "embedding": _pooled_cosine}
 ORT_CALIBRATORS = ("MinMax", "Entropy", "Percentile")
 AIMET_SCHEMES = ("min_max", "tf_enhanced", "percentile")
 
@@ -355,7 +369,7 @@ def ort_auto(
                 errs, norms = [], []
                 for i in test:
                     q = s.run(None, dict(calib_feeds[i]))[:1]
-                    e, n = qfcal.selection.output_error(metric, reference[i], q)
+                    e, n = qfcal.selection.output_error(metric, reference[i], q, calib_feeds[i])
                     errs.append(e)
                     norms.append(n)
                 return errs, norms

@@ -28,6 +28,7 @@ import qfcal  # noqa: E402
 import qfcal.crossval  # noqa: E402
 import qfcal.distributed  # noqa: E402
 import qfcal.onnxruntime as qo  # noqa: E402
+import qfcal.selection  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx_cnn import build_onnx  # noqa: E402
 from onnxruntime.quantization import (  # noqa: E402
@@ -805,3 +806,19 @@ def test_auto_method_bad_input(cnn: dict[str, Any], tmp_path: Path) -> None:
         qo.select_method(cnn["path"], plain, cnn["batches"][:3])
     with pytest.raises(TypeError, match="calibration must be a qfcal.onnxruntime.Calibration"):
         qo.select_method(cnn["path"], {}, cnn["batches"][:3])
+
+
+def test_readme_auto_example(
+    cnn: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(cnn["path"].read_bytes())
+    ns = run_readme_example("auto", {"batches": iter(cnn["batches"][:6])})
+    cal = ns["cal"]
+    assert isinstance(cal, qo.Calibration) and cal.selection is not None
+    assert cal.method == cal.selection.options["method"]
+    assert len(cal.selection.folds) == 4 and set(cal.selection.errors) == set(
+        qfcal.selection.DEFAULT_CANDIDATES
+    )
+    agree = (predict(tmp_path / "model.int8.onnx", cnn["x_test"]) == cnn["float_pred"]).mean()
+    assert agree >= 0.95

@@ -176,7 +176,10 @@ def test_output_errors() -> None:
     assert selection.output_error("cosine", [z], [z]) == (0.0, 2.0)
     assert selection.output_error("cosine", [z], [z + 1]) == (2.0, 2.0)
     # a callable
-    assert selection.output_error(lambda a, b: (1, 2), [f], [q]) == (1.0, 2.0)
+    seen = []
+    metric = lambda a, b, batch: (seen.append(batch) or 1, 2)  # noqa: E731
+    assert selection.output_error(metric, [f], [q], {"x": 1}) == (1.0, 2.0)
+    assert seen == [{"x": 1}]
     with pytest.raises(ValueError, match="metric must be one of mse, kl, cosine"):
         selection.output_error("l1", [f], [q])
     with pytest.raises(ValueError, match="returned 1 floating outputs, the float model 2"):

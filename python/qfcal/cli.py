@@ -164,9 +164,10 @@ def _calib_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--method",
-        choices=qfcal.methods(),
+        choices=(*qfcal.methods(), "auto"),
         help="activation range method (default optimal: the minimum of rounding + gamma x "
-        "clipping loss)",
+        "clipping loss; auto: the method whose int8 model comes closest to float on "
+        "calibration images its ranges did not see, see README)",
     )
     g.add_argument("--gamma", type=float, help="weight of clipping against rounding loss (1.0)")
     g.add_argument("--percentile", type=float, help="for --method percentile (99.99)")

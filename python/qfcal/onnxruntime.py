@@ -1060,9 +1060,11 @@ def select_method(
             beat the first one to replace it; see :func:`qfcal.selection.select`.
         metric: the output error: ``mse`` (any model; relative squared error), ``kl`` (logits:
             KL divergence of the softmax), ``cosine`` (embeddings, hidden states: 1 - cosine
-            per vector), or a callable; see :func:`qfcal.selection.output_error`. Choose the
-            one that says what matters in the output: for an encoder, at 4 bits, the squared
-            error and the cosine chose different methods (BENCHMARKS.md).
+            per vector), or a callable ``metric(float outputs, quantized outputs, batch) ->
+            (error, norm)`` (the batch: its input dict); see
+            :func:`qfcal.selection.output_error`. Choose what the model's users compare: for
+            a sentence encoder whose graph ends at the hidden states, the cosine of the pooled
+            embedding (a callable), not of each token (BENCHMARKS.md).
         providers: execution providers of the evaluation sessions (default
             ``ort_kwargs["calibration_providers"]``, else CPU).
         progress: a progress bar over the evaluations.
@@ -1152,7 +1154,9 @@ def select_method(
                 outs = _float_outputs(s.run(None, dict(batches[i])))
                 pairs = [(f, q) for f, q in zip(reference[i], outs, strict=True)
                          if f is not None and q is not None]  # fmt: skip
-                err, norm = output_error(metric, [f for f, _ in pairs], [q for _, q in pairs])
+                err, norm = output_error(
+                    metric, [f for f, _ in pairs], [q for _, q in pairs], batches[i]
+                )
                 errs.append(err)
                 norms.append(norm)
             return errs, norms

@@ -102,7 +102,7 @@ def check_metric(metric: object) -> None:
     if not callable(metric) and metric not in METRICS:
         raise ValueError(
             f"metric must be one of {', '.join(METRICS)} or a callable "
-            f"(float outputs, quantized outputs) -> (error, norm), got {metric!r}"
+            f"(float outputs, quantized outputs, batch) -> (error, norm), got {metric!r}"
         )
 
 
@@ -111,12 +111,14 @@ def _rows(a: np.ndarray) -> np.ndarray:
 
 
 def output_error(
-    metric: str | Callable[[list[np.ndarray], list[np.ndarray]], tuple[float, float]],
+    metric: str | Callable[[list[np.ndarray], list[np.ndarray], Any], tuple[float, float]],
     reference: list[np.ndarray],
     outputs: list[np.ndarray],
+    batch: Any = None,
 ) -> tuple[float, float]:
     """One batch's ``(error, norm)`` of the quantized model's `outputs` against the float
-    model's `reference` (the same floating outputs, in order).
+    model's `reference` (the same floating outputs, in order); `batch` is the input they came
+    from (for a callable metric).
 
     - ``mse``: the squared differences summed over every output, relative to the float
       outputs' squares (any output).
@@ -125,10 +127,12 @@ def output_error(
     - ``cosine``: the outputs are vectors along their last axis (embeddings, hidden states);
       1 - cosine similarity of each quantized vector to the float one, per vector (two zero
       vectors agree; one zero vector against another counts as orthogonal).
-    - a callable ``metric(reference, outputs) -> (error, norm)``.
+    - a callable ``metric(reference, outputs, batch) -> (error, norm)``: what the model's
+      users compare, e.g. the cosine of a sentence embedding mean-pooled over the batch's
+      ``attention_mask``, when the model's output is the hidden states.
     """
     if callable(metric):
-        e, n = metric(reference, outputs)
+        e, n = metric(reference, outputs, batch)
         return float(e), float(n)
     if len(reference) != len(outputs):
         raise ValueError(

@@ -380,7 +380,8 @@ def quantize(
     :data:`qfcal.selection.DEFAULT_CANDIDATES`) and fold the ranges searched on the other
     folds go through the converter's quantizer; the int8 model runs the fold's samples and its
     outputs are compared with the float model's (`metric`: ``mse``, ``kl`` for logits,
-    ``cosine`` for embeddings, or a callable; see :func:`qfcal.selection.output_error`).
+    ``cosine`` for embeddings, or a callable ``metric(float outputs, quantized outputs,
+    sample)``; see :func:`qfcal.selection.output_error`).
     ``optimal`` stays unless another candidate beats it by `z` standard errors of the paired
     per-sample differences. :attr:`QuantizedModel.selection` holds every candidate's error.
     Cost: one quantizer run and one pass over a fold's samples per candidate and fold.
@@ -626,7 +627,7 @@ def _select(
         for j in test:
             feed(samples[j])
             interp.invoke()
-            e, n = output_error(metric, reference[j], _outputs(interp))
+            e, n = output_error(metric, reference[j], _outputs(interp), samples[j])
             errs.append(e)
             norms.append(n)
         return errs, norms

@@ -856,7 +856,8 @@ def calibrate_auto(
             :data:`qfcal.selection.DEFAULT_CANDIDATES`.
         folds, z: see :func:`qfcal.selection.select`.
         metric: the output error, ``mse`` (default), ``kl`` (logits) or ``cosine``
-            (embeddings), or a callable: :func:`qfcal.selection.output_error`.
+            (embeddings), or a callable ``metric(float outputs, quantized outputs, args)``
+            (args: the batch's argument tuple): :func:`qfcal.selection.output_error`.
         progress: a progress bar over the evaluations.
 
     Returns:
@@ -930,7 +931,8 @@ def calibrate_auto(
         with torch.no_grad():
             for i in test:
                 try:
-                    e, n = output_error(metric, reference[i], _floats(quantized(*inputs[i])))
+                    outs = _floats(quantized(*inputs[i]))
+                    e, n = output_error(metric, reference[i], outs, inputs[i])
                 except ValueError as err:
                     raise ValueError(f"batch {i}: {err}") from err
                 errs.append(e)

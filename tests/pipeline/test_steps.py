@@ -107,6 +107,48 @@ def test_steps_rerun_on_the_folder_from_run_json(run_dir, tmp_path):
     )
 
 
+def test_calibrate_method_auto(run_dir, tmp_path, monkeypatch, capsys):
+    """``qfcal calibrate --method auto``: the method chosen by the exported int8 model's output
+    on calibration images each trial's ranges did not see (two candidates, two folds here to
+    keep CI short; the defaults are six and four)."""
+    import shutil
+
+    from qfcal import selection
+
+    monkeypatch.setattr(
+        selection,
+        "DEFAULT_CANDIDATES",
+        {"optimal": {"method": "optimal"}, "clipped": {"method": "percentile", "percentile": 90.0}},
+    )
+    monkeypatch.setattr(selection, "DEFAULT_FOLDS", 2)
+    work = tmp_path / "auto"
+    shutil.copytree(run_dir, work)
+    assert cli.main(["calibrate", "--out", str(work), "--method", "auto"]) == 0
+    doc = json.loads((work / "run.json").read_text())
+    sel = doc["steps"]["calibrate"]["selection"]
+    assert set(sel["errors"]) == {"optimal", "clipped"}
+    # ten images (one per class), dealt round-robin into two folds
+    assert sel["folds"] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+    # clipping at the 90th percentile costs output accuracy: kept out
+    assert sel["errors"]["clipped"] > sel["errors"]["optimal"] and sel["chosen"] == "optimal"
+    ranges = json.loads((work / "ranges.json").read_text())
+    assert {r["method"] for r in ranges.values()} == {"optimal"}
+    # the same images (counted per fold, then merged): the same totals; the activations of
+    # other batch compositions differ in their last bits, so the ranges agree to a fraction
+    before = json.loads((run_dir / "ranges.json").read_text())
+    assert ranges.keys() == before.keys()
+    for name, r in ranges.items():
+        assert r["scale"] == pytest.approx(before[name]["scale"], rel=0.02), name
+    hists = steps.load_histograms(work / "histograms.npz")
+    assert {n: h.total for n, h in hists.items()} == {
+        n: h.total for n, h in steps.load_histograms(run_dir / "histograms.npz").items()
+    }
+    assert doc["config"]["method"] == "auto"
+    capsys.readouterr()
+    assert cli.main(["calibrate", "--out", str(work), "--method", "auto", "--dask", "local"]) != 0
+    assert "method 'auto' calibrates in one process" in capsys.readouterr().err
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QFCAL_DATA", str(tmp_path / "nothing"))
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))

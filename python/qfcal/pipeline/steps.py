@@ -26,13 +26,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import qfcal
 from qfcal._io import atomic_path, write_bytes_atomic, write_json_atomic
 from qfcal.pipeline import data as qdata
+
+if TYPE_CHECKING:
+    from qfcal import selection
+    from qfcal.pipeline.taps import TapHistograms
+
+# --method auto: the range method chosen by the int8 model's outputs (qfcal.selection)
+AUTO = "auto"
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +91,9 @@ class RunConfig:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.method not in qfcal.methods():
+        if self.method not in (*qfcal.methods(), AUTO):
             raise ValueError(
-                f"method must be one of {', '.join(qfcal.methods())}, got {self.method!r}"
+                f"method must be one of {', '.join((*qfcal.methods(), AUTO))}, got {self.method!r}"
             )
         if self.weights not in WEIGHT_MODES:
             raise ValueError(
@@ -228,7 +235,27 @@ def calibrate(
     log.info("calibrating on %d training images (%d per class)", len(idx), cfg.calib_per_class)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
-    if dask is None:
+    options: dict[str, Any] = {
+        "method": cfg.method, "gamma": cfg.gamma, "percentile": cfg.percentile
+    }  # fmt: skip
+    if cfg.method == AUTO:
+        if dask is not None:
+            raise ValueError(
+                "method 'auto' calibrates in one process (its trials convert the model): "
+                "drop --dask, or choose another method"
+            )
+        taps, sel = _calibrate_auto(cfg, model, images)
+        options = dict(sel.options)
+        extra = {
+            "selection": {
+                "chosen": sel.chosen,
+                "options": sel.options,
+                "errors": sel.errors,
+                "z": sel.z,
+                "folds": sel.folds,
+            }
+        }
+    elif dask is None:
         taps = collect_histograms(model, images, progress=True)
     else:
         from qfcal import distributed as qdist
@@ -242,9 +269,7 @@ def calibrate(
         taps = TapHistograms(hists)
         extra = {"dask_shards": len(parts)}
     t1 = time.perf_counter()
-    results = taps.search(
-        method=cfg.method, gamma=cfg.gamma, percentile=cfg.percentile, bits=8, progress=True
-    )
+    results = taps.search(bits=8, progress=True, **options)
     t2 = time.perf_counter()
     write_json_atomic(folder / "ranges.json", ranges_json(results))
     blobs = {n: np.frombuffer(h.to_bytes(), dtype=np.uint8) for n, h in taps.histograms.items()}
@@ -263,6 +288,73 @@ def calibrate(
         },
     )
     return results
+
+
+def _calibrate_auto(
+    cfg: RunConfig, model: Any, images: Any
+) -> tuple[TapHistograms, selection.Selection]:
+    """``method="auto"``: the calibration images dealt round-robin into folds, one histogram
+    per tap and fold; each candidate method's ranges from all folds but one go through the
+    export (FakeQuant graph, TFLite converter) and the int8 model runs the fold's images; the
+    KL divergence of its softmax to the float model's picks the method
+    (:func:`qfcal.selection.select`). Returns the taps' histograms over all the images and the
+    :class:`~qfcal.selection.Selection`."""
+    from qfcal import selection
+    from qfcal.pipeline import export as qexp
+    from qfcal.pipeline.taps import TapHistograms, collect_histograms
+    from qfcal.tflite import _feeder, _interpreter, _outputs
+
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"method 'auto' needs at least 2 calibration images, got {n}")
+    k = min(selection.DEFAULT_FOLDS, n)
+    folds = [list(range(f, n, k)) for f in range(k)]
+    parts = [collect_histograms(model, images[f], progress=False).histograms for f in folds]
+
+    def merged(skip: int | None) -> dict[str, qfcal.Histogram]:
+        out = {}
+        for name in parts[0]:
+            h = qfcal.Histogram(parts[0][name].bins)
+            for f, p in enumerate(parts):
+                if f != skip:
+                    h.merge(p[name])
+            out[name] = h
+        return out
+
+    reference = np.asarray(model.predict(images, verbose=0), np.float64)
+
+    def evaluate(options: Any, test: list[int]) -> tuple[list[float], list[float]]:
+        train = merged(folds.index(test))
+        ranges = {}
+        for name, h in train.items():
+            r = qfcal.search(h, bits=8, **dict(options))
+            ranges[name] = (r.min, r.max)
+        content = qexp.to_int8_tflite(
+            model, ranges, weights=cfg.weights, weight_method=cfg.weight_method, int8_io=False
+        )
+        interp = _interpreter(content)
+        interp.allocate_tensors()
+        feed = _feeder(interp)
+        errs, norms = [], []
+        for j in test:
+            feed([images[j : j + 1]])
+            interp.invoke()
+            out = _outputs(interp)
+            e, n_ = selection.output_error("kl", [reference[j : j + 1]], out[:1])
+            errs.append(e)
+            norms.append(n_)
+        return errs, norms
+
+    log.info(
+        "method auto: %d candidate methods x %d folds of %d calibration images, each trial "
+        "exported and run",
+        len(selection.DEFAULT_CANDIDATES),
+        k,
+        n,
+    )
+    sel = selection.select(n, evaluate, folds=folds, progress=True)
+    log.info("method auto chose %s:\n%s", sel.chosen, sel.table())
+    return TapHistograms(merged(None)), sel
 
 
 def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
