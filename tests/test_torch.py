@@ -746,9 +746,25 @@ def test_calibrate_loss_aware_reaches_convert(fmnist, trained):
     quantized = convert(prepared)
     acc = accuracy(quantized, *fmnist["test"])
     assert acc >= float_acc - ACCURACY_TOLERANCE, (acc, float_acc)
+    # the loss-aware weights travel in the state dict: a fresh model loaded from it converts
+    # to the same qparams
+    fresh = copy.deepcopy(model)
+    fresh.qconfig = qtorch.qconfig(ENGINE)
+    loaded = prepare(fresh)
+    loaded.load_state_dict(prepared.state_dict())
+    for name, obs in observers.items():
+        other = dict(loaded.named_modules())[name]
+        assert other.loss_weights == obs.loss_weights and other.histogram == obs.histogram
+        assert [float(t) for t in other.calculate_qparams()] == [
+            float(t) for t in obs.calculate_qparams()
+        ]
     obs = next(iter(observers.values()))
-    with pytest.warns(UserWarning, match="loss-aware weights are not saved"):
-        obs.state_dict()  # nothing lost silently
+    state = obs.state_dict()
+    state["_extra_state"] = dict(state["_extra_state"])
+    other_obs = [o for o in observers.values() if o.loss_weights != obs.loss_weights][0]
+    state["_extra_state"]["loss_weights"] = other_obs.state_dict()["_extra_state"]["loss_weights"]
+    with pytest.raises(ValueError, match="not of the saved histogram's values"):
+        obs.load_state_dict(state)
     obs.reset_min_max_vals()
     assert obs.loss_weights is None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import qfcal
@@ -109,3 +111,23 @@ def test_readme_example_runs() -> None:
     r = ns["r"]
     assert r.min >= -r.scale / 2  # the negative values weigh nothing
     assert qfcal.search(ns["wh"].counts, bits=8).min < -1
+
+
+def test_bytes_and_pickle_round_trip_exactly() -> None:
+    rng = np.random.default_rng(3)
+    wh = qfcal.WeightedHistogram(512)
+    wh.update(rng.standard_normal(5000).astype(np.float32), rng.random(5000).astype(np.float32))
+    wh.update(np.zeros(7), np.full(7, 0.5))
+    data = wh.to_bytes()
+    back = qfcal.WeightedHistogram.from_bytes(data)
+    assert back == wh and back.to_bytes() == data
+    assert pickle.loads(pickle.dumps(wh)) == wh
+    assert qfcal.search(back, bits=6) == qfcal.search(wh, bits=6)
+    empty = qfcal.WeightedHistogram()
+    assert qfcal.WeightedHistogram.from_bytes(empty.to_bytes()) == empty
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        qfcal.WeightedHistogram.from_bytes(data[:-3] + bytes(3))
+    with pytest.raises(ValueError, match="weighted histogram header"):
+        qfcal.WeightedHistogram.from_bytes(wh.counts.to_bytes())
+    with pytest.raises(TypeError):
+        qfcal.WeightedHistogram.from_bytes("not bytes")  # type: ignore[arg-type]

@@ -245,11 +245,24 @@ class WeightedHistogram:
     Weights are summed exactly (each rounded down once to a multiple of ``2**-96``, 128-bit
     integer sums): the state does not depend on how values were batched, ordered or merged.
     Weights below ``2**-96`` count as 0; a total beyond ``2**32`` is an error (scale them down:
-    only their ratios matter). Weights of NaN and +-Inf values are dropped with them. Not
-    picklable (no byte format yet); ``copy.copy`` and ``copy.deepcopy`` work.
+    only their ratios matter). Weights of NaN and +-Inf values are dropped with them.
+    Picklable through :meth:`to_bytes` (lossless); ``copy.copy`` and ``copy.deepcopy`` work.
     """
 
     def __new__(cls, bins: int = 4096) -> WeightedHistogram: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
+    def to_bytes(self) -> bytes:
+        """A versioned, checksummed byte string: the counts' :meth:`Histogram.to_bytes` and the
+        exact fixed-point weight sums (see :meth:`from_bytes`)."""
+
+    @staticmethod
+    def from_bytes(data: bytes) -> WeightedHistogram:
+        """Read :meth:`to_bytes` output, exactly.
+
+        Raises:
+            ValueError: the bytes are corrupted, truncated, not a qfcal weighted histogram,
+                from a newer format version, or a state no update or merge can produce.
+        """
     def update(self, values: npt.ArrayLike, weights: npt.ArrayLike) -> None:
         """Add ``values`` with their ``weights`` (same shape; each finite, >= 0 and below
         ``2**32``). Nothing changes if it raises ValueError."""

@@ -72,7 +72,7 @@ _DTYPE_RANGES: dict[torch.dtype, tuple[int, int]] = {
 _QSCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 # Backend -> reduce_range of torch's own default activation observer (get_default_qconfig).
 _BACKEND_REDUCE_RANGE = {"x86": True, "fbgemm": True, "qnnpack": False, "onednn": False}
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the loss-aware weights travel too
 
 
 def _torch_symmetric_zero_point(
@@ -313,19 +313,16 @@ class _QfcalObserverImpl(torch.nn.Module):
     # -- state dict: the histogram's bytes travel as the module's extra state -------------------
 
     def get_extra_state(self) -> dict[str, Any]:
-        if self.loss_weights is not None:
-            warnings.warn(
-                f"{type(self).__name__}: the loss-aware weights are not saved in the state dict "
-                "(WeightedHistogram has no byte format yet); a model loaded from it searches "
-                "the plain histogram. Convert before saving to keep the loss-aware ranges.",
-                stacklevel=2,
-            )
         data = self._hist.to_bytes()
-        return {
+        state: dict[str, Any] = {
             "version": _STATE_VERSION,
             "histogram": torch.frombuffer(bytearray(data), dtype=torch.uint8),
             "negated": self._negate,
         }
+        if self.loss_weights is not None:
+            weighted = self.loss_weights.to_bytes()
+            state["loss_weights"] = torch.frombuffer(bytearray(weighted), dtype=torch.uint8)
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         name = type(self).__name__
@@ -345,7 +342,17 @@ class _QfcalObserverImpl(torch.nn.Module):
             )
         tensor = cast(torch.Tensor, state["histogram"])
         hist = qfcal.Histogram.from_bytes(tensor.cpu().numpy().astype(np.uint8).tobytes())
+        weights = None
+        if state.get("loss_weights") is not None:
+            raw = cast(torch.Tensor, state["loss_weights"]).cpu().numpy().astype(np.uint8)
+            weights = qfcal.WeightedHistogram.from_bytes(raw.tobytes())
+            if weights.counts != hist:
+                raise ValueError(
+                    f"{name}: the saved loss-aware weights are not of the saved histogram's "
+                    "values (a state dict put together from two observers?)"
+                )
         self._hist = hist
+        self.loss_weights = weights
         self.bins = hist.bins
 
     def extra_repr(self) -> str:

@@ -7,7 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::{MutexExt, PyOnceLock};
-use pyo3::types::IntoPyDict;
+use pyo3::types::{IntoPyDict, PyBytes, PyTuple};
 use qfcal_core::histogram::Sample;
 use qfcal_core::histogram::DEFAULT_BINS;
 use qfcal_core::WeightedHistogram;
@@ -132,6 +132,26 @@ impl PyWeightedHistogram {
         _memo: &Bound<'_, PyAny>,
     ) -> PyResult<PyWeightedHistogram> {
         self.copy(py)
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.read(py, |h| h.to_bytes())?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    #[staticmethod]
+    fn from_bytes(data: &[u8]) -> PyResult<PyWeightedHistogram> {
+        guard(|| {
+            Ok(PyWeightedHistogram {
+                inner: Mutex::new(WeightedHistogram::from_bytes(data).map_err(to_py)?),
+            })
+        })
+    }
+
+    fn __reduce__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let ctor = py.get_type::<PyWeightedHistogram>().getattr("from_bytes")?;
+        let args = PyTuple::new(py, [self.to_bytes(py)?])?;
+        PyTuple::new(py, [ctor.into_any(), args.into_any()])
     }
 
     /// The counts alone, as a `Histogram` (a copy).

@@ -194,7 +194,7 @@ pub(super) fn to_bytes_v1(h: &Histogram) -> Vec<u8> {
 }
 
 /// The FNV-1a 64-bit hash: the checksum of the byte format.
-fn fnv1a(data: &[u8]) -> u64 {
+pub(super) fn fnv1a(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in data {
         h ^= b as u64;

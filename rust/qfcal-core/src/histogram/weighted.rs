@@ -285,6 +285,131 @@ impl WeightedHistogram {
     }
 }
 
+/// Version of the weighted histogram's `to_bytes` format.
+pub const WEIGHTED_FORMAT_VERSION: u32 = 1;
+const WEIGHTED_MAGIC: &[u8; 8] = b"QFCALWHS";
+
+impl WeightedHistogram {
+    /// A self-describing, versioned, checksummed byte string. Version 1, little-endian:
+    /// magic `QFCALWHS`, version (u32), the counts' [`Histogram::to_bytes`] (u32 length, then
+    /// the bytes), the weight at the smallest and the largest nonzero value and at zero (u128
+    /// fixed point, 2^-96), the number `n` of weight bins (u32: the counts' occupied bins), `n`
+    /// u128 weight sums, and an FNV-1a 64 checksum of everything before it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let counts = self.counts.to_bytes();
+        let (_, occ) = self.counts.occupied();
+        let mut out = Vec::with_capacity(12 + 4 + counts.len() + 48 + 4 + 16 * occ.len() + 8);
+        out.extend_from_slice(WEIGHTED_MAGIC);
+        out.extend_from_slice(&WEIGHTED_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(counts.len() as u32).to_le_bytes());
+        out.extend_from_slice(&counts);
+        for v in [self.at_min, self.at_max, self.zeros] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let n = if self.weights.is_empty() {
+            0
+        } else {
+            occ.len()
+        };
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        for &w in &self.weights[..n] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        let sum = super::codec::fnv1a(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Reads `to_bytes` output; rejects anything corrupted, truncated, foreign or from a newer
+    /// format version, and any state updates and merges cannot produce (weight where there is
+    /// no value, extremes' weights beyond their bins', a total beyond 2^32).
+    pub fn from_bytes(data: &[u8]) -> Result<WeightedHistogram> {
+        let bad = |m: &str| {
+            Error::Corrupt(format!(
+                "not a valid qfcal weighted histogram byte string: {m}"
+            ))
+        };
+        if data.len() < 12 || &data[..8] != WEIGHTED_MAGIC {
+            return Err(bad(
+                "it does not start with the qfcal weighted histogram header",
+            ));
+        }
+        let version = u32::from_le_bytes(data[8..12].try_into().unwrap());
+        if version != WEIGHTED_FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "weighted histogram byte string has format version {version}, this qfcal reads version {WEIGHTED_FORMAT_VERSION}"
+            )));
+        }
+        if data.len() < 12 + 4 + 8 {
+            return Err(bad(&format!("it is truncated ({} bytes)", data.len())));
+        }
+        let body = &data[..data.len() - 8];
+        let sum = u64::from_le_bytes(data[data.len() - 8..].try_into().unwrap());
+        if super::codec::fnv1a(body) != sum {
+            return Err(bad("checksum mismatch (corrupted or truncated)"));
+        }
+        let mut pos = 12usize;
+        let mut take = |n: usize| -> Result<&[u8]> {
+            if pos + n > body.len() {
+                return Err(bad("its length does not match its contents"));
+            }
+            let s = &body[pos..pos + n];
+            pos += n;
+            Ok(s)
+        };
+        let len = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let counts = Histogram::from_bytes(take(len)?)?;
+        let u128_at = |b: &[u8]| u128::from_le_bytes(b.try_into().unwrap());
+        let at_min = u128_at(take(16)?);
+        let at_max = u128_at(take(16)?);
+        let zeros = u128_at(take(16)?);
+        let n = u32::from_le_bytes(take(4)?.try_into().unwrap()) as usize;
+        let mut sums = Vec::with_capacity(n);
+        for _ in 0..n {
+            sums.push(u128_at(take(16)?));
+        }
+        if pos != body.len() {
+            return Err(bad("its length does not match its contents"));
+        }
+        let (_, occ) = counts.occupied();
+        let expected = if counts.nonzero == 0 { 0 } else { occ.len() };
+        if n != expected {
+            return Err(bad(&format!(
+                "{n} weight bins for {expected} occupied bins of counts"
+            )));
+        }
+        if sums.iter().zip(occ).any(|(&w, &c)| w > 0 && c == 0) || (zeros > 0 && counts.zeros == 0)
+        {
+            return Err(bad("weight where no value was counted"));
+        }
+        let (lo_bin, hi_bin) = (sums.first().copied(), sums.last().copied());
+        if counts.nonzero == 0 && (at_min > 0 || at_max > 0) {
+            return Err(bad("extremes' weight without values"));
+        }
+        if lo_bin.is_some_and(|b| at_min > b) || hi_bin.is_some_and(|b| at_max > b) {
+            return Err(bad("the extremes' weight exceeds their bins'"));
+        }
+        let mut total = 0u128;
+        for &w in sums.iter().chain([&zeros]) {
+            total = total
+                .checked_add(w)
+                .ok_or_else(|| bad("its weights sum beyond 2^32"))?;
+        }
+        let mut weights = Vec::new();
+        if counts.nonzero > 0 {
+            weights = vec![0u128; counts.bins];
+            weights[..n].copy_from_slice(&sums);
+        }
+        Ok(WeightedHistogram {
+            counts,
+            weights,
+            at_min,
+            at_max,
+            zeros,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +428,82 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// `data` with its checksum recomputed (to reach the checks behind it).
+    fn resealed(mut data: Vec<u8>) -> Vec<u8> {
+        let n = data.len() - 8;
+        let sum = crate::histogram::codec::fnv1a(&data[..n]);
+        data[n..].copy_from_slice(&sum.to_le_bytes());
+        data
+    }
+
+    #[test]
+    fn bytes_round_trip_exactly() {
+        let empty = WeightedHistogram::new(128).unwrap();
+        assert_eq!(
+            WeightedHistogram::from_bytes(&empty.to_bytes()).unwrap(),
+            empty
+        );
+        let mut only_zeros = WeightedHistogram::new(128).unwrap();
+        only_zeros.update(&[0.0f64, 0.0], &[1.5f64, 2.0]).unwrap();
+        let back = WeightedHistogram::from_bytes(&only_zeros.to_bytes()).unwrap();
+        assert_eq!(back, only_zeros);
+        let v = values(3000, 7);
+        let w: Vec<f64> = v.iter().map(|x| x.abs() + 0.125).collect();
+        let mut h = WeightedHistogram::new(256).unwrap();
+        h.update(&v[..1000], &w[..1000]).unwrap();
+        let mut other = WeightedHistogram::new(256).unwrap();
+        other.update(&v[1000..], &w[1000..]).unwrap();
+        h.merge(&other).unwrap();
+        let bytes = h.to_bytes();
+        let back = WeightedHistogram::from_bytes(&bytes).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.to_dist().unwrap(), h.to_dist().unwrap());
+        // merging after a round trip is the same as before it
+        let mut a = back.clone();
+        a.merge(&other).unwrap();
+        let mut b = h.clone();
+        b.merge(&other).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_bytes_are_rejected() {
+        // a gap between the clusters leaves empty bins inside the span
+        let v: Vec<f64> = values(500, 3)
+            .iter()
+            .map(|x| x.signum() * (1.0 + x.abs()))
+            .collect();
+        let w: Vec<f64> = v.iter().map(|x| x * x).collect();
+        let mut h = WeightedHistogram::new(64).unwrap();
+        h.update(&v, &w).unwrap();
+        let good = h.to_bytes();
+        let msg = |d: &[u8]| WeightedHistogram::from_bytes(d).unwrap_err().to_string();
+        assert!(msg(&good[..good.len() - 1]).contains("checksum"));
+        assert!(msg(b"QFCALHST").contains("header"));
+        let mut flipped = good.clone();
+        flipped[40] ^= 1;
+        assert!(msg(&flipped).contains("checksum"));
+        let mut newer = good.clone();
+        newer[8] = 9;
+        assert!(msg(&resealed(newer)).contains("format version 9"));
+        // a weight in a bin without values: the first empty bin of the counts gets weight
+        let (_, occ) = h.counts().occupied();
+        let empty = occ
+            .iter()
+            .position(|&c| c == 0)
+            .expect("an empty bin inside the span");
+        let counts_len = u32::from_le_bytes(good[12..16].try_into().unwrap()) as usize;
+        let at = 16 + counts_len + 48 + 4 + 16 * empty;
+        let mut forged = good.clone();
+        forged[at] = 1;
+        assert!(msg(&resealed(forged)).contains("weight where no value was counted"));
+        // the extremes' weight beyond their bin's
+        let mut forged = good.clone();
+        forged[16 + counts_len..16 + counts_len + 16].copy_from_slice(&u128::MAX.to_le_bytes());
+        assert!(msg(&resealed(forged)).contains("exceeds"));
     }
 
     #[test]
