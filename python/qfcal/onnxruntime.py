@@ -755,7 +755,7 @@ def quantize_static(
     weight_method: str = "minmax",
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 2.0,
+    z: float = 0.0,
     metric: Any = "mse",
     **ort_kwargs: Any,
 ) -> Calibration:
@@ -776,7 +776,8 @@ def quantize_static(
             :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy, percentile
             99.999, 99.99 and 99.9) the one whose quantized model's outputs come closest to
             float on batches its ranges were not searched on (`folds` folds of consecutive
-            batches; ``optimal`` stays unless another beats it by `z` standard errors);
+            batches; ``z > 0``: ``optimal`` stays unless another beats it by `z` standard
+            errors);
             :attr:`Calibration.selection` says what each scored. It costs one ONNX Runtime
             quantization, and per candidate and fold a search, a session and a pass over the
             fold's batches.
@@ -1026,7 +1027,7 @@ def select_method(
     *,
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 2.0,
+    z: float = 0.0,
     metric: Any = "mse",
     providers: Sequence[Any] | None = None,
     progress: bool = True,

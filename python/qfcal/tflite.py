@@ -348,7 +348,7 @@ def quantize(
     weight_method: str = "minmax",
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 2.0,
+    z: float = 0.0,
     metric: Any = "mse",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
@@ -382,8 +382,9 @@ def quantize(
     outputs are compared with the float model's (`metric`: ``mse``, ``kl`` for logits,
     ``cosine`` for embeddings, or a callable ``metric(float outputs, quantized outputs,
     sample)``; see :func:`qfcal.selection.output_error`).
-    ``optimal`` stays unless another candidate beats it by `z` standard errors of the paired
-    per-sample differences. :attr:`QuantizedModel.selection` holds every candidate's error.
+    The least error wins (with ``z > 0``, ``optimal`` stays unless another candidate beats it
+    by `z` standard errors of the paired per-sample differences).
+    :attr:`QuantizedModel.selection` holds every candidate's error.
     Cost: one quantizer run and one pass over a fold's samples per candidate and fold.
 
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.

@@ -834,7 +834,7 @@ def calibrate_auto(
     convert: Any = None,
     candidates: Any = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 2.0,
+    z: float = 0.0,
     metric: Any = "mse",
     progress: bool = False,
 ) -> Selection:
@@ -847,8 +847,8 @@ def calibrate_auto(
     other folds' merged histograms and the method, a copy of the model is converted and the
     fold's batches run through it; the error compares every floating output with the float
     one (`metric`; by default the squared difference relative to the float outputs'
-    squares). The first candidate
-    (``optimal``) stays unless another beats it on the same batches by `z` standard errors
+    squares). The least error wins; with ``z > 0`` the first candidate (``optimal``) stays
+    unless another beats it on the same batches by `z` standard errors
     (:func:`qfcal.selection.select`). At the end each observer holds its histogram of all the
     batches and the chosen method: ``convert`` it as usual.
 
