@@ -52,6 +52,7 @@ from qfcal.selection import (
     Selection,
     check_candidates,
     check_metric,
+    merge_parts,
     output_error,
     select,
 )
@@ -1123,13 +1124,7 @@ def select_method(
                 k: [h for i, h in enumerate(v) if i not in left_out]
                 for k, v in calibration.batch_histograms.items()
             }
-            hists = {}
-            for k, v in parts.items():
-                h = v[0].copy()
-                for other in v[1:]:
-                    h.merge(other)
-                hists[k] = h
-            merged[key] = (hists, parts)
+            merged[key] = (merge_parts(calibration.batch_histograms, left_out), parts)
         return merged[key]
 
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-select-") as tmp:

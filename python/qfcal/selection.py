@@ -27,13 +27,16 @@ fold bookkeeping and needs numpy only.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from qfcal._core import Histogram
 from qfcal._progress import Progress
+
+K = TypeVar("K")
 
 #: The methods :func:`select` tries by default, as ``{label: search options}``: the exact
 #: histogram optimum, plain min/max, entropy (TensorRT's) and three percentiles: the contenders
@@ -170,6 +173,21 @@ def output_error(
         else:
             check_metric(metric)
     return err, norm
+
+
+def merge_parts(
+    parts: Mapping[K, Sequence[Histogram]], skip: Collection[int] = ()
+) -> dict[K, Histogram]:
+    """Per key, the exact merge of its histograms but those at the indices in `skip` (the
+    "all folds but one" histograms of a trial; an empty histogram where all are skipped)."""
+    out: dict[K, Histogram] = {}
+    for key, hists in parts.items():
+        h = Histogram(hists[0].bins)
+        for i, part in enumerate(hists):
+            if i not in skip:
+                h.merge(part)
+        out[key] = h
+    return out
 
 
 def split_folds(batches: int, folds: int) -> list[list[int]]:

@@ -36,6 +36,7 @@ from qfcal.selection import (
     Selection,
     check_candidates,
     check_metric,
+    merge_parts,
     output_error,
     select,
 )
@@ -485,8 +486,7 @@ def quantize(
         if seen < 2:
             raise ValueError(f"method='auto' needs at least 2 representative samples, got {seen}")
         parts = {i: p[: min(folds, seen)] for i, p in parts.items()}
-        for i, p in parts.items():
-            hists[i] = _merged(p)
+        hists = merge_parts(parts)
 
     def name_of(i: int) -> str:
         n = tensors[i].name
@@ -561,13 +561,6 @@ def quantize(
     return out
 
 
-def _merged(hists: list[qfcal.Histogram]) -> qfcal.Histogram:
-    out = hists[0].copy()
-    for h in hists[1:]:
-        out.merge(h)
-    return out
-
-
 def _search_all(
     hists: Mapping[int, qfcal.Histogram],
     groups: Mapping[int, list[int]],
@@ -580,7 +573,7 @@ def _search_all(
     for i in hists:
         group = tuple(groups.get(i, (i,)))
         if group not in joint:
-            merged = _merged([hists[j] for j in group])
+            merged = merge_parts({0: [hists[j] for j in group]})[0]
             joint[group] = qfcal.search(merged, bits=8, **options) if merged.finite else None
         out[i] = joint[group]
     return out
@@ -617,9 +610,7 @@ def _select(
     def evaluate(options: Mapping[str, Any], test: list[int]) -> tuple[list[float], list[float]]:
         k = folds.index(test)
         if tuple(test) not in train:
-            train[tuple(test)] = {
-                i: _merged([h for f, h in enumerate(p) if f != k]) for i, p in parts.items()
-            }
+            train[tuple(test)] = merge_parts(parts, {k})
         results = _search_all(train[tuple(test)], groups, dict(options))
         interp = _interpreter(finish(results))
         interp.allocate_tensors()

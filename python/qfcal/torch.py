@@ -43,6 +43,7 @@ from qfcal.selection import (
     Selection,
     check_candidates,
     check_metric,
+    merge_parts,
     output_error,
     select,
 )
@@ -915,20 +916,10 @@ def calibrate_auto(
                 parts[n].append(o.histogram)
     merged: dict[tuple[int, ...], dict[str, qfcal.Histogram]] = {}
 
-    def merge(skip: set[int]) -> dict[str, qfcal.Histogram]:
-        out = {}
-        for n, hs in parts.items():
-            h = qfcal.Histogram(hs[0].bins)
-            for i, part in enumerate(hs):
-                if i not in skip:
-                    h.merge(part)
-            out[n] = h
-        return out
-
     def evaluate(options: Any, test: list[int]) -> tuple[list[float], list[float]]:
         key = tuple(test)
         if key not in merged:
-            merged[key] = merge(set(test))
+            merged[key] = merge_parts(parts, set(test))
         for n, o in observers.items():
             o._load(merged[key][n].copy(), options)
         with warnings.catch_warnings():
@@ -951,11 +942,11 @@ def calibrate_auto(
     try:
         sel = select(len(inputs), evaluate, candidates=cands, folds=folds, z=z, progress=progress)
     except BaseException:  # the observers keep all the batches and their own options
-        full = merge(set())
+        full = merge_parts(parts)
         for n, o in observers.items():
             o._load(full[n], own[n])
         raise
-    full = merge(set())
+    full = merge_parts(parts)
     for n, o in observers.items():
         o._load(full[n], sel.options)
     return sel

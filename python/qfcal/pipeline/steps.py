@@ -311,20 +311,12 @@ def _calibrate_auto(
     folds = [list(range(f, n, k)) for f in range(k)]
     parts = [collect_histograms(model, images[f], progress=False).histograms for f in folds]
 
-    def merged(skip: int | None) -> dict[str, qfcal.Histogram]:
-        out = {}
-        for name in parts[0]:
-            h = qfcal.Histogram(parts[0][name].bins)
-            for f, p in enumerate(parts):
-                if f != skip:
-                    h.merge(p[name])
-            out[name] = h
-        return out
+    by_tap = {name: [p[name] for p in parts] for name in parts[0]}
 
     reference = np.asarray(model.predict(images, verbose=0), np.float64)
 
     def evaluate(options: Any, test: list[int]) -> tuple[list[float], list[float]]:
-        train = merged(folds.index(test))
+        train = selection.merge_parts(by_tap, {folds.index(test)})
         ranges = {}
         for name, h in train.items():
             r = qfcal.search(h, bits=8, **dict(options))
@@ -354,7 +346,7 @@ def _calibrate_auto(
     )
     sel = selection.select(n, evaluate, folds=folds, progress=True)
     log.info("method auto chose %s:\n%s", sel.chosen, sel.table())
-    return TapHistograms(merged(None)), sel
+    return TapHistograms(selection.merge_parts(by_tap)), sel
 
 
 def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
