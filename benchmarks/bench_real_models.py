@@ -332,14 +332,7 @@ def ort_auto(
     def train(test: list[int]) -> dict[str, Any]:
         key = tuple(test)
         if key not in merged:
-            hs = {}
-            for k, v in parts.items():
-                keep = [h for i, h in enumerate(v) if i not in set(test)]
-                h = keep[0].copy()
-                for o in keep[1:]:
-                    h.merge(o)
-                hs[k] = h
-            merged[key] = hs
+            merged[key] = qfcal.selection.merge_parts(parts, set(test))
         return merged[key]
 
     def ranges_of(hists: dict[str, Any], options: dict[str, Any], bits: int) -> dict[str, Any]:

@@ -48,10 +48,11 @@ import qfcal
 from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal.selection import (
+    CANDIDATE_OPTIONS,
     DEFAULT_FOLDS,
     Selection,
-    check_candidates,
     check_metric,
+    check_search_candidates,
     merge_parts,
     output_error,
     select,
@@ -855,8 +856,7 @@ def quantize_static(
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     auto = method == AUTO
     if auto:
-        candidates = check_candidates(candidates)
-        _check_candidates(candidates)
+        candidates = _check_candidates(candidates)
         check_metric(metric)
     elif candidates is not None:
         raise ValueError(f"candidates= is for method='auto', got method={method!r}")
@@ -933,22 +933,23 @@ def _ort_quantize_with(
     )
 
 
-_CANDIDATE_OPTIONS = ("method", "gamma", "percentile")
+def _check_candidates(
+    candidates: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    """The candidates, each a method the ONNX Runtime flow searches (``crossval`` too; its grid
+    comes from ORT's settings, so only method, gamma and percentile)."""
 
-
-def _check_candidates(candidates: Mapping[str, Mapping[str, Any]]) -> None:
-    """Each candidate a method the ONNX Runtime flow searches (its grid comes from ORT's
-    settings, so only method, gamma and percentile)."""
-    for label, o in candidates.items():
-        extra = sorted(set(o) - set(_CANDIDATE_OPTIONS))
-        if extra:
-            raise TypeError(
-                f"candidates[{label!r}] has option(s) {extra}; the ONNX Runtime flow takes "
-                f"{', '.join(_CANDIDATE_OPTIONS)} (the grid comes from ONNX Runtime's settings)"
-            )
+    def check(label: str, o: Mapping[str, Any]) -> None:
         if o["method"] == AUTO:
             raise ValueError(f"candidates[{label!r}]: method 'auto' cannot be a candidate")
         _check_method(o["method"], o.get("gamma", 1.0), o.get("percentile", 99.99))
+
+    return check_search_candidates(
+        candidates,
+        f"the ONNX Runtime flow takes {', '.join(CANDIDATE_OPTIONS)} (the grid comes from "
+        "ONNX Runtime's settings)",
+        check,
+    )
 
 
 def _search_with(
@@ -1096,8 +1097,7 @@ def select_method(
             f"(calibrate(..., method='crossval') keeps them): {len(batches)} input batches, "
             f"histogram counts {sorted(counts) or 'none'}"
         )
-    cands = check_candidates(candidates)
-    _check_candidates(cands)
+    cands = _check_candidates(candidates)
     check_metric(metric)
     for k in ("calibrate_method", "calibration_data_reader"):
         if k in ort_kwargs:

@@ -33,8 +33,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from qfcal._core import Histogram
+from qfcal._core import Histogram, check_search_options
 from qfcal._progress import Progress
+from qfcal.distributed import merge_bytes
 
 K = TypeVar("K")
 
@@ -178,16 +179,40 @@ def output_error(
 def merge_parts(
     parts: Mapping[K, Sequence[Histogram]], skip: Collection[int] = ()
 ) -> dict[K, Histogram]:
-    """Per key, the exact merge of its histograms but those at the indices in `skip` (the
-    "all folds but one" histograms of a trial; an empty histogram where all are skipped)."""
-    out: dict[K, Histogram] = {}
-    for key, hists in parts.items():
-        h = Histogram(hists[0].bins)
-        for i, part in enumerate(hists):
-            if i not in skip:
-                h.merge(part)
-        out[key] = h
-    return out
+    """Per key, the exact merge (:func:`qfcal.distributed.merge_bytes`) of its histograms but
+    those at the indices in `skip`: the "all folds but one" histograms of a trial."""
+    return {
+        key: merge_bytes([h for i, h in enumerate(hists) if i not in skip])
+        for key, hists in parts.items()
+    }
+
+
+#: The options a candidate of the adapters may set (the grid comes from the flow).
+CANDIDATE_OPTIONS = ("method", "gamma", "percentile")
+
+
+def check_search_candidates(
+    candidates: Mapping[str, Mapping[str, Any]] | None,
+    takes: str,
+    check: Callable[[str, Mapping[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """:func:`check_candidates`, then each candidate's options: only
+    :data:`CANDIDATE_OPTIONS` (else TypeError ending with `takes`, what the flow takes and
+    why), checked by `check(label, options)` (default: :func:`qfcal.check_search_options`)."""
+    cands = check_candidates(candidates)
+    for label, opts in cands.items():
+        extra = sorted(set(opts) - set(CANDIDATE_OPTIONS))
+        if extra:
+            raise TypeError(f"candidates[{label!r}] has option(s) {extra}; {takes}")
+        if check is None:
+            check_search_options(
+                method=opts["method"],
+                gamma=opts.get("gamma", 1.0),
+                percentile=opts.get("percentile", 99.99),
+            )
+        else:
+            check(label, opts)
+    return cands
 
 
 def split_folds(batches: int, folds: int) -> list[list[int]]:

@@ -31,11 +31,12 @@ from qfcal import _tf_private
 from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
+from qfcal.distributed import merge_bytes
 from qfcal.selection import (
     DEFAULT_FOLDS,
     Selection,
-    check_candidates,
     check_metric,
+    check_search_candidates,
     merge_parts,
     output_error,
     select,
@@ -400,19 +401,9 @@ def quantize(
     # the search's own checks, before the conversion's minutes
     auto = method == AUTO
     if auto:
-        cands = check_candidates(candidates)
-        for label, opts in cands.items():
-            extra = sorted(set(opts) - {"method", "gamma", "percentile"})
-            if extra:
-                raise TypeError(
-                    f"candidates[{label!r}] has option(s) {extra}; the TFLite flow takes "
-                    "method, gamma and percentile (its grid is int8's)"
-                )
-            qfcal.check_search_options(
-                method=opts["method"],
-                gamma=opts.get("gamma", 1.0),
-                percentile=opts.get("percentile", 99.99),
-            )
+        cands = check_search_candidates(
+            candidates, "the TFLite flow takes method, gamma and percentile (its grid is int8's)"
+        )
         check_metric(metric)
         if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
             raise ValueError(f"folds must be an int >= 2, got {folds!r}")
@@ -505,6 +496,9 @@ def quantize(
     in_type = conv.inference_input_type or tf.float32
     out_type = conv.inference_output_type or tf.float32
 
+    converter_min = {i: float(t.quantization.min[0]) for i, t in marked.items()}
+    converter_max = {i: float(t.quantization.max[0]) for i, t in marked.items()}
+
     def finish(results: Mapping[int, qfcal.SearchResult | None]) -> bytes:
         """The converter's quantizer on the calibrated model holding `results`' ranges."""
         for i, t in marked.items():
@@ -523,8 +517,6 @@ def quantize(
             output_type=out_type,
         )
 
-    converter_min = {i: float(t.quantization.min[0]) for i, t in marked.items()}
-    converter_max = {i: float(t.quantization.max[0]) for i, t in marked.items()}
     selection = None
     if auto:
         k = min(folds, seen)
@@ -573,7 +565,7 @@ def _search_all(
     for i in hists:
         group = tuple(groups.get(i, (i,)))
         if group not in joint:
-            merged = merge_parts({0: [hists[j] for j in group]})[0]
+            merged = merge_bytes([hists[j] for j in group])
             joint[group] = qfcal.search(merged, bits=8, **options) if merged.finite else None
         out[i] = joint[group]
     return out

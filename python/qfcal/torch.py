@@ -41,8 +41,8 @@ from qfcal._progress import Progress
 from qfcal.selection import (
     DEFAULT_FOLDS,
     Selection,
-    check_candidates,
     check_metric,
+    check_search_candidates,
     merge_parts,
     output_error,
     select,
@@ -882,19 +882,10 @@ def calibrate_auto(
     observers = {n: m for n, m in prepared.named_modules() if isinstance(m, _QfcalObserverImpl)}
     if not observers:
         raise ValueError("prepared has no qfcal observer (prepare it with qfcal's observers)")
-    cands = check_candidates(candidates)
-    for label, opts in cands.items():
-        extra = sorted(set(opts) - {"method", "gamma", "percentile"})
-        if extra:
-            raise TypeError(
-                f"candidates[{label!r}] has option(s) {extra}; an observer takes method, gamma "
-                "and percentile (its grid is its quant_min/quant_max)"
-            )
-        qfcal.check_search_options(
-            method=opts["method"],
-            gamma=opts.get("gamma", 1.0),
-            percentile=opts.get("percentile", 99.99),
-        )
+    cands = check_search_candidates(
+        candidates,
+        "an observer takes method, gamma and percentile (its grid is its quant_min/quant_max)",
+    )
     check_metric(metric)
     conv = _pt2e_convert() if convert is None else convert
     if not callable(conv):
