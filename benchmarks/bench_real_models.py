@@ -109,6 +109,8 @@ def _sample_sets(spec: models.ModelSpec, n_calib: int, n_held: int) -> tuple[Any
     if spec.kind == "image":
         c, h = data.image_sets(spec.size, n_calib, n_held)
         return models.preprocess(spec.key, c), models.preprocess(spec.key, h)
+    if spec.kind == "fmnist":
+        return data.fmnist_sets(n_calib, n_held)
     return data.sentence_sets(n_calib, n_held)
 
 
@@ -123,7 +125,7 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
 
     pre = models.onnx_model(spec.key, args.cache)
     calib, held = _sample_sets(spec, args.calib, args.heldout)
-    if spec.kind == "image":
+    if spec.kind in ("image", "fmnist"):
         name = models.ONNX_INPUTS[spec.key][0]
         calib_feeds = [{name: x[None]} for x in calib]
         held_feeds = [{name: held[i : i + 16]} for i in range(0, len(held), 16)]
@@ -178,8 +180,8 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
 
     sources: dict[str, Callable[[int], dict[str, tuple[float, float]]]] = {}
     for label, (group, kw) in QFCAL_ROWS.items():
-        if group not in args.contenders:
-            continue
+        if group not in args.contenders or label == "qfcal:default":
+            continue  # the default (method="auto") at 6/4 bits: ort_auto below
 
         def qfcal_ranges(bits: int, kw: dict[str, Any] = kw) -> dict[str, tuple[float, float]]:
             if bits == 8 and kw:
@@ -218,6 +220,8 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
             return out
 
         sources["qfcal:crossval"] = crossval_ranges
+    if "default" in args.contenders:  # the adapter's default at 6/4 bits: auto, metric "auto"
+        ort_auto(flow, pre, calib_feeds, args, rec, row, "qfcal:default", "auto", cal)
     if "auto" in args.contenders:
         ort_auto(flow, pre, calib_feeds, args, rec, row)
     if "framework" in args.contenders:
@@ -290,13 +294,14 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
 
 def ort_auto(
     flow: Any, pre: Path, calib_feeds: list[Any], args: argparse.Namespace, rec: Recorder,
-    row: Callable[..., None],
+    row: Callable[..., None], label: str = "qfcal:auto", metric: Any = None, cal: Any = None,
 ) -> None:  # fmt: skip
     """qfcal:auto: the range method chosen end to end on held-out calibration folds, with the
     output error a user of the model would pick (classifier logits: KL; encoder: cosine). 8 bits:
     the adapter itself (quantize_static(method="auto")). 6/4 bits: the same selection
     (qfcal.selection.select) on the simulated b-bit model, each candidate's ranges written into
-    one quantized model (to_bits); both in exact semantics."""
+    one quantized model (to_bits); both in exact semantics. `cal`: an auto calibration already
+    made (the default's, with `metric` "auto"): 6/4 bits only."""
     import shutil
 
     import qfcal
@@ -304,9 +309,9 @@ def ort_auto(
     import qfcal.selection
     from real_models.flow_ort import grid, session, to_bits
 
-    metric = AUTO_METRICS.get(flow.output, "mse")
-    cal = None
-    for w in args.weights:
+    if metric is None:
+        metric = AUTO_METRICS.get(flow.output, "mse")
+    for w in args.weights if cal is None else ():
         t0 = time.perf_counter()
         out = flow.workdir / "qfcal_auto.onnx"
         cal = qfcal.onnxruntime.quantize_static(
@@ -315,11 +320,9 @@ def ort_auto(
         )  # fmt: skip
         dt = time.perf_counter() - t0
         assert cal.selection is not None
-        rec.note(
-            f"{flow.model.parent.name} qfcal:auto {w} 8b ({dt:.1f} s):\n{cal.selection.table()}"
-        )
+        rec.note(f"{flow.model.parent.name} {label} {w} 8b ({dt:.1f} s):\n{cal.selection.table()}")
         if 8 in args.bits:
-            row("qfcal:auto", w, 8, out, seconds=dt, method=cal.selection.chosen)
+            row(label, w, 8, out, seconds=dt, method=cal.selection.chosen)
     assert cal is not None
     lower = [b for b in args.bits if b != 8]
     if not lower:
@@ -373,10 +376,8 @@ def ort_auto(
                 per_channel=w == "per-channel", bits=bits,
             )  # fmt: skip
             dt = time.perf_counter() - t0
-            rec.note(
-                f"{flow.model.parent.name} qfcal:auto {w} {bits}b ({dt:.1f} s):\n{sel.table()}"
-            )
-            row("qfcal:auto", w, bits, path, seconds=dt, method=sel.chosen)
+            rec.note(f"{flow.model.parent.name} {label} {w} {bits}b ({dt:.1f} s):\n{sel.table()}")
+            row(label, w, bits, path, seconds=dt, method=sel.chosen)
 
 
 # -- PT2E -------------------------------------------------------------------------------------
@@ -457,7 +458,7 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
     if 8 not in args.bits:
         return
     calib, held = _sample_sets(spec, args.calib, args.heldout)
-    flow = TfliteFlow(models.keras_model(spec.key), calib, held)
+    flow = TfliteFlow(models.keras_model(spec.key, args.cache), calib, held, spec.output)
     base = {"model": spec.key, "flow": "tflite", "bits": 8, "sim": None}
     for w in args.weights:
         pc = w == "per-channel"

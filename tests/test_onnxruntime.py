@@ -154,7 +154,9 @@ def test_int8_accuracy_against_onnxruntime_calibrators(cnn: dict[str, Any], tmp_
     y, fp = cnn["y_test"], cnn["float_pred"]
     rows = [("float", float((fp == y).mean()), 1.0)]
     out = tmp_path / "qfcal.onnx"
-    cal = qo.quantize_static(cnn["path"], out, Reader(cnn["batches"]), progress=False)
+    cal = qo.quantize_static(
+        cnn["path"], out, Reader(cnn["batches"]), method="optimal", progress=False
+    )
     assert cal.batches == CALIB_BATCHES
     pred = predict(out, cnn["x_test"])
     rows.append(("qfcal optimal", float((pred == y).mean()), float((pred == fp).mean())))
@@ -273,7 +275,9 @@ def test_cache_route_and_research(cnn: dict[str, Any], tmp_path: Path) -> None:
         calibrate_method=CalibrationMethod.MinMax,
         calibration_cache_path=cache,
     )
-    qo.quantize_static(cnn["path"], tmp_path / "b.onnx", cnn["batches"], progress=False)
+    qo.quantize_static(
+        cnn["path"], tmp_path / "b.onnx", cnn["batches"], method="optimal", progress=False
+    )
     a, b = _written_params(tmp_path / "a.onnx"), _written_params(tmp_path / "b.onnx")
     assert a.keys() == b.keys() and all(a[k][0] == b[k][0] and a[k][1] == b[k][1] for k in a)
     td = cal.tensors_data()
@@ -616,6 +620,7 @@ def test_weight_scales_are_qfcal_ones(
         cnn["path"],
         out,
         cnn["batches"],
+        method="optimal",
         progress=False,
         quant_format=quant_format,
         per_channel=per_channel,
@@ -702,7 +707,9 @@ def test_candidate_ranges_written_into_one_model_equal_onnx_runtimes_own(
     cal = qo.calibrate(cnn["path"], cnn["batches"], keep=[], progress=False)
     assert all(len(v) == CALIB_BATCHES for v in cal.batch_histograms.values())
     base, fresh = tmp_path / "base.onnx", tmp_path / "fresh.onnx"
-    qo.quantize_static(cnn["path"], base, cnn["batches"], progress=False, per_channel=True)
+    qo.quantize_static(
+        cnn["path"], base, cnn["batches"], method="optimal", progress=False, per_channel=True
+    )
     other = cal.search(method="percentile", percentile=99.0)
     assert any(other.ranges[k].scale != cal.ranges[k].scale for k in cal.ranges)
     qo._ort_quantize_with(other, cnn["path"], fresh, tmp_path / "c.json", {"per_channel": True})
@@ -754,8 +761,9 @@ def test_auto_method_chooses_by_held_out_output_error(cnn: dict[str, Any], tmp_p
     cands = {"optimal": {"method": "optimal"}, "minmax": {"method": "minmax"}}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(qo, "_set_qparams", spy)
+        # method="auto" is the default
         cal = qo.quantize_static(
-            cnn["path"], out, cnn["batches"], method="auto", candidates=cands, folds=2,
+            cnn["path"], out, cnn["batches"], candidates=cands, folds=2,
             progress=False, per_channel=True,
         )  # fmt: skip
     sel = cal.selection
@@ -788,7 +796,11 @@ def test_auto_method_bad_input(cnn: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="method='auto' chooses"):
         qo.calibrate(cnn["path"], cnn["batches"], method="auto")
     with pytest.raises(ValueError, match="candidates= is for method='auto'"):
-        qo.quantize_static(cnn["path"], out, cnn["batches"], candidates={"a": {"method": "minmax"}})
+        qo.quantize_static(
+            cnn["path"], out, cnn["batches"], method="optimal", candidates={"a": {"method": "m"}}
+        )
+    with pytest.raises(ValueError, match=r"gamma=2.0 / percentile=99.99 .* method='optimal'"):
+        qo.quantize_static(cnn["path"], out, cnn["batches"], gamma=2.0)
     bad: list[tuple[dict[str, Any], type, str]] = [
         ({"a": {"method": "minmax", "bits": 4}}, TypeError, r"candidates\['a'\] has option"),
         ({"a": {"method": "auto"}}, ValueError, "cannot be a candidate"),
@@ -798,8 +810,10 @@ def test_auto_method_bad_input(cnn: dict[str, Any], tmp_path: Path) -> None:
     for cands, error, match in bad:
         with pytest.raises(error, match=match):
             qo.quantize_static(cnn["path"], out, cnn["batches"], method="auto", candidates=cands)
-    with pytest.raises(ValueError, match="at least 2 calibration batches, got 1"):
-        qo.quantize_static(cnn["path"], out, cnn["batches"][:1], method="auto", progress=False)
+    # one batch cannot score ranges on data they were not searched on: optimal, said so
+    with pytest.warns(UserWarning, match="calibration_data_reader gave 1 batch.*'optimal'"):
+        one = qo.quantize_static(cnn["path"], out, cnn["batches"][:1], progress=False)
+    assert one.selection is None and one.method == "optimal" and one.batches == 1
     plain = qo.calibrate(cnn["path"], cnn["batches"][:3], progress=False)
     with pytest.raises(ValueError, match="one histogram per batch of inputs"):
         qo.select_method(cnn["path"], plain, cnn["batches"][:3])

@@ -180,12 +180,45 @@ def test_output_errors() -> None:
     metric = lambda a, b, batch: (seen.append(batch) or 1, 2)  # noqa: E731
     assert selection.output_error(metric, [f], [q], {"x": 1}) == (1.0, 2.0)
     assert seen == [{"x": 1}]
-    with pytest.raises(ValueError, match="metric must be one of mse, kl, cosine"):
+    with pytest.raises(ValueError, match="metric must be one of auto, mse, kl, cosine"):
         selection.output_error("l1", [f], [q])
     with pytest.raises(ValueError, match="returned 1 floating outputs, the float model 2"):
         selection.output_error("mse", [f, f], [q])
     with pytest.raises(ValueError, match=r"output shapes differ"):
         selection.output_error("mse", [f], [q[0]])
+
+
+def test_the_auto_metric_is_kl_for_logits_and_mse_otherwise() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((4, 10))
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    hidden = rng.standard_normal((4, 7, 16))
+    assert selection.auto_metric([logits]) == "kl"
+    assert selection.auto_metric([logits, logits[:, :3]]) == "kl"
+    # probabilities, embeddings, one-column outputs, a mix: squared error
+    assert selection.auto_metric([probs]) == "mse"
+    assert selection.auto_metric([hidden]) == "mse"
+    assert selection.auto_metric([logits[:, :1]]) == "mse"
+    assert selection.auto_metric([logits, hidden]) == "mse"
+    assert selection.auto_metric([]) == "mse"
+    q = logits + 0.05 * rng.standard_normal(logits.shape)
+    assert selection.output_error("auto", [logits], [q]) == selection.output_error(
+        "kl", [logits], [q]
+    )
+    qp = probs + 0.01 * rng.standard_normal(probs.shape)
+    assert selection.output_error("auto", [probs], [qp]) == selection.output_error(
+        "mse", [probs], [qp]
+    )
+
+
+def test_auto_refuses_one_methods_options() -> None:
+    selection.check_auto_options(1.0, 99.99)
+    with pytest.raises(ValueError, match=r"gamma=3 / percentile=99.99 .*method='optimal'"):
+        selection.check_auto_options(3, 99.99)
+    with pytest.raises(ValueError, match=r"percentile=99.9 .*method='percentile'"):
+        selection.check_auto_options(1.0, 99.9)
+    with pytest.warns(UserWarning, match="and it rained: the ranges are method='optimal'"):
+        selection.warn_fallback("it rained")
 
 
 def test_explicit_folds() -> None:

@@ -66,7 +66,9 @@ def rep(fmnist):
 
 @pytest.fixture(scope="module")
 def quantized(model, rep):
-    return qtflite.quantize(model, rep, inference_input_type=tf.int8, inference_output_type=tf.int8)
+    return qtflite.quantize(
+        model, rep, method="optimal", inference_input_type=tf.int8, inference_output_type=tf.int8
+    )
 
 
 def _top1(content, xt, yt):
@@ -170,7 +172,7 @@ def test_other_entry_points_and_options(model, rep, tmp_path):
         for s in rep():
             yield {key: s[0]}
 
-    c = qtflite.quantize(model, by_name)
+    c = qtflite.quantize(model, by_name, method="optimal")
     assert c.samples == CALIB
 
 
@@ -193,7 +195,7 @@ def test_bad_input(model, rep, fmnist):
     with pytest.raises(ValueError, match="representative_dataset failed: .*expected 1 items got 2"):
         qtflite.quantize(model, wrong)
     with pytest.raises(ValueError, match="gamma"):
-        qtflite.quantize(model, rep, gamma=-1.0)
+        qtflite.quantize(model, rep, method="optimal", gamma=-1.0)
 
 
 def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantized, fmnist):
@@ -214,8 +216,9 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
     }
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(qtflite, "_search_all", spy)
+        # method="auto" and metric="auto" (kl on these logits) are the defaults
         q = qtflite.quantize(
-            model, rep, method="auto", candidates=cands, folds=4, metric="kl",
+            model, rep, candidates=cands, folds=4,
             inference_input_type=tf.int8, inference_output_type=tf.int8,
         )  # fmt: skip
     sel = q.selection
@@ -240,7 +243,12 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
 
 def test_auto_method_bad_input(model, rep):
     with pytest.raises(ValueError, match="candidates= is for method='auto'"):
-        qtflite.quantize(model, rep, candidates={"a": {"method": "minmax"}})
+        qtflite.quantize(model, rep, method="optimal", candidates={"a": {"method": "minmax"}})
+    # gamma and percentile belong to one method: the default auto refuses them, naming them
+    with pytest.raises(ValueError, match=r"gamma=3.0 / percentile=99.99 .* method='optimal'"):
+        qtflite.quantize(model, rep, gamma=3.0)
+    with pytest.raises(ValueError, match=r"percentile=99.9 .* method='percentile'"):
+        qtflite.quantize(model, rep, percentile=99.9)
     with pytest.raises(ValueError, match="folds must be an int >= 2, got 1"):
         qtflite.quantize(model, rep, method="auto", folds=1)
     with pytest.raises(ValueError, match="metric must be one of"):
@@ -255,8 +263,11 @@ def test_auto_method_bad_input(model, rep):
     def one():
         yield [np.zeros((1, 28, 28, 1), np.float32)]
 
-    with pytest.raises(ValueError, match="at least 2 representative samples, got 1"):
-        qtflite.quantize(model, one, method="auto")
+    # one sample cannot score ranges on data they were not searched on: optimal, said so
+    with pytest.warns(UserWarning, match="representative_dataset gave 1 sample.*'optimal'"):
+        q = qtflite.quantize(model, one)
+    assert q.selection is None and q.samples == 1
+    assert {r.result.method for r in q.ranges.values()} == {"optimal"}
 
 
 def test_a_changed_private_api_gives_a_clear_error(monkeypatch):

@@ -855,5 +855,7 @@ def test_readme_example(fmnist, trained):
     model = copy.deepcopy(trained[0])
     ns = run_example("torch", {"model": model, "calibration_batches": fmnist["calib"]})
     quantized = ns["quantized"]
+    sel = ns["selection"]
+    assert sel.chosen in sel.errors and len(sel.errors) == 6  # the default candidates
     assert isinstance(quantized.conv1, torch.ao.nn.intrinsic.quantized.ConvReLU2d)
     assert accuracy(quantized, *fmnist["test"]) >= trained[1] - ACCURACY_TOLERANCE

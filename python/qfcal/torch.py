@@ -15,6 +15,20 @@ tensor it sees with :class:`qfcal.Histogram` and picks the scale and zero point 
 ``quant_min..quant_max`` give: a ``reduce_range`` or 4-bit observer searches 128 or 16 levels,
 where torch's ``HistogramObserver`` searches as if there were 256.
 
+The range method that keeps the model's output closest to float is chosen by the model:
+:func:`calibrate_auto` runs the calibration batches through the prepared model, scores every
+candidate method (optimal, minmax, entropy, percentiles) end to end on batches its ranges were
+not searched on, and leaves the winner in the observers (qfcal's recommended, model-level
+default, as ``method="auto"`` is in :mod:`qfcal.tflite`, :mod:`qfcal.onnxruntime` and the
+pipeline)::
+
+    prepared = prepare_pt2e(exported, quantizer_with_qfcal_observers)
+    selection = qfcal.torch.calibrate_auto(prepared, calibration_batches)
+    quantized = convert_pt2e(prepared)
+
+An observer alone sees one tensor, so its own default stays ``optimal``: the exact histogram
+optimum of that tensor (what plain ``prepared(x)`` calibration then gives).
+
 PT2E moved out of torch (2.10+) into the separate ``torchao`` package, whose PT2E flow only
 accepts observers derived from its own copy of the base classes: :func:`pt2e_observer` returns
 the class that fits the installed flow (see :func:`pt2e_flow`).
@@ -836,7 +850,7 @@ def calibrate_auto(
     candidates: Any = None,
     folds: int = DEFAULT_FOLDS,
     z: float = 0.0,
-    metric: Any = "mse",
+    metric: Any = "auto",
     progress: bool = False,
 ) -> Selection:
     """Calibrate a prepared model with qfcal observers and choose their range method by the
@@ -847,9 +861,9 @@ def calibrate_auto(
     for each candidate method and each fold of consecutive batches, the observers get the
     other folds' merged histograms and the method, a copy of the model is converted and the
     fold's batches run through it; the error compares every floating output with the float
-    one (`metric`; by default the squared difference relative to the float outputs'
-    squares). The least error wins; with ``z > 0`` the first candidate (``optimal``) stays
-    unless another beats it on the same batches by `z` standard errors
+    one (`metric`; by default KL for class logits, else the squared difference relative to
+    the float outputs' squares). The least error wins; with ``z > 0`` the first candidate
+    (``optimal``) stays unless another beats it on the same batches by `z` standard errors
     (:func:`qfcal.selection.select`). At the end each observer holds its histogram of all the
     batches and the chosen method: ``convert`` it as usual.
 
@@ -863,9 +877,10 @@ def calibrate_auto(
         candidates: ``{label: {"method": ..., "gamma": ..., "percentile": ...}}``, default
             :data:`qfcal.selection.DEFAULT_CANDIDATES`.
         folds, z: see :func:`qfcal.selection.select`.
-        metric: the output error, ``mse`` (default), ``kl`` (logits) or ``cosine``
-            (embeddings), or a callable ``metric(float outputs, quantized outputs, args)``
-            (args: the batch's argument tuple): :func:`qfcal.selection.output_error`.
+        metric: the output error, ``auto`` (default: ``kl`` when every output is a batch of
+            class logits, else ``mse``), ``mse``, ``kl`` (logits) or ``cosine`` (embeddings),
+            or a callable ``metric(float outputs, quantized outputs, args)`` (args: the
+            batch's argument tuple): :func:`qfcal.selection.output_error`.
         progress: a progress bar over the evaluations.
 
     Returns:

@@ -106,11 +106,14 @@ def test_cli_calibrate_on_dask_writes_the_same_files(
     client = clients(2)
     common = ["--model", str(tiny_keras[28]), "--limit-train", "1000", "--calib-per-class", "7"]
     one, many = tmp_path / "one", tmp_path / "many"
-    assert cli.main(["calibrate", "--out", str(one), *common]) == 0
+    assert cli.main(["calibrate", "--out", str(one), *common, "--method", "optimal"]) == 0
     address = client.scheduler.address
+    # the default method, auto, runs in one process: on Dask the ranges are optimal's, recorded
     assert cli.main(["calibrate", "--out", str(many), *common, "--dask", address]) == 0
+    step = json.loads((many / "run.json").read_text())["steps"]["calibrate"]
+    assert step["method_used"] == "optimal"
     # 70 images: batches 32, 32, 6 over 2 worker threads
-    assert json.loads((many / "run.json").read_text())["steps"]["calibrate"]["dask_shards"] == 2
+    assert step["dask_shards"] == 2
     assert (one / "ranges.json").read_bytes() == (many / "ranges.json").read_bytes()
     a = steps.load_histograms(one / "histograms.npz")
     b = steps.load_histograms(many / "histograms.npz")

@@ -20,7 +20,7 @@ needs_fashion = pytest.mark.skipif(
 )
 TINY = [
     "--limit-train", "400", "--limit-test", "300", "--epochs", "1", "--alpha", "0.25",
-    "--batch-size", "64", "--latency-runs", "5",
+    "--batch-size", "64", "--latency-runs", "5", "--method", "optimal",
 ]  # fmt: skip
 
 
@@ -107,7 +107,7 @@ def test_steps_rerun_on_the_folder_from_run_json(run_dir, tmp_path):
     )
 
 
-def test_calibrate_method_auto(run_dir, tmp_path, monkeypatch, capsys):
+def test_calibrate_method_auto(run_dir, tmp_path, monkeypatch):
     """``qfcal calibrate --method auto``: the method chosen by the exported int8 model's output
     on calibration images each trial's ranges did not see (two candidates, two folds here to
     keep CI short; the defaults are six and four)."""
@@ -144,9 +144,6 @@ def test_calibrate_method_auto(run_dir, tmp_path, monkeypatch, capsys):
         n: h.total for n, h in steps.load_histograms(run_dir / "histograms.npz").items()
     }
     assert doc["config"]["method"] == "auto"
-    capsys.readouterr()
-    assert cli.main(["calibrate", "--out", str(work), "--method", "auto", "--dask", "local"]) != 0
-    assert "method 'auto' calibrates in one process" in capsys.readouterr().err
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch, capsys):

@@ -64,7 +64,7 @@ class RunConfig:
     seed: int = 0
     distribute: str = "auto"
     calib_per_class: int = 1
-    method: str = "optimal"
+    method: str = AUTO
     gamma: float = 1.0
     percentile: float = 99.99
     weights: str = "per-tensor"
@@ -95,6 +95,10 @@ class RunConfig:
             raise ValueError(
                 f"method must be one of {', '.join((*qfcal.methods(), AUTO))}, got {self.method!r}"
             )
+        if self.method == AUTO:
+            from qfcal.selection import check_auto_options
+
+            check_auto_options(self.gamma, self.percentile)
         if self.weights not in WEIGHT_MODES:
             raise ValueError(
                 f"weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}"
@@ -238,12 +242,15 @@ def calibrate(
     options: dict[str, Any] = {
         "method": cfg.method, "gamma": cfg.gamma, "percentile": cfg.percentile
     }  # fmt: skip
-    if cfg.method == AUTO:
-        if dask is not None:
-            raise ValueError(
-                "method 'auto' calibrates in one process (its trials convert the model): "
-                "drop --dask, or choose another method"
-            )
+    if cfg.method == AUTO and dask is not None:
+        log.warning(
+            "method auto exports and runs the model once per candidate and fold, in one "
+            "process; with --dask the ranges are searched with method optimal (drop --dask "
+            "for auto)"
+        )
+        options["method"] = "optimal"
+        extra = {"method_used": "optimal"}
+    if cfg.method == AUTO and dask is None:
         taps, sel = _calibrate_auto(cfg, model, images)
         options = dict(sel.options)
         extra = {
@@ -267,7 +274,7 @@ def calibrate(
             log.info("on Dask (%s): %d shards", client.scheduler.address, len(parts))
             hists = dask_keras.calibrate_keras_dask(path, parts, client, batch_size=32)
         taps = TapHistograms(hists)
-        extra = {"dask_shards": len(parts)}
+        extra["dask_shards"] = len(parts)
     t1 = time.perf_counter()
     results = taps.search(bits=8, progress=True, **options)
     t2 = time.perf_counter()
@@ -296,7 +303,8 @@ def _calibrate_auto(
     """``method="auto"``: the calibration images dealt round-robin into folds, one histogram
     per tap and fold; each candidate method's ranges from all folds but one go through the
     export (FakeQuant graph, TFLite converter) and the int8 model runs the fold's images; the
-    KL divergence of its softmax to the float model's picks the method
+    KL divergence of its softmax to the float model's (``metric="auto"`` on the logits) picks
+    the method
     (:func:`qfcal.selection.select`). Returns the taps' histograms over all the images and the
     :class:`~qfcal.selection.Selection`."""
     from qfcal import selection
@@ -305,8 +313,11 @@ def _calibrate_auto(
     from qfcal.tflite import _feeder, _interpreter, _outputs
 
     n = len(images)
-    if n < 2:
-        raise ValueError(f"method 'auto' needs at least 2 calibration images, got {n}")
+    if n < 2:  # one class, one image per class
+        raise ValueError(
+            f"method 'auto' needs at least 2 calibration images, got {n}: raise "
+            "--calib-per-class or choose a method"
+        )
     k = min(selection.DEFAULT_FOLDS, n)
     folds = [list(range(f, n, k)) for f in range(k)]
     parts = [collect_histograms(model, images[f], progress=False).histograms for f in folds]
@@ -332,7 +343,7 @@ def _calibrate_auto(
             feed([images[j : j + 1]])
             interp.invoke()
             out = _outputs(interp)
-            e, n_ = selection.output_error("kl", [reference[j : j + 1]], out[:1])
+            e, n_ = selection.output_error("auto", [reference[j : j + 1]], out[:1])
             errs.append(e)
             norms.append(n_)
         return errs, norms
