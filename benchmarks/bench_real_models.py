@@ -45,6 +45,8 @@ GROUPS = (
     "minmax",
     "percentile",
     "entropy",
+    "tf_enhanced",
+    "greedy",
     "framework",
     "aimet",
     "loss-aware",
@@ -62,6 +64,9 @@ QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
         for p in PERCENTILES
     },
     "qfcal:entropy": ("entropy", {"method": "entropy"}),
+    # qfcal's reimplementations of AIMET's TF-Enhanced and PyTorch's HistogramObserver search
+    "qfcal:tf_enhanced": ("tf_enhanced", {"method": "tf_enhanced"}),
+    "qfcal:greedy": ("greedy", {"method": "greedy"}),
 }
 
 

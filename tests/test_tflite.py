@@ -241,6 +241,51 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
     assert _top1(q, xt, yt) >= float_top1 - 0.01
 
 
+def test_loss_aware_ranges_are_searched_on_the_matching_keras_layer(model, rep, quantized, fmnist):
+    """loss_aware="fisher": each TFLite tensor found among the Keras layer outputs (by value),
+    searched on that layer's loss-weighted histogram; the int8 model holds those ranges."""
+    import qfcal.keras
+
+    _, _, xt, yt = fmnist
+    q = qtflite.quantize(
+        model, rep, method="optimal", loss_aware="fisher",
+        inference_input_type=tf.int8, inference_output_type=tf.int8,
+    )  # fmt: skip
+    matched = {n: r for n, r in q.ranges.items() if r.keras_layer is not None}
+    # every activation the model computes is a Keras layer's output; the input is not one
+    assert len(matched) == len(q.ranges) - 1, sorted(set(q.ranges) - set(matched))
+    assert {r.keras_layer for r in matched.values()} >= {"pool1", "branch1", "flatten"}
+    want = qfcal.keras.loss_aware_histograms(model, (s for s in rep()), target="fisher")
+    params = int8_tensors(q)
+    for name, r in q.ranges.items():
+        assert r.histogram == quantized.ranges[name].histogram, name  # the plain counts
+        assert params[name] == (float(np.float32(r.result.scale)), r.result.zero_point), name
+        if r.weighted is None:
+            continue
+        assert r.weighted == want[r.keras_layer], name
+        assert r.weighted.counts.total == r.histogram.total, name
+        if not r.shared_with:
+            assert r.result == qfcal.search(r.weighted, bits=8), name
+    # the weights change the ranges, and the model still works
+    assert any(r.result.scale != quantized.ranges[n].result.scale for n, r in matched.items())
+    float_top1 = float(np.mean(np.argmax(model.predict(xt, verbose=0), axis=1) == yt))
+    assert _top1(q, xt, yt) >= float_top1 - 0.01
+
+
+def test_loss_aware_bad_input(model, rep, tmp_path):
+    with pytest.raises(ValueError, match="loss_aware must be one of fisher, projection"):
+        qtflite.quantize(model, rep, method="optimal", loss_aware="kl")
+    with pytest.raises(ValueError, match="loss_floor must be a finite number >= 0, got -1"):
+        qtflite.quantize(model, rep, method="optimal", loss_aware="fisher", loss_floor=-1)
+    with pytest.raises(ValueError, match="pass method='optimal'"):
+        qtflite.quantize(model, rep, loss_aware="fisher")  # the default method, auto
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    with pytest.raises(
+        ValueError, match=r"needs the Keras model \(its gradients\), got TFLite\w*Converter"
+    ):
+        qtflite.quantize(conv, rep, method="optimal", loss_aware="projection")
+
+
 def test_auto_method_bad_input(model, rep):
     with pytest.raises(ValueError, match="candidates= is for method='auto'"):
         qtflite.quantize(model, rep, method="optimal", candidates={"a": {"method": "minmax"}})

@@ -100,7 +100,7 @@ FMNIST_MODELS = {
     for variant in ("standard", "qfriendly")
 }
 # the pipeline's training options for them (RunConfig fields)
-FMNIST_TRAINING = {"epochs": 3, "limit_train": 20000, "alpha": 0.35, "seed": 0}
+FMNIST_TRAINING = {"epochs": 2, "limit_train": 12000, "alpha": 0.35, "seed": 0}
 for _key, (_arch, _variant) in FMNIST_MODELS.items():
     MODELS[_key] = ModelSpec(
         _key,

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
-from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
+from qfcal._checks import LOSS_TARGETS, WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 from qfcal.distributed import merge_bytes
@@ -63,6 +63,10 @@ class TensorRange:
     # the tensors TFLite's kernels force onto this one's scale (concatenation, pooling,
     # reshape...): `result` is then the joint search over all of them, this one included
     shared_with: tuple[str, ...] = ()
+    # loss_aware=...: the Keras layer whose output this tensor is (matched by value) and its
+    # loss-weighted histogram, which `result` was searched on (None: the plain histogram)
+    keras_layer: str | None = None
+    weighted: qfcal.WeightedHistogram | None = None
 
 
 class QuantizedModel(bytes):
@@ -354,6 +358,8 @@ def quantize(
     folds: int = DEFAULT_FOLDS,
     z: float = 0.0,
     metric: Any = "auto",
+    loss_aware: str | None = None,
+    loss_floor: float = 0.0,
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -397,6 +403,16 @@ def quantize(
     A fixed method (``optimal``: the exact histogram optimum, ``minmax``, ``percentile``,
     ...) calibrates once, with `gamma` / `percentile`.
 
+    ``loss_aware="fisher"`` (logits) or ``"projection"`` (any output), with a fixed method
+    and a Keras model: the search minimizes the error the model's output feels, not the
+    tensor's own (:func:`qfcal.keras.loss_aware_histograms`: each value weighted by the
+    squared gradient of a label-free loss, `loss_floor` times the mean added). Each TFLite
+    tensor is matched to the Keras layer output it holds, by value on the first sample
+    (shapes equal, within float32 tolerance; batch norm folded or not), and searched on that
+    layer's weighted histogram; a tensor no layer output matches (an op Keras does not expose)
+    keeps its plain histogram. :attr:`TensorRange.keras_layer` and ``weighted`` say which.
+    Cost: one Keras forward and backward pass per sample on top.
+
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
     Raises:
@@ -420,6 +436,7 @@ def quantize(
         if candidates is not None:
             raise ValueError(f"candidates= is for method='auto', got method={method!r}")
         qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    keras_model = _check_loss_aware(loss_aware, loss_floor, auto, model_or_converter)
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     bins = check_bins(bins)
     samples = _sample_source(representative_dataset)
@@ -465,6 +482,7 @@ def quantize(
     parts = {i: [qfcal.Histogram(bins) for _ in range(folds)] for i in marked} if auto else {}
     kept: list[Any] = []
     reference: list[list[np.ndarray]] = []
+    first: dict[int, np.ndarray] = {}  # loss_aware: the first sample's tensors, to match
     seen = 0
     with Progress(None, "qfcal.tflite: histogramming", unit="samples", enabled=progress) as bar:
         for sample in samples():
@@ -475,6 +493,8 @@ def quantize(
                     parts[i][seen % folds].update(interp.get_tensor(i))
                 else:
                     h.update(interp.get_tensor(i))
+            if keras_model is not None and seen == 0:
+                first = {i: np.array(interp.get_tensor(i)) for i in marked}
             if auto:
                 kept.append(sample)
                 reference.append(_outputs(interp))
@@ -537,8 +557,19 @@ def quantize(
         method = selection.options["method"]
         gamma = float(selection.options.get("gamma", 1.0))
         percentile = float(selection.options.get("percentile", 99.99))
-    results = _search_all(hists, groups, {"method": method, "gamma": gamma,
-                                          "percentile": percentile})  # fmt: skip
+    layer_of: dict[int, str] = {}
+    weighted: dict[int, qfcal.WeightedHistogram] = {}
+    if keras_model is not None:
+        assert loss_aware is not None
+        layer_of, weighted = _loss_aware(
+            keras_model, samples, first, loss_aware, loss_floor, bins, progress
+        )
+    results = _search_all(
+        hists,
+        groups,
+        {"method": method, "gamma": gamma, "percentile": percentile},
+        weighted,
+    )
     ranges: dict[str, TensorRange] = {}
     for i in marked:
         group = tuple(groups.get(i, (i,)))
@@ -554,6 +585,8 @@ def quantize(
             result=r,
             histogram=hists[i],
             shared_with=tuple(name_of(j) for j in group if j != i),
+            keras_layer=layer_of.get(i),
+            weighted=weighted.get(i) if all(j in weighted for j in group) else None,
         )
     out = QuantizedModel(finish(results))
     out.ranges = ranges
@@ -567,18 +600,92 @@ def _search_all(
     hists: Mapping[int, qfcal.Histogram],
     groups: Mapping[int, list[int]],
     options: Mapping[str, Any],
+    weighted: Mapping[int, qfcal.WeightedHistogram] | None = None,
 ) -> dict[int, qfcal.SearchResult | None]:
     """Each tensor's range: one search per tensor, one joint search (on the merged histograms)
-    per group of tensors that share a scale; None for a tensor (group) with no finite value."""
+    per group of tensors that share a scale; None for a tensor (group) with no finite value.
+    `weighted`: loss-weighted histograms searched instead, where a whole group has them."""
     joint: dict[tuple[int, ...], qfcal.SearchResult | None] = {}
     out: dict[int, qfcal.SearchResult | None] = {}
     for i in hists:
         group = tuple(groups.get(i, (i,)))
+        if group not in joint and weighted and all(j in weighted for j in group):
+            w = weighted[group[0]].copy()
+            for j in group[1:]:
+                w.merge(weighted[j])
+            joint[group] = qfcal.search(w, bits=8, **options) if hists[i].finite else None
         if group not in joint:
             merged = merge_bytes([hists[j] for j in group])
             joint[group] = qfcal.search(merged, bits=8, **options) if merged.finite else None
         out[i] = joint[group]
     return out
+
+
+def _check_loss_aware(loss_aware: str | None, loss_floor: float, auto: bool, model: Any) -> Any:
+    """The Keras model for ``loss_aware=...`` (None without it); ValueError naming what is
+    wrong."""
+    if loss_aware is None:
+        return None
+    check_choice(loss_aware, "loss_aware", LOSS_TARGETS)
+    if not (isinstance(loss_floor, int | float) and np.isfinite(loss_floor) and loss_floor >= 0):
+        raise ValueError(f"loss_floor must be a finite number >= 0, got {loss_floor!r}")
+    if auto:
+        raise ValueError(
+            f"loss_aware={loss_aware!r} searches one method on the loss-weighted histograms: "
+            "pass method='optimal' (or another fixed method); method='auto' scores plain ranges"
+        )
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"loss_aware={loss_aware!r} needs the Keras model (its gradients), got "
+            f"{type(model).__name__}"
+        )
+    return model
+
+
+def _loss_aware(
+    model: Any,
+    samples: Callable[[], Iterable[Any]],
+    first: Mapping[int, np.ndarray],
+    target: str,
+    floor: float,
+    bins: int,
+    progress: bool,
+) -> tuple[dict[int, str], dict[int, qfcal.WeightedHistogram]]:
+    """loss_aware=...: every Keras layer output's loss-weighted histogram, and for each
+    calibrated TFLite tensor (its first sample's values in `first`) the layer whose output it
+    holds (matched by shape and value, first in layer order)."""
+    import keras
+
+    from qfcal.keras import loss_aware_histograms
+
+    def batches() -> Iterable[Any]:
+        for s in samples():
+            if isinstance(s, Mapping):
+                raise ValueError(
+                    "loss_aware needs representative samples as input lists or arrays (in the "
+                    "Keras model's input order), got a dict"
+                )
+            yield [np.asarray(a, np.float32) for a in s] if isinstance(s, list | tuple) else s
+
+    hists = loss_aware_histograms(
+        model, batches(), target=target, bins=bins, floor=floor, progress=progress
+    )
+    names = [n for n in hists]
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
+    x = next(iter(batches()))
+    values = probe(x, training=False)
+    values = [np.asarray(v) for v in (values if isinstance(values, list | tuple) else [values])]
+    layer_of: dict[int, str] = {}
+    for i, t in first.items():
+        for name, v in zip(names, values, strict=True):
+            if v.shape == t.shape and np.allclose(
+                v, t, rtol=1e-3, atol=1e-4 * (np.abs(v).max() + 1e-30)
+            ):
+                layer_of[i] = name
+                break
+    return layer_of, {i: hists[n] for i, n in layer_of.items()}
 
 
 def _outputs(interp: Any) -> list[np.ndarray]:
