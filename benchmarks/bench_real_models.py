@@ -47,6 +47,7 @@ GROUPS = (
     "entropy",
     "tf_enhanced",
     "greedy",
+    "gamma3",
     "framework",
     "aimet",
     "loss-aware",
@@ -67,6 +68,8 @@ QFCAL_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     # qfcal's reimplementations of AIMET's TF-Enhanced and PyTorch's HistogramObserver search
     "qfcal:tf_enhanced": ("tf_enhanced", {"method": "tf_enhanced"}),
     "qfcal:greedy": ("greedy", {"method": "greedy"}),
+    # clipping weighted 3x (AIMET's TF-Enhanced weighs it so): wider ranges
+    "qfcal:optimal-gamma3": ("gamma3", {"method": "optimal", "gamma": 3.0}),
 }
 
 
@@ -168,8 +171,11 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
     for w in args.weights:
         t0 = time.perf_counter()
         out = flow.workdir / "qfcal_default.onnx"
+        # the adapter's default (method="auto") when it is a contender, else one plain
+        # calibration for the histograms the other rows re-search
+        plain = {} if "default" in args.contenders else {"method": "optimal"}
         cal = qfcal.onnxruntime.quantize_static(
-            pre, out, calib_feeds, progress=False, **flow.ort_kwargs(w == "per-channel")
+            pre, out, calib_feeds, progress=False, **plain, **flow.ort_kwargs(w == "per-channel")
         )
         dt = time.perf_counter() - t0
         weight_overrides[w] = qfcal.onnxruntime.weight_overrides(cal.weight_ranges)
@@ -477,6 +483,10 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
         if "weights" in args.contenders:
             m, dt, _ = flow.qfcal(pc, method="optimal", weight_method="optimal")
             rec.add(**base, contender="qfcal:optimal+weights", weights=w, metrics=m, seconds=dt)
+        if "loss-aware" in args.contenders:  # optimal on the Keras loss-weighted histograms
+            target = "fisher" if spec.output == "logits" else "projection"
+            m, dt, q = flow.qfcal(pc, method="optimal", loss_aware=target)
+            rec.add(**base, contender="qfcal:loss-aware", weights=w, metrics=m, seconds=dt)
         if "auto" in args.contenders:
             metric = AUTO_METRICS.get(spec.output, "mse")
             m, dt, q = flow.qfcal(pc, method="auto", metric=metric)

@@ -71,7 +71,11 @@ def tensor_kinds(path: Path) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="effnet_lite0", choices=["effnet_lite0", "mobilenet_v2"])
-    p.add_argument("--base", default="optimal", help="method A, every tensor (%(default)s)")
+    p.add_argument(
+        "--base",
+        default="optimal",
+        help="method A, every tensor: a qfcal method, percentileP or aimet:SCHEME (%(default)s)",
+    )
     p.add_argument("--swap", default="minmax", help="method B, swapped in (%(default)s)")
     p.add_argument("--weights", default="per-channel", choices=["per-channel", "per-tensor"])
     p.add_argument("--calib", type=int, default=32)
@@ -97,8 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     held = [{"input": xh[i : i + 16]} for i in range(0, len(xh), 16)]
     flow = OrtFlow(pre, calib, held, "logits", args.cache / spec.key / "ablation")
     cal = qfcal.onnxruntime.calibrate(pre, calib, progress=False)
-    a = {k: (float(lo), float(hi)) for k, (lo, hi) in cal.search(method=args.base).bounds.items()}
-    b = {k: (float(lo), float(hi)) for k, (lo, hi) in cal.search(method=args.swap).bounds.items()}
+    data_minmax = {k: (float(h.min), float(h.max)) for k, h in cal.histograms.items() if h.finite}
+
+    def ranges_of(method: str) -> dict[str, Range]:
+        """qfcal's `method` (``percentile99.99``: a percentile), or AIMET's ``aimet:<scheme>``
+        encodings on ONNX Runtime's placement (the benchmark's aimet rows)."""
+        if method.startswith("aimet:"):
+            from real_models import aimet_ranges
+
+            r, _, _ = aimet_ranges.encodings(pre, calib, method.split(":", 1)[1], 8)
+            return aimet_ranges.complete(r, data_minmax)
+        kw: dict[str, Any] = {"method": method}
+        if method.startswith("percentile") and method != "percentile":
+            kw = {"method": "percentile", "percentile": float(method[len("percentile") :])}
+        return {k: (float(lo), float(hi)) for k, (lo, hi) in cal.search(**kw).bounds.items()}
+
+    a = ranges_of(args.base)
+    b = ranges_of(args.swap)
     kinds = tensor_kinds(pre)
     pc = args.weights == "per-channel"
     reference = not args.kernels

@@ -17,6 +17,9 @@
 //!    scale, with dips where grid points meet spikes, which the coarse copy smooths away: every
 //!    stretch of the scan within 5% of its least is also combed on the full histogram, at a
 //!    quarter bin width (relative to max|x|) or at most 256 teeth, and the best three refined;
+//!    a dense histogram's cost can still dip between those teeth (spiky data: a small model's
+//!    ReLU output), only on the full histogram: it is combed within 1.5% of the best scale and
+//!    the best two teeth refined;
 //! 3. clusters: data in narrow clusters (a near-constant tensor, spiky histograms) has its cost's
 //!    dips where a grid point sits on a cluster, far narrower than any scan: every such scale is
 //!    tried, and the best refined over its whole basin; a near-constant tensor needs only this
@@ -67,6 +70,9 @@ const ATOM_NEAR: i64 = 8;
 const ATOM_EVALS: usize = 32;
 /// Fit limits above this multiple of the scale they are tried around are not tried.
 const FIT_REACH: f64 = 1.25;
+/// Half-width (in ln Δ) and teeth of the full-histogram comb around the best point.
+const NEAR_REACH: f64 = 0.015;
+const NEAR_TEETH: usize = 24;
 /// Teeth of the sparse comb refined with Brent's method.
 const SPARSE_REFINED: usize = 3;
 /// Windows on each side of the min/max and the best window whose fit limits are tried.
@@ -119,6 +125,9 @@ pub fn optimal(dist: &Dist, spec: &QuantSpec, gamma: f64) -> Encoding {
         // A rough cost dips wherever a grid point meets a spike: about every quarter bin width
         // (relative to the largest magnitude) of ln Δ, far finer than the coarse copy sees.
         bracket = refine_basins(&scan, rough, &mut ev_c, &mut ev_f, &mut best);
+        if !rough {
+            comb_near_best(&mut ev_f, &mut best);
+        }
         if rough {
             // A rough cost dips wherever a grid point meets a spike: about every quarter bin
             // width (relative to the largest magnitude) of ln Δ, far finer than the coarse copy
@@ -433,6 +442,37 @@ fn refine_basins(
         }
     }
     cands.first().map_or(0.0, |c| c.2)
+}
+
+/// Stage 2a: on the full histogram, comb [`NEAR_TEETH`] teeth within [`NEAR_REACH`] (in ln Δ)
+/// of the best point so far and refine the best two: a dense histogram of spiky data (a
+/// small model's ReLU output) has dips a fraction of a percent wide between the comb teeth of
+/// the coarse copy, and the deepest may sit a percent away from the refined basin.
+fn comb_near_best(ev_f: &mut Evaluator, best: &mut Best) {
+    let spacing = 2.0 * NEAR_REACH / NEAR_TEETH as f64;
+    let x0 = best.0;
+    let mut teeth: Vec<(f64, f64)> = (0..=NEAR_TEETH)
+        .map(|t| {
+            let x = x0 - NEAR_REACH + t as f64 * spacing;
+            (x, ev_f.eval(x.exp()).cost)
+        })
+        .collect();
+    teeth.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for &(x, c) in teeth.iter().take(2) {
+        if c < best.1 {
+            *best = (x, c);
+        }
+        let r = brent(
+            |y| ev_f.eval(y.exp()).cost,
+            x - spacing,
+            x + spacing,
+            1e-10,
+            24,
+        );
+        if r.1 < best.1 {
+            *best = r;
+        }
+    }
 }
 
 /// Stage 2b, for a rough cost: comb, on the full histogram, every stretch of ln Δ whose scan
