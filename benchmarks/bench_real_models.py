@@ -184,6 +184,8 @@ def run_ort(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) -> 
                 pre, per_channel=w == "per-channel", op_types=spec.ort_op_types
             )
             weight_overrides[f"{w}+weights"] = qfcal.onnxruntime.weight_overrides(searched)
+        if cal.selection is not None:  # the default, method="auto"
+            rec.note(f"{spec.key} qfcal:default {w} 8b ({dt:.1f} s):\n{cal.selection.table()}")
         if "default" in args.contenders and 8 in args.bits:
             row("qfcal:default", w, 8, out, seconds=dt, method=cal.method)
     assert cal is not None
@@ -478,8 +480,14 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
             rec.add(**base, contender="tflite:converter", weights=w, metrics=m, seconds=dt)
         for label, (group, kw) in QFCAL_ROWS.items():
             if group in args.contenders:
-                m, dt, _ = flow.qfcal(pc, **kw)
-                rec.add(**base, contender=label, weights=w, metrics=m, seconds=dt)
+                m, dt, q = flow.qfcal(pc, **kw)
+                extra: dict[str, Any] = {}
+                if q.selection is not None:  # the default, method="auto"
+                    rec.note(
+                        f"{spec.key} tflite {label} {w} 8b ({dt:.1f} s):\n{q.selection.table()}"
+                    )
+                    extra["method"] = q.selection.chosen
+                rec.add(**base, contender=label, weights=w, metrics=m, seconds=dt, **extra)
         if "weights" in args.contenders:
             m, dt, _ = flow.qfcal(pc, method="optimal", weight_method="optimal")
             rec.add(**base, contender="qfcal:optimal+weights", weights=w, metrics=m, seconds=dt)
