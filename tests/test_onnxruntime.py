@@ -768,6 +768,7 @@ def test_auto_method_chooses_by_held_out_output_error(cnn: dict[str, Any], tmp_p
         )  # fmt: skip
     sel = cal.selection
     assert sel is not None and set(sel.errors) == set(cands)
+    assert sel.metric == "kl"  # metric="auto": the CNN's logits
     assert sel.chosen == min(sel.errors, key=lambda k: sel.errors[k])
     assert len(sel.batch_errors["minmax"]) == CALIB_BATCHES
     assert sel.folds == [list(range(5)), list(range(5, 10))]

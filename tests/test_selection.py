@@ -201,6 +201,13 @@ def test_the_auto_metric_is_kl_for_logits_and_mse_otherwise() -> None:
     assert selection.auto_metric([logits[:, :1]]) == "mse"
     assert selection.auto_metric([logits, hidden]) == "mse"
     assert selection.auto_metric([]) == "mse"
+    assert selection.metric_name("auto", [logits]) == "kl"
+    assert selection.metric_name("cosine", [logits]) == "cosine"
+
+    def pooled(a: Any, b: Any, batch: Any) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    assert selection.metric_name(pooled, [logits]) == "pooled"
     q = logits + 0.05 * rng.standard_normal(logits.shape)
     assert selection.output_error("auto", [logits], [q]) == selection.output_error(
         "kl", [logits], [q]

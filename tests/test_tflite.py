@@ -204,10 +204,10 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
     real = qtflite._search_all
     input_name = min(quantized.ranges, key=lambda n: quantized.ranges[n].index)
 
-    def spy(hists, groups, options):
+    def spy(hists, groups, options, *weighted):
         idx = quantized.ranges[input_name].index
         totals.append(hists[idx].total)
-        return real(hists, groups, options)
+        return real(hists, groups, options, *weighted)
 
     cands = {
         "optimal": {"method": "optimal"},
@@ -223,6 +223,7 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
         )  # fmt: skip
     sel = q.selection
     assert sel is not None and set(sel.errors) == set(cands) and quantized.selection is None
+    assert sel.metric == "kl"  # metric="auto" on this classifier's logits
     # samples dealt round-robin; each fold's ranges come from the other three folds' samples
     assert sel.folds == [list(range(k, CALIB, 4)) for k in range(4)]
     per_sample = 28 * 28

@@ -857,5 +857,6 @@ def test_readme_example(fmnist, trained):
     quantized = ns["quantized"]
     sel = ns["selection"]
     assert sel.chosen in sel.errors and len(sel.errors) == 6  # the default candidates
+    assert sel.metric == "kl"  # metric="auto" on the logits
     assert isinstance(quantized.conv1, torch.ao.nn.intrinsic.quantized.ConvReLU2d)
     assert accuracy(quantized, *fmnist["test"]) >= trained[1] - ACCURACY_TOLERANCE

@@ -55,6 +55,7 @@ from qfcal.selection import (
     check_metric,
     check_search_candidates,
     merge_parts,
+    metric_name,
     output_error,
     select,
     warn_fallback,
@@ -1166,4 +1167,6 @@ def select_method(
                 norms.append(norm)
             return errs, norms
 
-        return select(len(batches), evaluate, candidates=cands, folds=folds, z=z, progress=progress)
+        sel = select(len(batches), evaluate, candidates=cands, folds=folds, z=z, progress=progress)
+    sel.metric = metric_name(metric, [f for f in reference[0] if f is not None])
+    return sel

@@ -78,6 +78,8 @@ class Selection:
         folds: the batch indices of each fold (consecutive batches).
         candidates: label -> search options, as tried.
         threshold: the ``z`` a candidate had to reach (at most ``-threshold``).
+        metric: the output error the adapter scored with (``metric="auto"`` resolved to
+            ``kl`` or ``mse`` on the float outputs; a callable's name), or None.
     """
 
     chosen: str
@@ -88,6 +90,7 @@ class Selection:
     folds: list[list[int]]
     candidates: dict[str, dict[str, Any]] = field(repr=False)
     threshold: float = 0.0
+    metric: str | None = None
 
     def table(self) -> str:
         """The errors as a small text table, best first, the chosen candidate marked."""
@@ -131,6 +134,16 @@ def auto_metric(reference: Sequence[np.ndarray]) -> str:
         a.ndim == 2 and a.shape[-1] >= 2 and not _probability_rows(a) for a in arrays
     )
     return "kl" if logits else "mse"
+
+
+def metric_name(metric: object, reference: Sequence[np.ndarray]) -> str:
+    """What `metric` scores on float outputs `reference`: ``auto`` resolved
+    (:func:`auto_metric`), a name as it is, a callable's ``__name__``."""
+    if metric == "auto":
+        return auto_metric(reference)
+    if isinstance(metric, str):
+        return metric
+    return str(getattr(metric, "__name__", type(metric).__name__))
 
 
 def _rows(a: np.ndarray) -> np.ndarray:

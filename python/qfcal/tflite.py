@@ -39,6 +39,7 @@ from qfcal.selection import (
     check_metric,
     check_search_candidates,
     merge_parts,
+    metric_name,
     output_error,
     select,
     warn_fallback,
@@ -733,5 +734,7 @@ def _select(
             norms.append(n)
         return errs, norms
 
-    return select(len(samples), evaluate, candidates=candidates, folds=folds, z=z,
-                  progress=progress)  # fmt: skip
+    sel = select(len(samples), evaluate, candidates=candidates, folds=folds, z=z,
+                 progress=progress)  # fmt: skip
+    sel.metric = metric_name(metric, reference[0])
+    return sel

@@ -58,6 +58,7 @@ from qfcal.selection import (
     check_metric,
     check_search_candidates,
     merge_parts,
+    metric_name,
     output_error,
     select,
 )
@@ -955,6 +956,7 @@ def calibrate_auto(
     full = merge_parts(parts)
     for n, o in observers.items():
         o._load(full[n], sel.options)
+    sel.metric = metric_name(metric, reference[0])
     return sel
 
 

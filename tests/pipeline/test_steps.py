@@ -127,6 +127,7 @@ def test_calibrate_method_auto(run_dir, tmp_path, monkeypatch):
     doc = json.loads((work / "run.json").read_text())
     sel = doc["steps"]["calibrate"]["selection"]
     assert set(sel["errors"]) == {"optimal", "clipped"}
+    assert sel["metric"] == "kl"  # the logits' KL divergence
     # ten images (one per class), dealt round-robin into two folds
     assert sel["folds"] == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
     # clipping at the 90th percentile costs output accuracy: kept out

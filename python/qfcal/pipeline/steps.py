@@ -260,6 +260,7 @@ def calibrate(
                 "errors": sel.errors,
                 "z": sel.z,
                 "folds": sel.folds,
+                "metric": sel.metric,
             }
         }
     elif dask is None:
@@ -356,6 +357,7 @@ def _calibrate_auto(
         n,
     )
     sel = selection.select(n, evaluate, folds=folds, progress=True)
+    sel.metric = selection.metric_name("auto", [reference[:1]])
     log.info("method auto chose %s:\n%s", sel.chosen, sel.table())
     return TapHistograms(selection.merge_parts(by_tap)), sel
 
