@@ -69,9 +69,12 @@ def test_noise_does_not_replace_the_first_candidate() -> None:
     if sel.errors["minmax"] < sel.errors["optimal"]:
         assert -2.0 < sel.z["minmax"] < 0
     assert sel.chosen == "optimal"
-    # z=0 (the default): the lowest error outright
-    low = selection.select(12, evaluate, candidates=cands, progress=False)
+    # z=0: the lowest error outright
+    low = selection.select(12, evaluate, candidates=cands, z=0, progress=False)
     assert low.chosen == min(low.errors, key=lambda k: low.errors[k])
+    # the default (z=None) on 12 batches, fewer than FREE_CHOICE_BATCHES: z=2
+    default = selection.select(12, evaluate, candidates=cands, progress=False)
+    assert default.threshold == 2.0 and default.chosen == "optimal"
     # the statistic is the paired one: mean difference over its standard error
     d = np.array(other) - np.array(base)
     expected = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
@@ -123,7 +126,7 @@ def test_default_candidates_and_folds() -> None:
         ({"batches": True}, ValueError, "at least 2 calibration batches, got True"),
         ({"folds": 1}, ValueError, r"folds must be an int in 2..=6 .*got 1"),
         ({"folds": 2.5}, ValueError, "folds must be an int"),
-        ({"z": -1.0}, ValueError, "z must be a finite number >= 0, got -1.0"),
+        ({"z": -1.0}, ValueError, "z must be None or a finite number >= 0, got -1.0"),
         ({"z": float("nan")}, ValueError, "z must be"),
         ({"candidates": [("optimal", {})]}, TypeError, "candidates must be a dict"),
         ({"candidates": {}}, ValueError, "at least one method"),
@@ -226,6 +229,23 @@ def test_auto_refuses_one_methods_options() -> None:
         selection.check_auto_options(1.0, 99.9)
     with pytest.warns(UserWarning, match="and it rained: the ranges are method='optimal'"):
         selection.warn_fallback("it rained")
+
+
+def test_the_default_z_depends_on_the_batches() -> None:
+    assert selection.FREE_CHOICE_BATCHES == 32 and selection.SMALL_SET_Z == 2.0
+    assert selection.resolve_z(None, 31) == 2.0
+    assert selection.resolve_z(None, 32) == 0.0
+    assert selection.resolve_z(1, 5) == 1.0
+    # 40 batches where the second candidate is better by a hair on every batch but one: the
+    # least error wins outright (z=0), as from 32 batches on
+    errs = {"optimal": [1.0] * 40, "minmax": [0.999] * 39 + [1.02]}
+
+    def evaluate(options: Any, test: list[int]) -> tuple[list[float], list[float]]:
+        return [errs[options["method"]][i] for i in test], [1.0] * len(test)
+
+    cands = {"optimal": {"method": "optimal"}, "minmax": {"method": "minmax"}}
+    sel = selection.select(40, evaluate, candidates=cands, progress=False)
+    assert sel.threshold == 0.0 and sel.chosen == "minmax" and sel.z["minmax"] > -2
 
 
 def test_explicit_folds() -> None:

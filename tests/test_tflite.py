@@ -229,6 +229,7 @@ def test_auto_method_chooses_end_to_end_on_samples_left_out(model, rep, quantize
     per_sample = 28 * 28
     assert totals[:-1] == [(CALIB - CALIB // 4) * per_sample] * (len(cands) * 4)
     assert totals[-1] == CALIB * per_sample  # the final search: every sample
+    assert sel.threshold == 0.0  # 64 samples: the least error wins outright
     assert sel.chosen == min(sel.errors, key=lambda k: sel.errors[k])
     # the per-fold histograms merge into exactly the plain calibration's
     params = int8_tensors(q)

@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join(f"{n} picks" for n in names)
         + " | optimal | "
         + " | ".join(names)
-        + " |"
+        + " | best contender |"
     )
-    print("|---|---|---|---:|" + "---|" * len(zs) + "---:|" + "---:|" * len(zs))
+    print("|---|---|---|---:|" + "---|" * len(zs) + "---:|" + "---:|" * len(zs) + "---|")
     totals = {z: [0, 0, 0] for z in zs}  # better, same, worse than optimal
     for n in notes:
         k = (n["model"], n["flow"], n["weights"], n["bits"])
@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
                 sign = (v - base) * (1 if metric == "cos" else -1)
                 totals[z][0 if sign > 0 else 1 if sign == 0 else 2] += 1
         opt = f"{base:.4f}" if base is not None else "-"
+        rivals = {kk[4]: v[metric] for kk, v in results.items() if kk[:4] == k and metric in v}
+        better = max if metric == "cos" else min
+        top = better(rivals, key=lambda c: rivals[c]) if rivals else None
+        best = f"{top} {rivals[top]:.4f}" if top else "-"
         print(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(picks) + f" | {opt} | "
-              + " | ".join(cells) + " |")  # fmt: skip
+              + " | ".join(cells) + f" | {best} |")  # fmt: skip
     for z, (b, same, w) in totals.items():
         print(f"z={z:g}: better than optimal {b}, same {same}, worse {w}")
     return 0

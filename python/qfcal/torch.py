@@ -850,7 +850,7 @@ def calibrate_auto(
     convert: Any = None,
     candidates: Any = None,
     folds: int = DEFAULT_FOLDS,
-    z: float = 0.0,
+    z: float | None = None,
     metric: Any = "auto",
     progress: bool = False,
 ) -> Selection:
@@ -865,6 +865,7 @@ def calibrate_auto(
     one (`metric`; by default KL for class logits, else the squared difference relative to
     the float outputs' squares). The least error wins; with ``z > 0`` the first candidate
     (``optimal``) stays unless another beats it on the same batches by `z` standard errors
+    (``z=None``: 0 from 32 batches on, 2 below)
     (:func:`qfcal.selection.select`). At the end each observer holds its histogram of all the
     batches and the chosen method: ``convert`` it as usual.
 
