@@ -323,7 +323,7 @@ def ort_auto(
     from real_models.flow_ort import grid, session, to_bits
 
     if metric is None:
-        metric = AUTO_METRICS.get(flow.output, "mse")
+        metric = args.auto_metric or AUTO_METRICS.get(flow.output, "mse")
     for w in args.weights if cal is None else ():
         t0 = time.perf_counter()
         out = flow.workdir / "qfcal_auto.onnx"
@@ -443,7 +443,9 @@ def run_pt2e(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) ->
                     )  # fmt: skip
                 if "auto" in args.contenders and family == "qfcal":
                     t0 = time.perf_counter()
-                    m, sel = flow.auto(w == "per-channel", bits, AUTO_METRICS[spec.output])
+                    m, sel = flow.auto(
+                        w == "per-channel", bits, args.auto_metric or AUTO_METRICS[spec.output]
+                    )
                     dt = time.perf_counter() - t0
                     rec.note(f"{spec.key} pt2e qfcal:auto {w} {bits}b ({dt:.1f} s):\n{sel.table()}")
                     rec.add(
@@ -496,7 +498,7 @@ def run_tflite(spec: models.ModelSpec, args: argparse.Namespace, rec: Recorder) 
             m, dt, q = flow.qfcal(pc, method="optimal", loss_aware=target)
             rec.add(**base, contender="qfcal:loss-aware", weights=w, metrics=m, seconds=dt)
         if "auto" in args.contenders:
-            metric = AUTO_METRICS.get(spec.output, "mse")
+            metric = args.auto_metric or AUTO_METRICS.get(spec.output, "mse")
             m, dt, q = flow.qfcal(pc, method="auto", metric=metric)
             rec.note(f"{spec.key} tflite qfcal:auto {w} 8b ({dt:.1f} s):\n{q.selection.table()}")
             rec.add(**base, contender="qfcal:auto", weights=w, metrics=m, seconds=dt,
@@ -580,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=96, help="held-out samples (%(default)s)")
     p.add_argument("--quick", action="store_true", help="8 calib, 32 held-out, 8-bit only")
     p.add_argument("--threads", type=int, default=2, help="ORT/torch threads (%(default)s)")
+    p.add_argument(
+        "--auto-metric",
+        choices=("kl", "mse", "cosine", "auto"),
+        default=None,
+        help="the auto group's output error instead of the model's usual one (AUTO_METRICS)",
+    )
     p.add_argument(
         "--cache",
         type=Path,

@@ -198,9 +198,11 @@ def test_the_auto_metric_is_kl_for_logits_and_mse_otherwise() -> None:
     hidden = rng.standard_normal((4, 7, 16))
     assert selection.auto_metric([logits]) == "kl"
     assert selection.auto_metric([logits, logits[:, :3]]) == "kl"
-    # probabilities, embeddings, one-column outputs, a mix: squared error
+    # sequences of vectors (hidden states): cosine per vector
+    assert selection.auto_metric([hidden]) == "cosine"
+    # probabilities, feature maps, one-column outputs, a mix: squared error
     assert selection.auto_metric([probs]) == "mse"
-    assert selection.auto_metric([hidden]) == "mse"
+    assert selection.auto_metric([hidden[..., None]]) == "mse"
     assert selection.auto_metric([logits[:, :1]]) == "mse"
     assert selection.auto_metric([logits, hidden]) == "mse"
     assert selection.auto_metric([]) == "mse"
