@@ -183,7 +183,7 @@ def test_output_errors() -> None:
     metric = lambda a, b, batch: (seen.append(batch) or 1, 2)  # noqa: E731
     assert selection.output_error(metric, [f], [q], {"x": 1}) == (1.0, 2.0)
     assert seen == [{"x": 1}]
-    with pytest.raises(ValueError, match="metric must be one of auto, mse, kl, cosine"):
+    with pytest.raises(ValueError, match="metric must be one of auto, mse, kl, cosine, pooled"):
         selection.output_error("l1", [f], [q])
     with pytest.raises(ValueError, match="returned 1 floating outputs, the float model 2"):
         selection.output_error("mse", [f, f], [q])
@@ -198,8 +198,18 @@ def test_the_auto_metric_is_kl_for_logits_and_mse_otherwise() -> None:
     hidden = rng.standard_normal((4, 7, 16))
     assert selection.auto_metric([logits]) == "kl"
     assert selection.auto_metric([logits, logits[:, :3]]) == "kl"
-    # sequences of vectors (hidden states): cosine per vector
-    assert selection.auto_metric([hidden]) == "cosine"
+    # sequences of vectors (hidden states): the cosine of each sample's mean vector
+    assert selection.auto_metric([hidden]) == "pooled"
+    qh = hidden + 0.1 * rng.standard_normal(hidden.shape)
+    e, n = selection.output_error("pooled", [hidden], [qh])
+    mf, mq = hidden.mean(axis=1), qh.mean(axis=1)
+    cos = (mf * mq).sum(1) / (np.linalg.norm(mf, axis=1) * np.linalg.norm(mq, axis=1))
+    assert n == 4 and e == pytest.approx((1 - cos).sum())
+    assert selection.output_error("auto", [hidden], [qh]) == (e, n)
+    q2 = logits + 0.05 * rng.standard_normal(logits.shape)  # two axes: pooled is cosine
+    assert selection.output_error("pooled", [logits], [q2]) == selection.output_error(
+        "cosine", [logits], [q2]
+    )
     # probabilities, feature maps, one-column outputs, a mix: squared error
     assert selection.auto_metric([probs]) == "mse"
     assert selection.auto_metric([hidden[..., None]]) == "mse"

@@ -780,7 +780,7 @@ def quantize_static(
             with each one's histograms, and :func:`select_method` chooses among `candidates`
             (default :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy,
             percentile 99.999, 99.99 and 99.9) the one whose quantized model's outputs come
-            closest to float (`metric`; ``auto``: KL for class logits, cosine for hidden
+            closest to float (`metric`; ``auto``: KL for class logits, pooled cosine for hidden
             states, else relative squared error) on batches its ranges were not searched on
             (`folds` folds of consecutive batches; ``z > 0``: ``optimal`` stays unless
             another beats it by `z` standard errors; ``z=None``: 0 from 32 batches on, 2
@@ -1068,7 +1068,7 @@ def select_method(
         z: how far (in standard errors of the paired per-batch differences) a candidate must
             beat the first one to replace it; see :func:`qfcal.selection.select`.
         metric: the output error: ``auto`` (default: ``kl`` when every output is a batch of
-            class logits, ``cosine`` for batches of vector sequences (hidden states), else
+            class logits, ``pooled`` for batches of vector sequences (hidden states), else
             ``mse``; :func:`qfcal.selection.auto_metric`), ``mse`` (any
             model; relative squared error), ``kl`` (logits: KL divergence of the softmax),
             ``cosine`` (embeddings, hidden states: 1 - cosine per vector), or a callable

@@ -391,7 +391,7 @@ def quantize(
     :data:`qfcal.selection.DEFAULT_CANDIDATES`: optimal, minmax, entropy, percentile 99.999,
     99.99, 99.9) and fold the ranges searched on the other folds go through the converter's
     quantizer; the int8 model runs the fold's samples and its outputs are compared with the
-    float model's (`metric`: ``auto``, the default: ``kl`` for class logits, ``cosine`` for
+    float model's (`metric`: ``auto``, the default: ``kl`` for class logits, ``pooled`` for
     sequences of vectors, ``mse`` for anything else (probabilities too); ``mse``, ``kl``,
     ``cosine`` for embeddings, or a
     callable ``metric(float outputs, quantized outputs, sample)``; see

@@ -862,7 +862,7 @@ def calibrate_auto(
     for each candidate method and each fold of consecutive batches, the observers get the
     other folds' merged histograms and the method, a copy of the model is converted and the
     fold's batches run through it; the error compares every floating output with the float
-    one (`metric`; by default KL for class logits, cosine for sequences of vectors, else the
+    one (`metric`; by default KL for class logits, pooled cosine for vector sequences, else the
     squared difference relative to the float outputs' squares). The least error wins; with
     ``z > 0`` the first candidate (``optimal``) stays unless another beats it on the same
     batches by `z` standard errors (``z=None``: 0 from 32 batches on, 2 below)
@@ -880,7 +880,7 @@ def calibrate_auto(
             :data:`qfcal.selection.DEFAULT_CANDIDATES`.
         folds, z: see :func:`qfcal.selection.select`.
         metric: the output error, ``auto`` (default: ``kl`` when every output is a batch of
-            class logits, ``cosine`` for sequences of vectors, else ``mse``), ``mse``, ``kl``
+            class logits, ``pooled`` for sequences of vectors, else ``mse``), ``mse``, ``kl``
             (logits) or ``cosine`` (embeddings),
             or a callable ``metric(float outputs, quantized outputs, args)`` (args: the
             batch's argument tuple): :func:`qfcal.selection.output_error`.
