@@ -51,3 +51,15 @@ def test_bad_arguments(net):
         qkeras.loss_aware_histograms(net, batches(), layers=["nope"])
     with pytest.raises(ValueError, match="no batch"):
         qkeras.loss_aware_histograms(net, [])
+
+
+def test_a_nested_model_is_named_not_a_keras_crash(net):
+    """A pretrained base used as one layer (transfer learning): its inner layers are not in
+    the outer graph; the outer ones get histograms, with a warning that names the base."""
+    i = keras.Input((12, 12, 1))
+    outer = keras.Model(i, keras.layers.Dense(3, name="head")(net(i)))
+    with pytest.warns(UserWarning, match=r"nested model\(s\) \['functional"):
+        hists = qkeras.loss_aware_histograms(outer, batches())
+    assert set(hists) == {"head"}
+    with pytest.raises(ValueError, match="is a nested model"):
+        qkeras.loss_aware_histograms(outer, batches(), layers=[net.name])

@@ -14,6 +14,7 @@ Importing this module imports TensorFlow and Keras; ``import qfcal`` does not.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,25 +57,42 @@ def loss_aware_histograms(
             or ``projection`` (``sum(r * output)``, ``r`` standard normal: any output).
         bins, seed, floor, progress: as :func:`qfcal.torch.loss_aware_histograms`.
 
-    Layers whose output does not reach the model's (first) output get no histogram. Cost: one
+    Layers whose output does not reach the model's (first) output get no histogram; nor do
+    the layers inside a nested model (a pretrained base used as one layer), which are not in
+    this model's graph (a warning says so). Cost: one
     forward and one backward pass per batch (no weight gradients are kept).
 
     Raises:
-        ValueError: an unknown target or layer name, or no batch.
+        ValueError: an unknown target or layer name, a nested model named in `layers`, or no
+            batch.
     """
     check_choice(target, "target", LOSS_TARGETS)
     bins = check_bins(bins)
     names = [layer.name for layer in model.layers]
+    nested = [layer.name for layer in model.layers if isinstance(layer, keras.Model)]
     if layers is None:
         chosen = [
             layer
             for layer in model.layers
-            if not isinstance(layer, keras.layers.InputLayer) and _float_output(layer)
+            if not isinstance(layer, keras.layers.InputLayer | keras.Model) and _float_output(layer)
         ]
+        if nested:
+            warnings.warn(
+                f"model holds nested model(s) {nested}: their inner layers are not in its "
+                "graph, so only the outer layers get loss-aware histograms (rebuild the model "
+                "flat to weight the inner ones)",
+                stacklevel=2,
+            )
     else:
         unknown = [n for n in layers if n not in names]
         if unknown:
             raise ValueError(f"layers: model has no layer {unknown[0]!r}")
+        inner = [n for n in layers if n in nested]
+        if inner:
+            raise ValueError(
+                f"layers: {inner[0]!r} is a nested model, whose output is not a tensor of "
+                "this model's graph; name the outer layers (or rebuild the model flat)"
+            )
         chosen = [model.get_layer(n) for n in layers]
     probe = keras.Model(model.inputs, [layer.output for layer in chosen] + [model.outputs[0]])
     rng = tf.random.Generator.from_seed(seed)

@@ -683,11 +683,17 @@ def _loss_aware(
     layer_of: dict[int, str] = {}
     for i, t in first.items():
         for name, v in zip(names, values, strict=True):
-            if v.shape == t.shape and np.allclose(
-                v, t, rtol=1e-3, atol=1e-4 * (np.abs(v).max() + 1e-30)
-            ):
+            tol = 1e-4 * (np.abs(v).max() + 1e-30)
+            if v.shape == t.shape and np.allclose(v, t, rtol=1e-3, atol=tol):
                 layer_of[i] = name
                 break
+    if 2 * len(layer_of) < len(first):
+        warnings.warn(
+            f"loss_aware: {len(layer_of)} of the {len(first)} quantized tensors are a Keras "
+            "layer's output (a nested model's layers are not reachable): the others keep their "
+            "plain histograms",
+            stacklevel=3,
+        )
     return layer_of, {i: hists[n] for i, n in layer_of.items()}
 
 
