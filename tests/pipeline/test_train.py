@@ -163,3 +163,17 @@ def test_mirrored_strategy_trains_and_its_checkpoint_loads_without_it(tmp_path):
     assert got["same_history"] and got["weights_equal"]
     assert "distribute must be one of auto, none, mirrored, got 'horovod'" in got["bad"]
     assert (tmp_path / "ckpt" / "last.keras").is_file()
+
+
+def test_progress_is_a_line_per_epoch_off_a_terminal():
+    """Keras's progress bar redraws with carriage returns; in a log file or CI that is
+    thousands of lines: "auto" gives one line per epoch there, the bar on a terminal."""
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert train.keras_verbose("auto", io.StringIO()) == 2
+    assert train.keras_verbose("auto", Tty()) == 1
+    assert train.keras_verbose(0, Tty()) == 0 and train.keras_verbose(1, io.StringIO()) == 1

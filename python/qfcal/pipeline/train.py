@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,17 @@ class _Checkpoint(keras.callbacks.Callback):  # type: ignore[misc]
         )
 
 
+def keras_verbose(verbose: int | str, stream: Any = None) -> int | str:
+    """Keras ``fit`` verbosity: ``"auto"`` is a progress bar on a terminal and one line per
+    epoch elsewhere (a log file, CI), where a bar's carriage-return redraws pile up into
+    thousands of lines; any other value as given."""
+    if verbose != "auto":
+        return verbose
+    out = sys.stdout if stream is None else stream
+    isatty = getattr(out, "isatty", None)
+    return 1 if callable(isatty) and isatty() else 2
+
+
 def train(
     model: keras.Model,
     data: Any,
@@ -313,7 +325,7 @@ def train(
         epochs=config.epochs,
         initial_epoch=done,
         shuffle=False,  # the pipeline shuffles, seeded
-        verbose=verbose,
+        verbose=keras_verbose(verbose),
         callbacks=[_Checkpoint(folder, config, meta, history), *(callbacks or [])],
     )
     return model, history
