@@ -449,26 +449,35 @@ fn refine_basins(
 /// small model's ReLU output) has dips a fraction of a percent wide between the comb teeth of
 /// the coarse copy, and the deepest may sit a percent away from the refined basin.
 fn comb_near_best(ev_f: &mut Evaluator, best: &mut Best) {
-    let spacing = 2.0 * NEAR_REACH / NEAR_TEETH as f64;
+    comb_around(ev_f, best, NEAR_REACH, NEAR_TEETH, 2, 1e-10, 24);
+}
+
+/// Comb `teeth` + 1 evenly spaced points within `reach` (in ln Δ) on each side of the best
+/// point on the full histogram, then take each of the `refined` best teeth and refine it with
+/// Brent's method over one tooth spacing on each side (`tol`, at most `iters` steps).
+fn comb_around(
+    ev_f: &mut Evaluator,
+    best: &mut Best,
+    reach: f64,
+    teeth: usize,
+    refined: usize,
+    tol: f64,
+    iters: usize,
+) {
+    let step = 2.0 * reach / teeth as f64;
     let x0 = best.0;
-    let mut teeth: Vec<(f64, f64)> = (0..=NEAR_TEETH)
-        .map(|t| {
-            let x = x0 - NEAR_REACH + t as f64 * spacing;
+    let mut costs: Vec<(f64, f64)> = (0..=teeth)
+        .map(|i| {
+            let x = x0 - reach + i as f64 * step;
             (x, ev_f.eval(x.exp()).cost)
         })
         .collect();
-    teeth.sort_by(|a, b| a.1.total_cmp(&b.1));
-    for &(x, c) in teeth.iter().take(2) {
+    costs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    for &(x, c) in costs.iter().take(refined) {
         if c < best.1 {
             *best = (x, c);
         }
-        let r = brent(
-            |y| ev_f.eval(y.exp()).cost,
-            x - spacing,
-            x + spacing,
-            1e-10,
-            24,
-        );
+        let r = brent(|y| ev_f.eval(y.exp()).cost, x - step, x + step, tol, iters);
         if r.1 < best.1 {
             *best = r;
         }
@@ -670,26 +679,9 @@ fn comb_sparse(dist: &Dist, bracket: f64, ev_f: &mut Evaluator, best: &mut Best)
     let span = (1.5 * bracket).max(2e-4);
     let spacing = (0.25 * width / dist.max_abs()).max(span / 64.0);
     let teeth = ((2.0 * span / spacing).ceil() as usize).clamp(8, 256);
-    let step = 2.0 * span / teeth as f64;
-    let x0 = best.0;
-    let mut teeth_costs: Vec<(f64, f64)> = (0..=teeth)
-        .map(|i| {
-            let x = x0 - span + i as f64 * step;
-            (x, ev_f.eval(x.exp()).cost)
-        })
-        .collect();
     // the best few teeth, each refined: neighbouring dips of a sparse cost differ by less than
     // a tooth's spacing can tell
-    teeth_costs.sort_by(|a, b| a.1.total_cmp(&b.1));
-    for &(x, c) in teeth_costs.iter().take(SPARSE_REFINED) {
-        if c < best.1 {
-            *best = (x, c);
-        }
-        let r = brent(|y| ev_f.eval(y.exp()).cost, x - step, x + step, 1e-12, 40);
-        if r.1 < best.1 {
-            *best = r;
-        }
-    }
+    comb_around(ev_f, best, span, teeth, SPARSE_REFINED, 1e-12, 40);
 }
 
 #[cfg(test)]
