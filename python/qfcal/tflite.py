@@ -367,7 +367,8 @@ def quantize(
 
     `representative_dataset` is what the converter takes: a callable returning an iterable of
     samples (each a list of input arrays, a dict by signature input name, or one array); it is
-    called twice, once by the converter and once by qfcal. The converter calibrates as usual;
+    called twice, once by the converter and once by qfcal (three times with `loss_aware`, whose
+    Keras pass reads it once more). The converter calibrates as usual;
     qfcal histograms the very tensors it calibrated (the calibrated float model run in the
     LiteRT interpreter, every tensor kept), replaces each min/max with ``qfcal.search(hist,
     bits=8, method=method, gamma=gamma, percentile=percentile)`` and lets the converter's
@@ -663,6 +664,8 @@ def _loss_aware(
 
     from qfcal.keras import loss_aware_histograms
 
+    kept: list[Any] = []  # the first sample, to match the tensors on
+
     def batches() -> Iterable[Any]:
         for s in samples():
             if isinstance(s, Mapping):
@@ -670,15 +673,17 @@ def _loss_aware(
                     "loss_aware needs representative samples as input lists or arrays (in the "
                     "Keras model's input order), got a dict"
                 )
-            yield [np.asarray(a, np.float32) for a in s] if isinstance(s, list | tuple) else s
+            x = [np.asarray(a, np.float32) for a in s] if isinstance(s, list | tuple) else s
+            if not kept:
+                kept.append(x)
+            yield x
 
     hists = loss_aware_histograms(
         model, batches(), target=target, bins=bins, floor=floor, progress=progress
     )
     names = [n for n in hists]
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
-    x = next(iter(batches()))
-    values = probe(x, training=False)
+    values = probe(kept[0], training=False)
     values = [np.asarray(v) for v in (values if isinstance(values, list | tuple) else [values])]
     layer_of: dict[int, str] = {}
     for i, t in first.items():
