@@ -37,7 +37,7 @@ def test_run_writes_every_artifact(run_dir):
     for name in (
         "model.keras", "model_float.tflite", "model_int8.tflite", "ranges.json",
         "histograms.npz", "report.json", "report.md", "run.json",
-        "histograms.png", "sqnr.png", "accuracy.png",
+        "histograms.png", "sqnr.png", "accuracy.png", "weights.png",
     ):  # fmt: skip
         assert (run_dir / name).is_file(), name
     for png in run_dir.glob("*.png"):
@@ -46,6 +46,16 @@ def test_run_writes_every_artifact(run_dir):
     assert not [p for p in run_dir.iterdir() if ".tmp" in p.name]
     md = (run_dir / "report.md").read_text()
     assert "int8 .tflite" in md and "![accuracy](accuracy.png)" in md
+    # the float model's folded weights per layer: every depthwise, convolution and dense layer
+    weights = json.loads((run_dir / "report.json").read_text())["weights"]
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+    weighted = (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Dense)
+    names = [x.name for x in model.layers if isinstance(x, weighted)]
+    assert [r["name"] for r in weights["layers"]] == names
+    assert weights["bits"] == [8, 6, 4] and "## Weights per layer" in md
+    assert weights["summary"] in md and "![weights](weights.png)" in md
+    for r in weights["layers"]:
+        assert f"| {r['name']} | {r['kind']} | {r['channels']} |" in md
 
 
 def test_reported_int8_accuracy_is_the_tflite_accuracy(run_dir):

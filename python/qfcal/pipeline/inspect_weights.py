@@ -9,19 +9,29 @@ an int8 model holds): per layer, the spread of the per-channel weight ranges, th
 against one per channel at 8, 6 and 4 bits. A layer is *hit* when one scale per tensor costs at
 least :data:`HIT_DB` decibels at 8 bits against one per channel.
 
+:func:`format_table` prints the figures (``qfcal inspect MODEL``), :func:`stats_json` gives them
+as JSON (the run report's ``weights`` key) and :func:`plot_weight_stats` draws them.
+
 Imports TensorFlow and Keras (the ``tf`` extra).
 """
 
 from __future__ import annotations
 
+import math
+import os
+import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 from keras import layers
 
-from qfcal.pipeline.fold import fold_batch_norm, foldable_pairs
+from qfcal.pipeline import plots as qplots
+from qfcal.pipeline.fold import _folded_weights, foldable_pairs
+from qfcal.pipeline.taps import layer_inputs
 
 #: Weight bit widths reported.
 BITS = (8, 6, 4)
@@ -36,7 +46,8 @@ class LayerWeights:
     """One layer's folded weights, as per-tensor and per-channel int quantization sees them.
 
     Attributes:
-        name: the layer's name.
+        name: the layer's name; a layer of a nested model is named by its path,
+            ``outer/inner`` (e.g. ``mobilenetv2_1.00_160/block_1_depthwise``).
         kind: ``depthwise``, ``conv`` or ``dense``.
         channels: output channels (a depthwise layer: input channels times the multiplier).
         spread: the largest channel's max |w| over the median channel's (live channels only).
@@ -56,7 +67,25 @@ class LayerWeights:
     @property
     def hit(self) -> bool:
         """One scale per tensor costs at least :data:`HIT_DB` dB at 8 bits."""
-        return self.sqnr_channel[8] - self.sqnr_tensor[8] >= HIT_DB
+        return bool(self.sqnr_channel[8] - self.sqnr_tensor[8] >= HIT_DB)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as JSON-able values: bit widths as string keys, and None for an
+        infinite spread or SQNR (all live channels zero, or weights the grid holds exactly)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "channels": self.channels,
+            "spread": _finite(self.spread),
+            "dead": self.dead,
+            "sqnr_tensor": {str(b): _finite(v) for b, v in self.sqnr_tensor.items()},
+            "sqnr_channel": {str(b): _finite(v) for b, v in self.sqnr_channel.items()},
+            "hit": self.hit,
+        }
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def _sqnr(w: np.ndarray, limit: np.ndarray, bits: int) -> float:
@@ -69,7 +98,7 @@ def _sqnr(w: np.ndarray, limit: np.ndarray, bits: int) -> float:
     power = float(np.sum(w**2))
     if noise == 0.0:
         return float("inf")
-    return 10.0 * np.log10(power / noise) if power > 0 else float("-inf")
+    return float(10.0 * np.log10(power / noise)) if power > 0 else float("-inf")
 
 
 def _channels_last(layer: Any, kernel: np.ndarray) -> np.ndarray:
@@ -79,30 +108,76 @@ def _channels_last(layer: Any, kernel: np.ndarray) -> np.ndarray:
     return kernel.reshape(-1, kernel.shape[-1])
 
 
+def _pairs(model: Any, path: str) -> dict[str, Any]:
+    """:func:`foldable_pairs` of the (functional or Sequential) `model` named `path`, with a
+    ValueError naming the model or layer whose graph cannot be read."""
+    try:
+        graph_inputs = model.inputs
+    except AttributeError:
+        graph_inputs = None
+    if not graph_inputs:
+        kind = "Sequential" if isinstance(model, keras.Sequential) else type(model).__name__
+        raise ValueError(
+            f"cannot fold the batch norms of {path!r}: a {kind} model without a graph of "
+            "layers (a subclassed model, or one never built on an input shape); "
+            "save a functional or Sequential model built on an input"
+        )
+    for layer in model.layers:
+        if isinstance(layer, layers.InputLayer):
+            continue
+        try:
+            layer_inputs(layer)
+        except (AttributeError, ValueError) as e:
+            raise ValueError(
+                f"cannot fold the batch norms of {path!r}: layer {layer.name!r} has no input "
+                f"in its graph ({e})"
+            ) from e
+    return foldable_pairs(model)
+
+
+def _weighted_layers(model: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(path, layer, batch norm folded into it or None)`` for every weighted layer of
+    `model`, in graph order, nested models' layers in place of the nested model."""
+    pairs = _pairs(model, prefix.rstrip("/") or model.name)
+    for layer in model.layers:
+        path = prefix + layer.name
+        if isinstance(layer, keras.Model):
+            yield from _weighted_layers(layer, path + "/")
+        elif isinstance(layer, _WEIGHTED):
+            if not layer.built:
+                raise ValueError(f"layer {path!r} is not built: it holds no weights yet")
+            yield path, layer, pairs.get(layer.name)
+
+
 def weight_stats(model: keras.Model, bits: tuple[int, ...] = BITS) -> list[LayerWeights]:
     """Per weighted layer (depthwise and regular convolutions, dense) of `model`, in graph
     order, its folded weights' statistics (see the module docstring). Batch norms are folded
-    first, as the TFLite converter folds them.
+    as the TFLite converter folds them (as :func:`qfcal.pipeline.fold.fold_batch_norm` does):
+    a batch norm whose only input is a convolution without an activation, that convolution's
+    only reader. A nested model (a functional or Sequential model used as a layer, such as a
+    pretrained base under a new head) is walked too, its batch norms folded in its own graph;
+    its layers are named ``nested/layer``. A batch norm reading a nested model's output
+    convolution from outside it is not folded.
 
     Raises:
-        ValueError: `model` is not a functional Keras model (from :func:`fold_batch_norm`), or
-            a bit width outside 2..16.
+        ValueError: `model` or a nested model is not a functional or Sequential Keras model
+            built on an input (the message names it, or the layer without an input), or a bit
+            width outside 2..16.
     """
     bad = [b for b in bits if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16]
     if bad or not bits:
         raise ValueError(f"bits must be ints in 2..16, got {bits!r}")
-    if 8 not in bits:
-        bits = (8, *bits)
-    bns = foldable_pairs(model) if isinstance(model, keras.Model) else {}
-    folded = fold_batch_norm(model)
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"model must be a built functional Keras model, got {type(model).__name__}"
+        )
+    widths = sorted({8, *bits}, reverse=True)
     out = []
-    for layer in folded.layers:
-        if not isinstance(layer, _WEIGHTED):
-            continue
-        w = _channels_last(layer, np.asarray(layer.kernel, dtype=np.float64))
+    for path, layer, bn in _weighted_layers(model):
+        kernel = _folded_weights(layer, bn)[0] if bn is not None else layer.kernel
+        w = _channels_last(layer, np.asarray(kernel, dtype=np.float64))
         per_channel = np.abs(w).max(axis=0)
         dead = per_channel == 0
-        bn = bns.get(layer.name)
         if bn is not None:
             dead |= np.asarray(bn.moving_variance).reshape(-1) == 0
         live = per_channel[~dead]
@@ -118,13 +193,104 @@ def weight_stats(model: keras.Model, bits: tuple[int, ...] = BITS) -> list[Layer
         whole = np.full_like(per_channel, np.abs(w).max())
         out.append(
             LayerWeights(
-                name=layer.name,
+                name=path,
                 kind=kind,
                 channels=int(w.shape[1]),
                 spread=spread,
                 dead=int(dead.sum()),
-                sqnr_tensor={b: _sqnr(w, whole, b) for b in sorted(bits, reverse=True)},
-                sqnr_channel={b: _sqnr(w, per_channel, b) for b in sorted(bits, reverse=True)},
+                sqnr_tensor={b: _sqnr(w, whole, b) for b in widths},
+                sqnr_channel={b: _sqnr(w, per_channel, b) for b in widths},
             )
         )
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the figures, readable
+
+
+def _num(x: float, fmt: str = ".1f") -> str:
+    return format(x, fmt) if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def _spread(x: float) -> str:
+    return ("inf" if math.isinf(x) else f"{x:.3g}" if x >= 1e5 else f"{x:,.1f}") + "x"
+
+
+def summary(stats: list[LayerWeights]) -> str:
+    """One sentence: the hit layers (the seed's problem), with their kind, dead channels,
+    spread and 8-bit SQNR lost, or that none is hit."""
+    hits = [s for s in stats if s.hit]
+    if not stats:
+        return "no weighted layer (depthwise, convolution, dense) in the model"
+    if not hits:
+        worst = max(stats, key=lambda s: _loss(s))
+        return (
+            f"no layer is hit: one scale per tensor costs less than {HIT_DB:g} dB of 8-bit "
+            f"weight SQNR against one per channel in every one of the {len(stats)} layers "
+            f"(most: {worst.name}, {_num(_loss(worst))} dB)"
+        )
+    named = "; ".join(
+        f"{s.name} ({s.kind}, {s.dead} dead, spread {_spread(s.spread)}, -{_num(_loss(s))} dB)"
+        for s in hits
+    )
+    dw = sum(1 for s in hits if s.kind == "depthwise")
+    return (
+        f"hit: {len(hits)} of {len(stats)} layers ({dw} depthwise) lose {HIT_DB:g} dB or more "
+        f"of 8-bit weight SQNR with one scale per tensor instead of one per channel: {named}"
+    )
+
+
+def _loss(s: LayerWeights) -> float:
+    d = s.sqnr_channel[8] - s.sqnr_tensor[8]
+    return d if math.isfinite(d) else 0.0
+
+
+def format_table(stats: list[LayerWeights]) -> str:
+    """A fixed-width table, one row per layer: name, kind, channels, spread, dead channels,
+    weight SQNR (dB) per tensor / per channel at each bit width, ``HIT`` on the hit layers;
+    then :func:`summary`."""
+    widths = sorted({b for s in stats for b in s.sqnr_tensor}, reverse=True)
+    name_w = max([len("layer"), *(len(s.name) for s in stats)])
+    head = f"{'layer':<{name_w}}  {'kind':<9} {'ch':>5} {'spread':>10} {'dead':>4}"
+    head += "".join(f"  {f'{b}-bit t/c dB':>13}" for b in widths) + "  hit"
+    lines = [head, "-" * len(head)]
+    for s in stats:
+        row = f"{s.name:<{name_w}}  {s.kind:<9} {s.channels:>5} {_spread(s.spread):>10} {s.dead:>4}"
+        for b in widths:
+            row += f"  {_num(s.sqnr_tensor[b]):>6}/{_num(s.sqnr_channel[b]):<6}"
+        lines.append((row + ("  HIT" if s.hit else "")).rstrip())
+    lines.append("")
+    lines.append(
+        textwrap.fill(
+            "spread: largest over median channel max|w| (batch norms folded, dead channels "
+            "left out); t/c: weight SQNR with one scale per tensor / per channel; HIT: per "
+            f"tensor costs {HIT_DB:g} dB or more at 8 bits",
+            100,
+        )
+    )
+    lines.append(textwrap.fill(summary(stats), 100, subsequent_indent="  "))
+    return "\n".join(lines)
+
+
+def stats_json(stats: list[LayerWeights]) -> dict[str, Any]:
+    """The figures as one JSON-able document: the bit widths, the hit threshold, the hit
+    layers' names, the summary sentence and one :meth:`LayerWeights.to_dict` per layer."""
+    widths = sorted({b for s in stats for b in s.sqnr_tensor}, reverse=True)
+    return {
+        "bits": widths,
+        "hit_db": HIT_DB,
+        "hit": [s.name for s in stats if s.hit],
+        "summary": summary(stats),
+        "layers": [s.to_dict() for s in stats],
+    }
+
+
+def plot_weight_stats(
+    stats: list[LayerWeights], path: str | os.PathLike[str], title: str = ""
+) -> str | None:
+    """Draw the figures into the PNG `path`: the channel range spread per layer (log axis,
+    depthwise layers in their own colour) over the 8-bit weight SQNR per tensor against per
+    channel, hit layers marked red (see :func:`qfcal.pipeline.plots.weight_stats`); `title`
+    heads the plot's title. Returns the path, or None where matplotlib is not installed."""
+    return qplots.weight_stats([s.to_dict() for s in stats], Path(path), title)

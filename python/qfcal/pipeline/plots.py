@@ -59,3 +59,65 @@ def save(fig: Any, path: Path) -> str:
         fig.savefig(tmp, dpi=DPI)
     pyplot().close(fig)
     return str(path)
+
+
+_KIND_COLORS = {"depthwise": "#dd8452", "conv": "#4c72b0", "dense": "#55a868"}
+_HIT_COLOR = "#c44e52"
+
+
+def weight_stats(rows: list[dict[str, Any]], path: Path, title: str = "") -> str | None:
+    """The per-layer weight figures of :mod:`qfcal.pipeline.inspect_weights` (its
+    ``LayerWeights.to_dict`` rows) in two panels over the layers: the spread of the channel
+    ranges (log axis, bars coloured by kind, depthwise apart), and the 8-bit weight SQNR with
+    one scale per tensor against one per channel; hit layers shaded red with red names; `title`
+    (the model's name, say) heads the title. Writes `path` and returns it, or None where
+    matplotlib is not installed."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    n = len(rows)
+    x = np.arange(n)
+    label_in = 0.06 * max([0, *(len(r["name"]) for r in rows)])  # the names under the axis
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(max(6.0, 0.2 * n + 2.0), 5.0 + label_in), layout="constrained"
+    )
+    spread = [np.nan if r["spread"] is None else r["spread"] for r in rows]
+    colors = [_KIND_COLORS.get(r["kind"], "#8c8c8c") for r in rows]
+    top.bar(x, spread, color=colors)
+    top.set_yscale("log")
+    top.set_ylabel("channel range spread (x)")
+    for i, r in enumerate(rows):
+        if r["spread"] is None:
+            top.annotate("inf", (i, 1), ha="center", fontsize=6, color=_HIT_COLOR)
+    tensor = [_or_nan(r["sqnr_tensor"].get("8")) for r in rows]
+    channel = [_or_nan(r["sqnr_channel"].get("8")) for r in rows]
+    bottom.vlines(x, tensor, channel, color="#bbbbbb", lw=1)
+    bottom.plot(x, channel, "o", ms=3.5, color="#4c72b0", label="one scale per channel")
+    bottom.plot(x, tensor, "o", ms=3.5, color="#dd8452", label="one scale per tensor")
+    bottom.set_ylabel("8-bit weight SQNR (dB)")
+    for ax in (top, bottom):
+        for i, r in enumerate(rows):
+            if r["hit"]:
+                ax.axvspan(i - 0.5, i + 0.5, color=_HIT_COLOR, alpha=0.15, lw=0)
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, label=k) for k, c in _KIND_COLORS.items()] + [
+        plt.Rectangle((0, 0), 1, 1, color=_HIT_COLOR, alpha=0.15, label="hit")
+    ]
+    top.legend(handles=handles, fontsize=7, loc="upper right")
+    bottom.legend(fontsize=7, loc="lower right")
+    bottom.set_xticks(x, [r["name"] for r in rows], rotation=90, fontsize=6)
+    for label, r in zip(bottom.get_xticklabels(), rows, strict=True):
+        if r["hit"]:
+            label.set_color(_HIT_COLOR)
+    bottom.set_xlim(-0.5, max(n, 1) - 0.5)
+    fig.suptitle(
+        (f"{title}: " if title else "")
+        + "folded weights per layer: channel range spread; 8-bit SQNR per tensor vs per channel",
+        fontsize=9,
+    )
+    return save(fig, path)
+
+
+def _or_nan(x: float | None) -> float:
+    return np.nan if x is None else float(x)

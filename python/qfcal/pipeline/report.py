@@ -1,5 +1,6 @@
 """A run's report: ``report.json`` (everything measured), ``report.md`` (the same, readable) and
-PNG plots (per-layer histograms with the chosen ranges, per-layer SQNR, float vs int8 top-1).
+PNG plots (per-layer histograms with the chosen ranges, per-layer SQNR, float vs int8 top-1, the
+folded weights per layer).
 
 Plots need matplotlib (part of the ``tf`` extra); without it the report says so and carries on.
 """
@@ -48,8 +49,49 @@ def summary_table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _db(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.1f}"
+
+
+def weights_markdown(weights: dict[str, Any], per: str = "") -> list[str]:
+    """The report's section on the float model's folded weights (``report["weights"]``, from
+    :func:`qfcal.pipeline.inspect_weights.stats_json`): the summary naming the layers the seed's
+    per-tensor problem hits, then one table row per layer. `per` is how the int8 model's
+    weights were quantized (``per-tensor`` or ``per-channel``), said where given."""
+    bits = weights["bits"]
+    out = [
+        "",
+        "## Weights per layer (batch norms folded)",
+        "",
+        "Spread: the largest channel's max |w| over the median channel's (dead channels left "
+        "out); dead: zero batch-norm variance or all-zero weights; weight SQNR with one "
+        "symmetric scale per tensor / one per channel; hit: one per tensor costs "
+        f"{weights['hit_db']:g} dB or more at 8 bits."
+        + (f" This run's int8 model quantizes its weights {per}." if per else ""),
+        "",
+        f"**{weights['summary']}**",
+        "",
+        "| layer | kind | channels | spread | dead | "
+        + " | ".join(f"{b}-bit SQNR dB (tensor / channel)" for b in bits)
+        + " | hit |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(bits) + "---|",
+    ]
+    for r in weights["layers"]:
+        spread = "inf" if r["spread"] is None else f"{r['spread']:,.1f}x"
+        sq = " | ".join(
+            f"{_db(r['sqnr_tensor'][str(b)])} / {_db(r['sqnr_channel'][str(b)])}" for b in bits
+        )
+        hit = "**hit**" if r["hit"] else ""
+        out.append(
+            f"| {r['name']} | {r['kind']} | {r['channels']} | {spread} | {r['dead']} | {sq} "
+            f"| {hit} |"
+        )
+    return out
+
+
 def markdown(report: dict[str, Any], plots: list[str]) -> str:
-    """``report.md``: configuration, the summary table, training, per-tensor ranges, plots."""
+    """``report.md``: configuration, the summary table, training, per-tensor ranges, the folded
+    weights per layer, plots."""
     cfg = report["config"]
     out = [
         f"# qfcal run: {cfg['arch']} {cfg['variant']} (alpha {cfg['alpha']:g}) on {cfg['dataset']}",
@@ -90,6 +132,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"| {name} | {r['min']:.5g} | {r['max']:.5g} | {r['scale']:.4g} | "
             f"{r['zero_point']} | {sq} |"
         )
+    if report.get("weights"):
+        out += weights_markdown(report["weights"], cfg.get("weights", ""))
     if plots:
         out += ["", "## Plots", ""]
         out += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
@@ -148,6 +192,12 @@ def plots(
     ax.set_title("float vs int8 accuracy on the test set")
     fig.tight_layout()
     written.append(qplots.save(fig, folder / "accuracy.png"))
+
+    # the float model's folded weights per layer
+    if report.get("weights"):
+        png = qplots.weight_stats(report["weights"]["layers"], folder / "weights.png")
+        if png:
+            written.append(png)
     return written
 
 

@@ -8,7 +8,8 @@ step               writes into the run folder
                    ``histograms.npz`` (every tensor's exact histogram, as bytes)
 :func:`export`     ``model_float.tflite``, ``model_int8.tflite``
 :func:`evaluate`   ``report.json``, ``report.md``, ``histograms.png``, ``sqnr.png``,
-                   ``accuracy.png``
+                   ``accuracy.png``, ``weights.png`` (the folded weights per layer:
+                   :mod:`qfcal.pipeline.inspect_weights`)
 =================  ======================================================================
 
 :func:`run` does all four. Every file is written atomically (temporary file, then rename). The
@@ -423,8 +424,11 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
 
 
 def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
-    """Measure the three models and write the report (JSON, markdown, plots)."""
+    """Measure the three models and write the report (JSON, markdown, plots). The report
+    also holds the float model's folded weights per layer (``weights``: spread, dead channels,
+    weight SQNR per tensor and per channel, the layers the seed's per-tensor problem hits)."""
     from qfcal.pipeline import evaluate as qeval
+    from qfcal.pipeline import inspect_weights
     from qfcal.pipeline import report as qreport
     from qfcal.pipeline.train import load_model
 
@@ -451,6 +455,10 @@ def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
         "evaluation": ev,
         "ranges": ranges,
     }
+    try:
+        report["weights"] = inspect_weights.stats_json(inspect_weights.weight_stats(keras_model))
+    except ValueError as e:  # a model whose graph cannot be read: the rest of the report stands
+        log.warning("no weight statistics in the report: %s", e)
     qreport.write(folder, report, load_histograms(folder / "histograms.npz"))
     _record(folder, "evaluate", cfg)
     return report
