@@ -47,6 +47,7 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 import qfcal
 from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
+from qfcal.equalize import EqualizeReport
 from qfcal.selection import (
     CANDIDATE_OPTIONS,
     DEFAULT_FOLDS,
@@ -65,6 +66,7 @@ __all__ = [
     "WEIGHT_METHODS",
     "Calibration",
     "calibrate",
+    "equalize",
     "quantize_static",
     "search_weight_ranges",
     "select_method",
@@ -198,6 +200,8 @@ class Calibration:
             gave ONNX Runtime (empty when ORT chose the weight scales itself).
         selection: for ``quantize_static(method="auto")``, the :class:`qfcal.selection.Selection`
             that chose :attr:`method` (every candidate's held-out output error); else None.
+        equalization: what ``quantize_static(equalize=True)`` changed in the model (an
+            :class:`qfcal.equalize.EqualizeReport`); else None.
         activation_type, symmetric, method, gamma, percentile: the search settings.
         batches: number of calibration batches the histograms hold (0 if built from histograms).
 
@@ -242,6 +246,7 @@ class Calibration:
         self.skipped: dict[str, str] = {}
         self.weight_ranges: dict[str, qfcal.WeightRanges] = {}
         self.selection: Selection | None = None
+        self.equalization: EqualizeReport | None = None
         for name, hist in self.histograms.items():
             if not isinstance(hist, qfcal.Histogram):
                 raise TypeError(
@@ -762,6 +767,8 @@ def quantize_static(
     folds: int = DEFAULT_FOLDS,
     z: float | None = None,
     metric: Any = "auto",
+    equalize: bool = False,
+    bias_correction: bool | None = None,
     **ort_kwargs: Any,
 ) -> Calibration:
     """``onnxruntime.quantization.quantize_static`` with qfcal's ranges, calibrated streaming.
@@ -791,6 +798,13 @@ def quantize_static(
             searches ``optimal``. `gamma` and
             `percentile` are for a fixed method (``optimal``: the exact histogram optimum).
         candidates, folds, z, metric: for ``method="auto"`` only, see :func:`select_method`.
+        equalize: first equalize the model's consecutive convolutions (:func:`equalize`:
+            ReLU6 kept exact on the calibration batches, biases absorbed), which makes
+            per-tensor weights (``per_channel=False``) lose far less; the batches are kept in
+            memory. :attr:`Calibration.equalization` reports what changed.
+        bias_correction: subtract from each convolution's bias the mean shift its int8
+            weights (per channel or per tensor, as `per_channel` says) cause on the
+            calibration batches; default: with `equalize`.
         weight_method: how the weight scales are chosen. ``optimal``: qfcal's least squared
             error per channel (or per tensor) on the grid ORT applies to given scales
             (``[-128, 127]``), given to ORT as ``TensorQuantOverrides``
@@ -870,6 +884,57 @@ def quantize_static(
         raise ValueError(f"candidates= is for method='auto', got method={method!r}")
     per_channel = bool(ort_kwargs.get("per_channel", False))
     op_types = ort_kwargs.get("op_types_to_quantize") or None
+    if bias_correction is None:
+        bias_correction = equalize
+    with tempfile.TemporaryDirectory(prefix="qfcal-eq-") as eq_tmp:
+        eq_report = None
+        if equalize or bias_correction:
+            for name, value in (("equalize", equalize), ("bias_correction", bias_correction)):
+                if not isinstance(value, bool):
+                    raise TypeError(f"{name} must be True or False, got {value!r}")
+            from qfcal._onnx_equalize import as_list, equalize_onnx
+
+            calibration_data_reader = as_list(calibration_data_reader)
+            eq_model, eq_report = equalize_onnx(
+                _load(model_input, "model_input"),
+                calibration_data_reader,
+                equalize=equalize,
+                bias_correction_bits=8 if bias_correction else None,
+                per_channel=per_channel,
+            )
+            model_input = os.path.join(eq_tmp, "equalized.onnx")
+            onnx.save_model(eq_model, model_input, save_as_external_data=True, location="eq.data")
+        cal = _quantize_static(
+            model_input, model_output, calibration_data_reader, auto, method, gamma,
+            percentile, bins, progress, weight_method, candidates, folds, z, metric,
+            per_channel, op_types, extra, activation_type, symmetric, ort_kwargs,
+        )  # fmt: skip
+    cal.equalization = eq_report
+    return cal
+
+
+def _quantize_static(
+    model_input: Any,
+    model_output: Any,
+    calibration_data_reader: Any,
+    auto: bool,
+    method: str,
+    gamma: float,
+    percentile: float,
+    bins: int,
+    progress: bool,
+    weight_method: str,
+    candidates: Any,
+    folds: int,
+    z: float | None,
+    metric: Any,
+    per_channel: bool,
+    op_types: Any,
+    extra: dict[str, Any],
+    activation_type: Any,
+    symmetric: bool,
+    ort_kwargs: dict[str, Any],
+) -> Calibration:
     kept: list[Mapping[str, Any]] | None = [] if auto else None
     cal = calibrate(
         model_input,
@@ -902,7 +967,7 @@ def quantize_static(
         kwargs["extra_options"] = {**extra, "TensorQuantOverrides": overrides}
     cache = kwargs.pop("calibration_cache_path", None)
     if auto and cal.batches < 2:
-        warn_fallback(f"calibration_data_reader gave {cal.batches} batch", stacklevel=2)
+        warn_fallback(f"calibration_data_reader gave {cal.batches} batch", stacklevel=3)
         auto = False
     if auto:
         assert kept is not None
@@ -919,6 +984,53 @@ def quantize_static(
         path = Path(cache) if cache is not None else Path(tmp) / "qfcal-calibration.json"
         _ort_quantize_with(cal, model_input, model_output, path, kwargs)
     return cal
+
+
+def equalize(
+    model: str | os.PathLike[str] | Any,
+    data_reader: Any,
+    *,
+    headroom: float = 2.0,
+    absorb: bool = False,
+    bias_correction: bool = False,
+    per_channel: bool = False,
+    max_iterations: int = 20,
+) -> tuple[Any, EqualizeReport]:
+    """Cross-layer equalization of an ONNX model on calibration data, without retraining.
+
+    Consecutive convolutions ``Conv -> [Relu | Clip(0, 6)] -> Conv`` (depthwise or regular;
+    weights and biases initializers of their own; the tensor between read only by the second)
+    get each channel's range equalized (:mod:`qfcal.equalize`): a depthwise channel whose
+    folded weights are far wider than its neighbours' (the seed's failure) no longer sets the
+    per-tensor scale. ReLU6 is kept exact on the calibration batches (a channel whose data
+    reach 6 keeps its scale; the others are scaled only as far as keeps their data below the
+    moved clip), never replaced by ReLU; constants of always-positive channels move into the
+    next convolution's bias (`absorb`). With `bias_correction`, each convolution's bias then
+    cancels the mean shift its int8 weights (per tensor, or per channel with `per_channel`)
+    cause on the batches; that one changes the float model on purpose.
+
+    Returns the new ``onnx.ModelProto`` and the :class:`qfcal.equalize.EqualizeReport` (links,
+    scaled and held channels, ``float_drift``: the largest |output difference| to `model` on
+    the batches before bias correction).
+
+    Raises:
+        FileNotFoundError, TypeError: `model` is not an ONNX file or ModelProto.
+        ValueError: `data_reader` gives no batches.
+    """
+    from qfcal._onnx_equalize import as_list, equalize_onnx
+
+    for name, value in (("absorb", absorb), ("bias_correction", bias_correction)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    return equalize_onnx(
+        _load(model, "model"),
+        as_list(data_reader),
+        headroom=headroom,
+        absorb=absorb,
+        bias_correction_bits=8 if bias_correction else None,
+        per_channel=per_channel,
+        max_iterations=max_iterations,
+    )
 
 
 def _ort_quantize_with(

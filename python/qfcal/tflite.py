@@ -32,6 +32,7 @@ from qfcal._checks import LOSS_TARGETS, WEIGHT_METHODS, check_bins, check_choice
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 from qfcal.distributed import merge_bytes
+from qfcal.equalize import EqualizeReport
 from qfcal.selection import (
     DEFAULT_FOLDS,
     Selection,
@@ -75,12 +76,14 @@ class QuantizedModel(bytes):
     interpreter as is), with what qfcal did to it: :attr:`ranges`, one :class:`TensorRange`
     per calibrated tensor, :attr:`weight_ranges`, the weights whose scales qfcal chose (name ->
     :class:`qfcal.WeightRanges`), :attr:`samples`, the representative samples seen, and
-    :attr:`selection`, what ``method="auto"`` measured (None otherwise)."""
+    :attr:`selection`, what ``method="auto"`` measured (None otherwise), and
+    :attr:`equalization`, what ``equalize=True`` changed (None otherwise)."""
 
     ranges: dict[str, TensorRange]
     weight_ranges: dict[str, qfcal.WeightRanges]
     samples: int
     selection: Selection | None
+    equalization: EqualizeReport | None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the flatbuffer atomically (write, then rename)."""
@@ -361,6 +364,8 @@ def quantize(
     metric: Any = "auto",
     loss_aware: str | None = None,
     loss_floor: float = 0.0,
+    equalize: bool = False,
+    bias_correction: bool | None = None,
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -417,6 +422,18 @@ def quantize(
     keeps its plain histogram. :attr:`TensorRange.keras_layer` and ``weighted`` say which.
     Cost: one Keras forward and backward pass per sample on top.
 
+    ``equalize=True`` (a Keras model only) first makes the model friendlier to per-tensor
+    weights without retraining (:func:`qfcal.pipeline.equalize.equalize`): nested models are
+    inlined, batch norms folded, consecutive convolutions' channel ranges equalized (ReLU6 kept
+    exact on the representative samples: a channel whose samples reach the clip keeps its
+    scale) and the biases that grow absorbed; the float model that comes out matches the
+    original on the samples (:attr:`QuantizedModel.equalization` reports the drift, the
+    scaled and held channels, and warns past 0.1%). `bias_correction` (default: with
+    `equalize`) then subtracts from each bias the mean shift its int8 weights will cause, for
+    the converter's weight mode (per channel or, with ``per_channel=False``, per tensor),
+    measured on the samples. Equalization pays with per-tensor weights (BENCHMARKS.md, issue
+    13); with per-channel weights it changes little. Cost: two Keras passes over the samples.
+
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
     Raises:
@@ -440,6 +457,13 @@ def quantize(
         if candidates is not None:
             raise ValueError(f"candidates= is for method='auto', got method={method!r}")
         qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
+    eq_report = None
+    if bias_correction is None:
+        bias_correction = equalize
+    if equalize or bias_correction:
+        model_or_converter, representative_dataset, eq_report = _equalize(
+            model_or_converter, representative_dataset, equalize, bias_correction, per_channel
+        )
     keras_model = _check_loss_aware(loss_aware, loss_floor, auto, model_or_converter)
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
     bins = check_bins(bins)
@@ -597,7 +621,39 @@ def quantize(
     out.weight_ranges = weight_ranges
     out.samples = seen
     out.selection = selection
+    out.equalization = eq_report
     return out
+
+
+def _equalize(
+    model: Any,
+    representative_dataset: Any,
+    equalize: bool,
+    bias_correction: bool,
+    per_channel: bool | None,
+) -> tuple[Any, Callable[[], Iterable[Any]], EqualizeReport]:
+    """``equalize=`` / ``bias_correction=``: the equalized (and bias-corrected) Keras model,
+    the dataset as a callable that can be read again, and the report."""
+    import keras
+
+    for name, value in (("equalize", equalize), ("bias_correction", bias_correction)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "equalize=True / bias_correction=True rewrite a Keras model's weights: pass the "
+            f"keras.Model itself, got {type(model).__name__}"
+        )
+    from qfcal.pipeline import equalize as eq
+
+    data = eq.representative(representative_dataset)
+    if equalize:
+        model, report = eq.equalize(model, data)
+    else:
+        report = EqualizeReport()
+    if bias_correction:
+        model = eq.correct_bias(model, data, per_channel=per_channel is not False, report=report)
+    return model, data, report
 
 
 def _search_all(

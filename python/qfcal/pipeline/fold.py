@@ -115,5 +115,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         tmap[id(layer.output)] = out
     outputs = [tmap[id(t)] for t in model.outputs]
     return keras.Model(
-        new_inputs, outputs if len(outputs) > 1 else outputs[0], name=f"{model.name}_folded"
+        new_inputs if len(new_inputs) > 1 else new_inputs[0],
+        outputs if len(outputs) > 1 else outputs[0],
+        name=f"{model.name}_folded",
     )

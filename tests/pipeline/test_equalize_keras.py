@@ -1,0 +1,121 @@
+"""qfcal.pipeline.equalize and qfcal.tflite.quantize(equalize=True): a Keras MobileNet block with
+the seed's failure planted (a depthwise channel whose batch norm has a near-zero variance), nested
+inside an outer model as pretrained bases are."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+from keras import layers  # noqa: E402
+from qfcal.pipeline import equalize as eq  # noqa: E402
+from qfcal.pipeline.inspect_weights import weight_stats  # noqa: E402
+
+
+def planted(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="c1")(inp)
+    x = layers.BatchNormalization(name="c1_bn")(x)
+    x = layers.ReLU(6.0, name="c1_relu6")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    x = layers.BatchNormalization(name="dw_bn")(x)
+    x = layers.ReLU(6.0, name="dw_relu6")(x)
+    x = layers.Conv2D(16, 1, use_bias=False, name="pw")(x)
+    x = layers.BatchNormalization(name="pw_bn")(x)
+    x = layers.ReLU(name="pw_relu")(x)
+    base = keras.Model(inp, x, name="base")
+    rng = np.random.default_rng(seed)
+    for bn in (base.get_layer("c1_bn"), base.get_layer("dw_bn"), base.get_layer("pw_bn")):
+        g, b, m, v = bn.get_weights()
+        bn.set_weights([g, rng.normal(size=b.shape) * 0.3 + 0.5, m, v])
+    g, b, m, v = base.get_layer("c1_bn").get_weights()
+    g[2], b[2] = 1e-3, 1e-3  # the channel dies...
+    base.get_layer("c1_bn").set_weights([g, b, m, v])
+    g, b, m, v = base.get_layer("dw_bn").get_weights()
+    v[2] = 1e-6  # ... and the batch norm after the depthwise layer blows it up
+    base.get_layer("dw_bn").set_weights([g, b, m, v])
+    outer_in = keras.Input((16, 16, 3))
+    y = base(outer_in)
+    y = layers.GlobalAveragePooling2D(name="gap")(y)
+    y = layers.Dense(5, name="fc")(y)
+    return keras.Model(outer_in, y, name="outer")
+
+
+def data(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, 16, 16, 3)).astype(np.float32)
+
+
+def test_flatten_inlines_nested_models_and_keeps_the_function() -> None:
+    model = planted()
+    flat = eq.flatten(model)
+    assert not any(isinstance(la, keras.Model) for la in flat.layers)
+    assert {"c1", "dw", "pw", "fc"} <= {la.name for la in flat.layers}
+    assert all(la.use_bias for la in flat.layers if isinstance(la, layers.Conv2D))
+    x = data(8, 1)
+    np.testing.assert_allclose(np.asarray(flat(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="functional or Sequential"):
+        eq.flatten("model.keras")  # type: ignore[arg-type]
+
+
+def test_equalize_is_float_equivalent_and_fixes_the_planted_channel() -> None:
+    model = planted()
+    x = data(16, 2)
+    before = {w.name: w for w in weight_stats(eq.flatten(model))}
+    assert before["dw"].hit  # the seed's problem, as `qfcal inspect` reports it
+    new, report = eq.equalize(model, x)
+    links = {(c.first, c.second, c.activation) for c in report.links}
+    assert ("c1", "dw", "relu6") in links and ("dw", "pw", "relu6") in links
+    after = {w.name: w for w in weight_stats(new)}
+    assert after["dw"].spread < before["dw"].spread / 10
+    assert not after["dw"].hit and after["dw"].sqnr_tensor[8] > before["dw"].sqnr_tensor[8] + 5
+    y0, y1 = np.asarray(model(x)), np.asarray(new(x))
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    assert report.float_drift is not None and report.float_drift <= np.abs(y1 - y0).max() + 1e-9
+    assert ("pw", "its output is read by several layers") not in report.skipped
+
+
+def test_correct_bias_records_each_layer() -> None:
+    model = planted()
+    report = eq.EqualizeReport()
+    out = eq.correct_bias(model, data(8, 3), bits=4, per_channel=False, report=report)
+    assert set(report.bias_corrected) == {"c1", "dw", "pw", "fc"}
+    assert max(report.bias_corrected.values()) > 0
+    assert isinstance(out, keras.Model)
+
+
+def test_tflite_quantize_equalize_brings_per_tensor_weights_closer_to_float() -> None:
+    pytest.importorskip("tensorflow")
+    import qfcal.tflite
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = planted()
+    calib, held = data(16, 4), data(32, 5)
+
+    def rep():
+        for x in calib:
+            yield [x[None]]
+
+    def run(content: bytes) -> np.ndarray:
+        it = Interpreter(model_content=content)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        ys = []
+        for x in held:
+            it.set_tensor(i["index"], x[None])
+            it.invoke()
+            ys.append(it.get_tensor(o["index"])[0].copy())
+        return np.stack(ys)
+
+    ref = np.asarray(model(held))
+    errs = {}
+    for flag in (False, True):
+        q = qfcal.tflite.quantize(model, rep, method="optimal", per_channel=False, equalize=flag)
+        errs[flag] = float(np.mean((run(bytes(q)) - ref) ** 2))
+        assert (q.equalization is not None) == flag
+    assert errs[True] < errs[False] / 3, errs
+    with pytest.raises(ValueError, match="pass the keras.Model itself"):
+        qfcal.tflite.quantize("/no/such/saved_model", rep, equalize=True)
+    with pytest.raises(ValueError, match="no samples"):
+        eq.equalize(model, [])
