@@ -76,6 +76,18 @@ def test_v2_has_linear_projections_and_residual_adds(built):
             assert not any(isinstance(c, keras.layers.ReLU) for c in after)
 
 
+@pytest.mark.parametrize("arch", ["v1", "v2"])
+def test_stem_stride_two_halves_small_inputs_at_the_stem(arch):
+    m = models.build(arch, "qfriendly", alpha=0.25, input_shape=(28, 28, 1), stem_stride=2)
+    assert m.get_layer("stem").strides == (2, 2)
+    # the stem halves, the first stride-2 block keeps stride 1: 28-14-7-4-2
+    assert tuple(m.get_layer("pool").input.shape)[1:3] == (2, 2)
+    default = models.build(arch, "qfriendly", alpha=0.25, input_shape=(28, 28, 1))
+    assert default.get_layer("stem").strides == (1, 1)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
+        models.build(arch, "qfriendly", alpha=0.25, stem_stride=3)
+
+
 def test_depthwise_l2_and_bad_arguments():
     m = models.build("v1", "qfriendly", alpha=0.25, depthwise_l2=1e-4)
     dws = [x for x in m.layers if isinstance(x, keras.layers.DepthwiseConv2D)]

@@ -178,6 +178,8 @@ def test_unknown_dataset_and_variant(tmp_path, capsys):
     assert e.value.code == 2 and "invalid choice: 'tiny'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="variant must be one of standard, qfriendly, got 'x'"):
         steps.RunConfig(variant="x").check()
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 4"):
+        steps.RunConfig(stem_stride=4).check()
 
 
 def test_corrupt_model_file_is_a_clear_error(tmp_path, capsys):

@@ -94,15 +94,24 @@ def _small(input_shape: tuple[int, ...]) -> bool:
 
 
 def _stem(
-    input_shape: tuple[int, int, int], filters: int, variant: str, alpha: float, classes: int
+    input_shape: tuple[int, int, int],
+    filters: int,
+    variant: str,
+    alpha: float,
+    classes: int,
+    stem_stride: int | None = None,
 ) -> tuple[Any, Any]:
-    """The checked arguments' input and its 3x3 stem convolution (stride 1 for small inputs)."""
+    """The checked arguments' input and its 3x3 stem convolution (`stem_stride`; by default 1
+    for small inputs, 2 otherwise)."""
     _check(variant, alpha, input_shape, classes)
+    if stem_stride is None:
+        stem_stride = 1 if _small(input_shape) else 2
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride!r}")
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Conv2D(
-        filters, 3, strides=1 if _small(input_shape) else 2, padding="same", use_bias=False,
-        name="stem",
-    )(inputs)  # fmt: skip
+    x = layers.Conv2D(filters, 3, strides=stem_stride, padding="same", use_bias=False, name="stem")(
+        inputs
+    )
     return inputs, _act(_bn(x, "stem"), variant, "stem")
 
 
@@ -112,9 +121,12 @@ def mobilenet_v1(
     alpha: float = 1.0,
     variant: str = "standard",
     depthwise_l2: float = 0.0,
+    stem_stride: int | None = None,
 ) -> keras.Model:
-    """MobileNetV1 (Howard et al. 2017) with width multiplier `alpha`."""
-    inputs, x = _stem(input_shape, int(32 * alpha), variant, alpha, classes)
+    """MobileNetV1 (Howard et al. 2017) with width multiplier `alpha`. Inputs under 96 px keep
+    one stride-2 stage at stride 1 (the stem's, unless `stem_stride` is 2: then the first
+    block's)."""
+    inputs, x = _stem(input_shape, int(32 * alpha), variant, alpha, classes, stem_stride)
     small = _small(input_shape)
     first_stride2 = True
     for i, (filters, stride) in enumerate(_V1_BLOCKS, start=1):
@@ -135,9 +147,12 @@ def mobilenet_v2(
     alpha: float = 1.0,
     variant: str = "standard",
     depthwise_l2: float = 0.0,
+    stem_stride: int | None = None,
 ) -> keras.Model:
-    """MobileNetV2 (Sandler et al. 2018) with width multiplier `alpha`."""
-    inputs, x = _stem(input_shape, _divisible(32 * alpha), variant, alpha, classes)
+    """MobileNetV2 (Sandler et al. 2018) with width multiplier `alpha`. Inputs under 96 px keep
+    one stride-2 stage at stride 1 (the stem's, unless `stem_stride` is 2: then the first
+    block's)."""
+    inputs, x = _stem(input_shape, _divisible(32 * alpha), variant, alpha, classes, stem_stride)
     small = _small(input_shape)
     channels = _divisible(32 * alpha)
     block = 0
@@ -176,6 +191,7 @@ def build(
     classes: int = 10,
     alpha: float = 1.0,
     depthwise_l2: float = 0.0,
+    stem_stride: int | None = None,
 ) -> keras.Model:
     """A model by name: ``arch`` is ``v1`` or ``v2``, ``variant`` ``standard`` or ``qfriendly``."""
     builders = {"v1": mobilenet_v1, "v2": mobilenet_v2}
@@ -183,7 +199,7 @@ def build(
         raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    return builders[arch](input_shape, classes, alpha, variant, depthwise_l2)
+    return builders[arch](input_shape, classes, alpha, variant, depthwise_l2, stem_stride)
 
 
 def variance_preserving_init(model: keras.Model, seed: int = 0) -> None:

@@ -46,6 +46,14 @@ def summary_table(report: dict[str, Any]) -> str:
         f"float/int8 agreement {_pct(ev['agreement_float_int8'])}; "
         f"int8 latency {ev['latency_ratio_int8_float']:.2f}x the float .tflite's"
     )
+    weights = report.get("weights")
+    if weights:
+        # the seed's story on this model: does one weight scale per tensor cost it anything?
+        cfg = report.get("config", {})
+        rows.append(
+            f"weights ({cfg.get('variant', '?')} {cfg.get('arch', '?')}, int8 "
+            f"{cfg.get('weights', '?')}): {weights['summary']}"
+        )
     return "\n".join(rows)
 
 

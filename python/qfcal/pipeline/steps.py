@@ -56,6 +56,7 @@ class RunConfig:
     variant: str = "qfriendly"
     alpha: float = 0.35
     depthwise_l2: float = 0.0
+    stem_stride: int | None = None
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 2e-3
@@ -100,6 +101,8 @@ class RunConfig:
             from qfcal.selection import check_auto_options
 
             check_auto_options(self.gamma, self.percentile)
+        if self.stem_stride not in (None, 1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride!r}")
         if self.weights not in WEIGHT_MODES:
             raise ValueError(
                 f"weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}"
@@ -189,6 +192,7 @@ def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") 
         classes=data.num_classes,
         alpha=cfg.alpha,
         depthwise_l2=cfg.depthwise_l2,
+        stem_stride=cfg.stem_stride,
     )
     meta = {
         "dataset": cfg.dataset,
@@ -196,6 +200,7 @@ def train(cfg: RunConfig, folder: Path, data: Any, verbose: int | str = "auto") 
         "variant": cfg.variant,
         "alpha": cfg.alpha,
         "depthwise_l2": cfg.depthwise_l2,
+        "stem_stride": cfg.stem_stride,
         "train_images": data.size("train"),
     }
     t0 = time.perf_counter()
