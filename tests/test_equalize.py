@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -85,6 +87,8 @@ def test_the_function_is_kept_on_the_calibration_data(seed: int, kinds: list[str
     _, y1 = chain(new, names, kinds, x)
     np.testing.assert_allclose(y1, y0, rtol=1e-7, atol=1e-7 * np.abs(y0).max())
     assert len(report.links) == len(kinds)
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert [c["activation"] for c in doc["links"]] == kinds
     assert all(np.array_equal(layers[n].kernel, kept[n]) for n in layers)  # inputs untouched
 
 

@@ -473,8 +473,9 @@ def parser() -> argparse.ArgumentParser:
         "(depthwise, convolution, dense; nested models' layers as nested/layer): the spread of "
         "the per-channel weight ranges (largest over median max|w|), the dead channels (zero "
         "batch-norm variance or all-zero weights) and the weight SQNR with one symmetric scale "
-        "per tensor / per channel at each bit width. A layer is hit when one scale per tensor "
-        "costs 6 dB or more at 8 bits: the seed's problem (depthwise channels whose "
+        "per tensor / per channel at each bit width. A layer is hit when its widest channel "
+        "reaches 4x the median channel's range (one scale per tensor then leaves the median "
+        "channel a quarter of its levels or less): the seed's problem (depthwise channels whose "
         "weights die get huge folded batch-norm scales that stretch the tensor's range). Also "
         "draws the figures: by default into MODEL's stem + _weights.png in the current folder.",
     )

@@ -34,6 +34,7 @@ output channel ``c``). The Keras and ONNX adapters (``qfcal.pipeline.equalize``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,7 +267,7 @@ class EqualizeReport:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form."""
         return {
-            "links": [vars(c) | {} for c in self.links],
+            "links": [dataclasses.asdict(c) for c in self.links],
             "iterations": self.iterations,
             "bias_corrected": dict(self.bias_corrected),
             "skipped": [list(s) for s in self.skipped],

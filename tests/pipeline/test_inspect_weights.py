@@ -154,7 +154,8 @@ def test_table_names_the_hit_layers(model):
     assert not rows["pw"].endswith("HIT") and not rows["logits"].endswith("HIT")
     summary = " ".join(text.split("hit: 1 of 3 layers")[1].split())
     assert (
-        summary.startswith("(1 depthwise) lose 6 dB or more") and "dw (depthwise, 1 dead" in summary
+        summary.startswith("(1 depthwise) have a channel 4x or more")
+        and "dw (depthwise, 1 dead" in summary
     )
     assert "pw" not in summary
     healthy = inspect_weights.format_table(inspect_weights.weight_stats(seed_model(plant=False)))
@@ -165,7 +166,7 @@ def test_table_names_the_hit_layers(model):
 def test_json_form_and_infinities(model):
     stats = inspect_weights.weight_stats(model, bits=(6, 4))
     doc = json.loads(json.dumps(inspect_weights.stats_json(stats), allow_nan=False))
-    assert doc["bits"] == [8, 6, 4] and doc["hit"] == ["dw"] and doc["hit_db"] == 6.0
+    assert doc["bits"] == [8, 6, 4] and doc["hit"] == ["dw"] and doc["hit_spread"] == 4.0
     dw = doc["layers"][0]
     assert dw["name"] == "dw" and dw["hit"] is True and dw["dead"] == 1
     assert dw["sqnr_tensor"]["4"] == stats[0].sqnr_tensor[4] and dw["spread"] == stats[0].spread

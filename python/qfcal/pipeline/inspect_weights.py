@@ -6,8 +6,8 @@ scale is folded into the weights those channels stretch the per-tensor range, so
 channel loses its levels. :func:`weight_stats` measures exactly that on the folded weights (what
 an int8 model holds): per layer, the spread of the per-channel weight ranges, the dead channels
 (a zero batch-norm variance or all-zero weights), and the weight SQNR with one scale per tensor
-against one per channel at 8, 6 and 4 bits. A layer is *hit* when one scale per tensor costs at
-least :data:`HIT_DB` decibels at 8 bits against one per channel.
+against one per channel at 8, 6 and 4 bits. A layer is *hit* when its widest channel reaches
+:data:`HIT_SPREAD` times the median channel's range.
 
 :func:`format_table` prints the figures (``qfcal inspect MODEL``), :func:`stats_json` gives them
 as JSON (the run report's ``weights`` key) and :func:`plot_weight_stats` draws them.
@@ -35,8 +35,12 @@ from qfcal.pipeline.taps import layer_inputs
 
 #: Weight bit widths reported.
 BITS = (8, 6, 4)
-#: Per-tensor SQNR this far (dB) below per-channel at 8 bits marks a layer the seed's problem hits.
-HIT_DB = 6.0
+#: A layer whose widest channel reaches this many times the median channel's max |w| is hit by the
+#: seed's problem: with one scale per tensor the median channel keeps a quarter of its levels or
+#: less (12 dB, two of the eight bits). The tensor's SQNR does not tell: the widest channel
+#: holds most of the power, so a planted 31x spread costs it 8 dB while a healthy 2x spread costs
+#: 6-7 dB.
+HIT_SPREAD = 4.0
 
 _WEIGHTED = (layers.DepthwiseConv2D, layers.Conv2D, layers.Dense)
 
@@ -66,8 +70,9 @@ class LayerWeights:
 
     @property
     def hit(self) -> bool:
-        """One scale per tensor costs at least :data:`HIT_DB` dB at 8 bits."""
-        return bool(self.sqnr_channel[8] - self.sqnr_tensor[8] >= HIT_DB)
+        """The channels' spread reaches :data:`HIT_SPREAD` (finite: a layer of dead channels
+        only is not hit)."""
+        return bool(math.isfinite(self.spread) and self.spread >= HIT_SPREAD)
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as JSON-able values: bit widths as string keys, and None for an
@@ -224,20 +229,23 @@ def summary(stats: list[LayerWeights]) -> str:
     if not stats:
         return "no weighted layer (depthwise, convolution, dense) in the model"
     if not hits:
-        worst = max(stats, key=lambda s: _loss(s))
+        worst = max(stats, key=lambda s: s.spread if math.isfinite(s.spread) else 0.0)
         return (
-            f"no layer is hit: one scale per tensor costs less than {HIT_DB:g} dB of 8-bit "
-            f"weight SQNR against one per channel in every one of the {len(stats)} layers "
-            f"(most: {worst.name}, {_num(_loss(worst))} dB)"
+            f"no layer is hit: every one of the {len(stats)} layers keeps its channels within "
+            f"{HIT_SPREAD:g}x of the median channel's range, so one scale per tensor leaves its "
+            f"median channel more than a quarter of its levels (widest: {worst.name}, spread "
+            f"{_spread(worst.spread)}, -{_num(_loss(worst))} dB of 8-bit weight SQNR)"
         )
     named = "; ".join(
-        f"{s.name} ({s.kind}, {s.dead} dead, spread {_spread(s.spread)}, -{_num(_loss(s))} dB)"
+        f"{s.name} ({s.kind}, {s.dead} dead, spread {_spread(s.spread)}, -{_num(_loss(s))} dB "
+        "of 8-bit weight SQNR)"
         for s in hits
     )
     dw = sum(1 for s in hits if s.kind == "depthwise")
     return (
-        f"hit: {len(hits)} of {len(stats)} layers ({dw} depthwise) lose {HIT_DB:g} dB or more "
-        f"of 8-bit weight SQNR with one scale per tensor instead of one per channel: {named}"
+        f"hit: {len(hits)} of {len(stats)} layers ({dw} depthwise) have a channel {HIT_SPREAD:g}x "
+        "or more the median channel's range, so one scale per tensor leaves their median channel "
+        f"a quarter of its levels or less: {named}"
     )
 
 
@@ -264,8 +272,9 @@ def format_table(stats: list[LayerWeights]) -> str:
     lines.append(
         textwrap.fill(
             "spread: largest over median channel max|w| (batch norms folded, dead channels "
-            "left out); t/c: weight SQNR with one scale per tensor / per channel; HIT: per "
-            f"tensor costs {HIT_DB:g} dB or more at 8 bits",
+            "left out); t/c: weight SQNR with one scale per tensor / per channel; HIT: a "
+            f"channel spread {HIT_SPREAD:g}x or more (the median channel keeps a quarter of its "
+            "levels or less with one scale per tensor)",
             100,
         )
     )
@@ -279,7 +288,7 @@ def stats_json(stats: list[LayerWeights]) -> dict[str, Any]:
     widths = sorted({b for s in stats for b in s.sqnr_tensor}, reverse=True)
     return {
         "bits": widths,
-        "hit_db": HIT_DB,
+        "hit_spread": HIT_SPREAD,
         "hit": [s.name for s in stats if s.hit],
         "summary": summary(stats),
         "layers": [s.to_dict() for s in stats],

@@ -73,8 +73,9 @@ def weights_markdown(weights: dict[str, Any], per: str = "") -> list[str]:
         "",
         "Spread: the largest channel's max |w| over the median channel's (dead channels left "
         "out); dead: zero batch-norm variance or all-zero weights; weight SQNR with one "
-        "symmetric scale per tensor / one per channel; hit: one per tensor costs "
-        f"{weights['hit_db']:g} dB or more at 8 bits."
+        "symmetric scale per tensor / one per channel; hit: a spread of "
+        f"{weights.get('hit_spread', 4.0):g}x or more (the median channel keeps a quarter of "
+        "its levels or less with one scale per tensor)."
         + (f" This run's int8 model quantizes its weights {per}." if per else ""),
         "",
         f"**{weights['summary']}**",
