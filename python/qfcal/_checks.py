@@ -31,3 +31,10 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
     """ValueError naming the argument, its choices and the value, unless `value` is one."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_flags(**flags: object) -> None:
+    """TypeError naming the first argument that is not True or False, and its value."""
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")

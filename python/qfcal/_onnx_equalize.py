@@ -20,7 +20,14 @@ import onnx
 import onnxruntime
 from onnx import helper, numpy_helper
 
-from qfcal.equalize import EqualizeReport, Layer, Link, bias_correction, equalize_links
+from qfcal.equalize import (
+    ChannelStats,
+    EqualizeReport,
+    Layer,
+    Link,
+    bias_correction,
+    equalize_links,
+)
 
 
 def _const(g: Any, name: str) -> np.ndarray | None:
@@ -168,8 +175,10 @@ def _batches(data: Any) -> Iterable[Mapping[str, Any]]:
     return read(data, "data_reader")
 
 
-def _stats(model: Any, tensors: Sequence[str], batches: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """Per tensor (NCHW or NC), per channel: (min, max, mean) over `batches`."""
+def _stats(
+    model: Any, tensors: Sequence[str], batches: Sequence[Mapping[str, Any]]
+) -> list[ChannelStats]:
+    """Per tensor (NCHW or NC), its per-channel statistics over `batches`."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     known = {o.name for o in m.graph.output}
@@ -183,30 +192,13 @@ def _stats(model: Any, tensors: Sequence[str], batches: Sequence[Mapping[str, An
         opts = onnxruntime.SessionOptions()
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        lo: list[Any] = [None] * len(tensors)
-        hi: list[Any] = [None] * len(tensors)
-        sums: list[Any] = [None] * len(tensors)
-        sqs: list[Any] = [None] * len(tensors)
-        counts = [0] * len(tensors)
+        stats = [ChannelStats(axis=1) for _ in tensors]
         for feed in batches:
-            outs = sess.run(list(tensors), dict(feed))
-            for j, y in enumerate(outs):
-                y = np.asarray(y, dtype=np.float64)
-                flat = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
-                a, b, s, q = flat.min(0), flat.max(0), flat.sum(0), (flat * flat).sum(0)
-                lo[j] = a if lo[j] is None else np.minimum(lo[j], a)
-                hi[j] = b if hi[j] is None else np.maximum(hi[j], b)
-                sums[j] = s if sums[j] is None else sums[j] + s
-                sqs[j] = q if sqs[j] is None else sqs[j] + q
-                counts[j] += flat.shape[0]
-    if not counts or counts[0] == 0:
+            for st, y in zip(stats, sess.run(list(tensors), dict(feed)), strict=True):
+                st.update(y)
+    if not stats or stats[0].count == 0:
         raise ValueError("data_reader gave no batches: equalization needs calibration data")
-    out = []
-    for j in range(len(tensors)):
-        mean = sums[j] / counts[j]
-        std = np.sqrt(np.maximum(sqs[j] / counts[j] - mean**2, 0.0))
-        out.append((lo[j], hi[j], mean, std))
-    return out
+    return stats
 
 
 def _outputs(model: Any, batches: Sequence[Mapping[str, Any]]) -> list[np.ndarray]:
@@ -255,11 +247,11 @@ def equalize_onnx(
                 first.name or first.output[0],
                 second.name or second.output[0],
                 act,
-                data_max=None if st is None else st[1],
-                data_min=None if st is None else st[0],
+                data_max=None if st is None else st.max,
+                data_min=None if st is None else st.min,
                 absorb=one,
-                data_mean=None if st is None else st[2],
-                data_std=None if st is None else st[3],
+                data_mean=None if st is None else st.mean,
+                data_std=None if st is None else st.std,
             )
         )
     new, report = equalize_links(
@@ -276,10 +268,10 @@ def equalize_onnx(
     if bias_correction_bits is not None:
         convs = [n for n in out.graph.node if n.op_type == "Conv" and gr.conv_kind(n) is None]
         means = _stats(out, [n.input[0] for n in convs], batches)
-        for n, (_lo, _hi, mean, _std) in zip(convs, means, strict=True):
+        for n, st in zip(convs, means, strict=True):
             la = gr.layer(n)
             la.bias, shift = bias_correction(
-                la, mean, bits=bias_correction_bits, per_channel=per_channel
+                la, st.mean, bits=bias_correction_bits, per_channel=per_channel
             )
             gr.set_layer(n, la)
             report.bias_corrected[la.name] = shift

@@ -44,6 +44,7 @@ import numpy.typing as npt
 
 __all__ = [
     "ACTIVATIONS",
+    "ChannelStats",
     "EqualizeReport",
     "Layer",
     "Link",
@@ -143,6 +144,44 @@ class Link:
             raise ValueError(
                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
             )
+
+
+class ChannelStats:
+    """Per-channel min, max, mean and standard deviation of a tensor over batches, channels on
+    `axis` (-1: channels last, as Keras; 1: NCHW, as ONNX)."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+        self.min: Array | None = None
+        self.max: Array | None = None
+        self._sum: Array | None = None
+        self._sq: Array | None = None
+        self.count = 0
+
+    def update(self, x: npt.ArrayLike) -> None:
+        a = np.asarray(x, dtype=np.float64)
+        flat = np.moveaxis(a, self.axis, -1).reshape(-1, a.shape[self.axis])
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        s, sq = flat.sum(axis=0), (flat * flat).sum(axis=0)
+        if self.min is None or self.max is None or self._sum is None or self._sq is None:
+            self.min, self.max, self._sum, self._sq = lo, hi, s, sq
+        else:
+            self.min = np.minimum(self.min, lo)
+            self.max = np.maximum(self.max, hi)
+            self._sum = self._sum + s
+            self._sq = self._sq + sq
+        self.count += flat.shape[0]
+
+    @property
+    def mean(self) -> Array:
+        assert self._sum is not None, "no batch seen"
+        return self._sum / max(self.count, 1)
+
+    @property
+    def std(self) -> Array:
+        assert self._sq is not None, "no batch seen"
+        var = self._sq / max(self.count, 1) - self.mean**2
+        return np.asarray(np.sqrt(np.maximum(var, 0.0)))
 
 
 def equalizing_scales(first_ranges: Array, second_ranges: Array) -> Array:

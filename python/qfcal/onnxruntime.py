@@ -45,7 +45,7 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
-from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice
+from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice, check_flags
 from qfcal._progress import Progress
 from qfcal.equalize import EqualizeReport
 from qfcal.selection import (
@@ -889,9 +889,7 @@ def quantize_static(
     with tempfile.TemporaryDirectory(prefix="qfcal-eq-") as eq_tmp:
         eq_report = None
         if equalize or bias_correction:
-            for name, value in (("equalize", equalize), ("bias_correction", bias_correction)):
-                if not isinstance(value, bool):
-                    raise TypeError(f"{name} must be True or False, got {value!r}")
+            check_flags(equalize=equalize, bias_correction=bias_correction)
             from qfcal._onnx_equalize import as_list, equalize_onnx
 
             calibration_data_reader = as_list(calibration_data_reader)
@@ -1019,9 +1017,7 @@ def equalize(
     """
     from qfcal._onnx_equalize import as_list, equalize_onnx
 
-    for name, value in (("absorb", absorb), ("bias_correction", bias_correction)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_flags(absorb=absorb, bias_correction=bias_correction)
     return equalize_onnx(
         _load(model, "model"),
         as_list(data_reader),

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
-from qfcal._checks import LOSS_TARGETS, WEIGHT_METHODS, check_bins, check_choice
+from qfcal._checks import LOSS_TARGETS, WEIGHT_METHODS, check_bins, check_choice, check_flags
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 from qfcal.distributed import merge_bytes
@@ -636,9 +636,7 @@ def _equalize(
     the dataset as a callable that can be read again, and the report."""
     import keras
 
-    for name, value in (("equalize", equalize), ("bias_correction", bias_correction)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
+    check_flags(equalize=equalize, bias_correction=bias_correction)
     if not isinstance(model, keras.Model):
         raise ValueError(
             "equalize=True / bias_correction=True rewrite a Keras model's weights: pass the "

@@ -24,7 +24,14 @@ import keras
 import numpy as np
 from keras import layers
 
-from qfcal.equalize import EqualizeReport, Layer, Link, bias_correction, equalize_links
+from qfcal.equalize import (
+    ChannelStats,
+    EqualizeReport,
+    Layer,
+    Link,
+    bias_correction,
+    equalize_links,
+)
 from qfcal.pipeline.fold import fold_batch_norm
 from qfcal.pipeline.taps import layer_inputs
 
@@ -284,46 +291,10 @@ def batches(data: Any, size: int = BATCH) -> Iterator[Any]:
         yield np.concatenate(pending)
 
 
-class _Stats:
-    """Per-channel min, max and mean of a tensor over batches (channels last)."""
-
-    def __init__(self) -> None:
-        self.min: np.ndarray | None = None
-        self.max: np.ndarray | None = None
-        self.sum: np.ndarray | None = None
-        self.sq: np.ndarray | None = None
-        self.count = 0
-
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        flat = x.reshape(-1, x.shape[-1])
-        lo, hi, s = flat.min(axis=0), flat.max(axis=0), flat.sum(axis=0)
-        sq = (flat * flat).sum(axis=0)
-        if self.min is None or self.max is None or self.sum is None or self.sq is None:
-            self.min, self.max, self.sum, self.sq = lo, hi, s, sq
-        else:
-            self.min = np.minimum(self.min, lo)
-            self.max = np.maximum(self.max, hi)
-            self.sum = self.sum + s
-            self.sq = self.sq + sq
-        self.count += flat.shape[0]
-
-    @property
-    def mean(self) -> np.ndarray:
-        assert self.sum is not None
-        return self.sum / max(self.count, 1)
-
-    @property
-    def std(self) -> np.ndarray:
-        assert self.sq is not None
-        var = self.sq / max(self.count, 1) - self.mean**2
-        return np.asarray(np.sqrt(np.maximum(var, 0.0)))
-
-
-def _collect(model: keras.Model, tensors: Sequence[Any], data: Any) -> list[_Stats]:
+def _collect(model: keras.Model, tensors: Sequence[Any], data: Any) -> list[ChannelStats]:
     ins = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     probe = keras.Model(ins, list(tensors))
-    stats = [_Stats() for _ in tensors]
+    stats = [ChannelStats() for _ in tensors]
     n = 0
     for x in batches(data):
         outs = probe(x, training=False)
