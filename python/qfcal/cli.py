@@ -144,7 +144,12 @@ def _train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="epochs (default 10)")
     g.add_argument("--batch-size", type=int, help="batch size (default 128)")
     g.add_argument("--lr", dest="learning_rate", type=float, help="peak learning rate (2e-3)")
-    g.add_argument("--optimizer", choices=("adam", "sgd"), help="adam (default) or sgd")
+    g.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd", "rmsprop"),
+        help="adam (default), sgd, or rmsprop (the MobileNet papers' optimizer: decay 0.9, "
+        "momentum 0.9, epsilon 1.0)",
+    )
     g.add_argument("--schedule", choices=("cosine", "step"), help="learning-rate schedule")
     g.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="no shift/flip"

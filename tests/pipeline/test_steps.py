@@ -85,6 +85,26 @@ def test_reported_int8_accuracy_is_the_tflite_accuracy(run_dir):
     assert 0.0 <= ev["agreement_float_int8"] <= 1.0
 
 
+def test_report_sets_the_other_weight_granularity_beside_the_run(run_dir):
+    """The run quantizes weights per tensor; the report also gives the top-1 of the int8 model
+    with the same ranges and per-channel weights (the seed's question, side by side)."""
+    from qfcal.pipeline import evaluate, export, fold
+
+    rep = json.loads((run_dir / "report.json").read_text())
+    other = rep["evaluation"]["other_weights"]
+    assert rep["config"]["weights"] == "per-tensor" and other["weights"] == "per-channel"
+    model = fold.fold_batch_norm(train.load_model(run_dir / "model.keras"))
+    content = export.to_int8_tflite(model, steps.load_ranges(run_dir / "ranges.json"),
+                                    weights="per-channel")  # fmt: skip
+    ds = data.load("fashion_mnist").subset(400, 300, seed=0)
+    pred = evaluate.predict_tflite(evaluate.TFLiteModel(content), ds)
+    assert other["top1"] == pytest.approx(float(np.mean(pred == ds.labels("test"))), abs=1e-12)
+    assert other["size_bytes"] == len(content)
+    md = (run_dir / "report.md").read_text()
+    assert "| int8 .tflite, per-tensor weights |" in md
+    assert f"| int8 .tflite, per-channel weights | {100 * other['top1']:.2f}% |" in md
+
+
 def test_tflite_carries_the_scales_of_ranges_json(run_dir):
     ranges = json.loads((run_dir / "ranges.json").read_text())
     it = Interpreter(model_content=(run_dir / "model_int8.tflite").read_bytes())

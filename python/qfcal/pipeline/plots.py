@@ -45,11 +45,17 @@ def coarse(
 def draw_histogram(ax: Any, h: qfcal.Histogram, *, bins: int = 96, color: str = "#4c72b0") -> None:
     """`h` on `ax` with log counts, merged to about `bins` bins (exact zeros, counted apart by
     the histogram, are not drawn); an empty histogram draws an empty axis."""
+    from matplotlib import ticker
+
     if h.nonzero:
         raw_counts, raw_edges = h.to_numpy()
         counts, edges = coarse(np.asarray(raw_counts), np.asarray(raw_edges), n=bins)
         ax.stairs(np.maximum(counts, 0.5), edges, fill=True, color=color)
     ax.set_yscale("log")
+    # Only the decades: a log axis's minor ticks and their labels cost most of a grid's drawing
+    ax.yaxis.set_major_locator(ticker.LogLocator(numticks=4))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
     ax.tick_params(labelsize=6)
 
 

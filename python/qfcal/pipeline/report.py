@@ -34,11 +34,19 @@ def summary_table(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
         f"| Keras float | {_pct(top1['keras_float'])} | - | - |",
     ]
-    for key, name in (("tflite_float", "float .tflite"), ("tflite_int8", "int8 .tflite")):
+    mode = report.get("config", {}).get("weights")
+    int8 = f"int8 .tflite, {mode} weights" if mode else "int8 .tflite"
+    for key, name in (("tflite_float", "float .tflite"), ("tflite_int8", int8)):
         lt = lat[key]
         rows.append(
             f"| {name} | {_pct(top1[key])} | {lt['median_ms']:.3f} ms ({lt['p90_ms']:.3f} ms)"
             f" | {_kib(size[key])} |"
+        )
+    other = ev.get("other_weights")
+    if other:  # the same ranges, the other weight granularity: what the seed is about
+        rows.append(
+            f"| int8 .tflite, {other['weights']} weights | {_pct(other['top1'])} | - "
+            f"| {_kib(other['size_bytes'])} |"
         )
     rows.append("")
     rows.append(
@@ -175,7 +183,9 @@ def plots(
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle("activation histograms (log counts; exact zeros not drawn) and int8 ranges (red)")
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    # fixed margins: tight_layout over a grid of 30+ axes took seconds
+    top = 1 - 0.8 / (2.2 * rows)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.3 / rows, top=top, wspace=0.3, hspace=0.75)
     written.append(qplots.save(fig, folder / "histograms.png"))
 
     # per-layer SQNR
@@ -190,10 +200,17 @@ def plots(
 
     # float vs int8 top-1
     top1 = report["evaluation"]["top1"]
-    labels = ["Keras float", "float .tflite", "int8 .tflite"]
+    mode = report.get("config", {}).get("weights")
+    labels = ["Keras float", "float .tflite", f"int8 .tflite\n{mode}" if mode else "int8 .tflite"]
     vals = [100 * top1[k] for k in ("keras_float", "tflite_float", "tflite_int8")]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    bars = ax.bar(labels, vals, color=["#8172b2", "#4c72b0", "#dd8452"])
+    colors = ["#8172b2", "#4c72b0", "#dd8452"]
+    other = report["evaluation"].get("other_weights")
+    if other:
+        labels.append(f"int8 .tflite\n{other['weights']}")
+        vals.append(100 * other["top1"])
+        colors.append("#c39b6f")
+    fig, ax = plt.subplots(figsize=(1.5 + 1.3 * len(vals), 3.2))
+    bars = ax.bar(labels, vals, color=colors)
     ax.bar_label(bars, fmt="%.2f")
     lo = max(0.0, min(vals) - 5)
     ax.set_ylim(lo, min(100.0, max(vals) + 2))

@@ -428,10 +428,38 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
     return float_path, int8_path
 
 
+def _other_weights(cfg: RunConfig, folder: Path, keras_model: Any, data: Any) -> dict[str, Any]:
+    """The int8 model with the same activation ranges and the other weight granularity
+    (per-channel for a per-tensor run and the reverse), built in memory: its top-1 beside the
+    run's says what one weight scale per tensor costs this model (the seed's question)."""
+    from qfcal.pipeline import evaluate as qeval
+    from qfcal.pipeline import export as qexp
+    from qfcal.pipeline.fold import fold_batch_norm
+
+    other = "per-channel" if cfg.weights == "per-tensor" else "per-tensor"
+    log.info("converting the int8 .tflite with %s weights, for comparison", other)
+    content = qexp.to_int8_tflite(
+        fold_batch_norm(keras_model),
+        load_ranges(folder / "ranges.json"),
+        weights=other,
+        weight_method=cfg.weight_method,
+        int8_io=cfg.int8_io,
+    )
+    pred = qeval.predict_tflite(
+        qeval.TFLiteModel(content), data, label=f"the int8 .tflite with {other} weights"
+    )
+    return {
+        "weights": other,
+        "top1": float(np.mean(pred == data.labels("test"))),
+        "size_bytes": len(content),
+    }
+
+
 def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
-    """Measure the three models and write the report (JSON, markdown, plots). The report
-    also holds the float model's folded weights per layer (``weights``: spread, dead channels,
-    weight SQNR per tensor and per channel, the layers the seed's per-tensor problem hits)."""
+    """Measure the three models and write the report (JSON, markdown, plots), with the top-1
+    of the int8 model with the other weight granularity beside them. The report also holds the
+    float model's folded weights per layer (``weights``: spread, dead channels, weight SQNR per
+    tensor and per channel, the layers the seed's per-tensor problem hits)."""
     from qfcal.pipeline import evaluate as qeval
     from qfcal.pipeline import inspect_weights
     from qfcal.pipeline import report as qreport
@@ -449,6 +477,7 @@ def evaluate(cfg: RunConfig, folder: Path, data: Any) -> dict[str, Any]:
         data,
         latency_runs=cfg.latency_runs,
     )
+    ev["other_weights"] = _other_weights(cfg, folder, keras_model, data)
     run_doc = read_run(folder)
     ranges = json.loads((folder / "ranges.json").read_text(encoding="utf-8"))
     report = {
