@@ -90,6 +90,17 @@ def test_equalize_keeps_the_function_and_spreads_the_channels_evenly() -> None:
     assert model.SerializeToString() == mobile_block().SerializeToString()
 
 
+def test_the_noise_objective_keeps_the_function() -> None:
+    model = mobile_block()
+    calib = feeds(8, 1)
+    eq, report = qort.equalize(model, calib, objective="noise")
+    assert len(report.links) == 2 and any(c.scaled for c in report.links)
+    y0, y1 = run(model, calib), run(eq, calib)
+    np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    with pytest.raises(ValueError, match="objective must be one of cle, noise, got 'mse'"):
+        qort.equalize(model, calib, objective="mse")
+
+
 def test_equalized_per_tensor_weights_come_closer_to_float(tmp_path: Path) -> None:
     model = mobile_block()
     src = tmp_path / "float.onnx"
@@ -117,5 +128,7 @@ def test_bias_correction_alone_and_bad_input(tmp_path: Path) -> None:
         qort.equalize(tmp_path / "missing.onnx", feeds(1, 0))
     with pytest.raises(TypeError, match="absorb must be True or False"):
         qort.equalize(model, feeds(1, 0), absorb="yes")
-    with pytest.raises(TypeError, match="equalize must be True or False"):
+    with pytest.raises(TypeError, match="equalize must be True, False or one of cle, noise"):
         qort.quantize_static(model, tmp_path / "o.onnx", feeds(2, 0), equalize=1)
+    with pytest.raises(ValueError, match="equalize must be one of cle, noise, got 'snr'"):
+        qort.quantize_static(model, tmp_path / "o.onnx", feeds(2, 0), equalize="snr")

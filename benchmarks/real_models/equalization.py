@@ -54,21 +54,6 @@ def _sets(key: str, n_calib: int, n_held: int) -> tuple[np.ndarray, np.ndarray]:
 # -- Keras models through the TFLite converter ---------------------------------------------
 
 
-def _fake_quant_keras(model: Any, bits: int, per_channel: bool) -> Any:
-    """`model` (flat, folded: what qfcal.pipeline.equalize returns) with every convolution and
-    dense kernel on the `bits`-bit symmetric grid (in place; returned)."""
-    from keras import layers
-    from qfcal.equalize import quantize_weights
-    from qfcal.pipeline.equalize import _core_layer, _set_core_layer
-
-    for la in model.layers:
-        if isinstance(la, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
-            core = _core_layer(la)
-            core.kernel = quantize_weights(core.kernel, bits, per_channel)
-            _set_core_layer(la, core)
-    return model
-
-
 def run_tflite(key: str, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     import qfcal.tflite
     from qfcal.pipeline import equalize as eq
@@ -100,35 +85,32 @@ def run_tflite(key: str, args: argparse.Namespace, out: list[dict[str, Any]]) ->
 
     t0 = time.perf_counter()
     flat = eq.fold_batch_norm(eq.flatten(model))
-    equalized, report = eq.equalize(model, rep)
-    drift = float_drift(equalized) / flow.reference.shape[1]
-    print(report.summary(), flush=True)
-    print(f"  equalized float model: mean |dprob| {drift:.6f} to the original, held-apart")
     for bits in args.bits:
         sim = None if bits == 8 else "fake-quant weights, int8 container"
-        for pc in (True, False):
-            base = _fake_quant_keras(eq.flatten(flat), bits, pc) if bits != 8 else flat
-            q = qfcal.tflite.quantize(base, rep, method="optimal", per_channel=pc)
-            add("per-channel" if pc else "per-tensor", bits, q, sim=sim)
-        m2 = eq.correct_bias(flat, rep, bits=bits, per_channel=False)
-        if bits != 8:
-            m2 = _fake_quant_keras(m2, bits, False)
-        add("per-tensor+bc", bits, qfcal.tflite.quantize(m2, rep, method="optimal",
-            per_channel=False), sim=sim)  # fmt: skip
-        for bc in (True, False):
-            m2 = eq.flatten(equalized)
-            if bc:
-                m2 = eq.correct_bias(m2, rep, bits=bits, per_channel=False)
+        if "baselines" in args.rows:
+            for pc in (True, False):
+                base = eq.fake_quant_weights(flat, bits, per_channel=pc) if bits != 8 else flat
+                q = qfcal.tflite.quantize(base, rep, method="optimal", per_channel=pc)
+                add("per-channel" if pc else "per-tensor", bits, q, sim=sim)
+            m2 = eq.correct_bias(flat, rep, bits=bits, per_channel=False)
             if bits != 8:
-                m2 = _fake_quant_keras(m2, bits, False)
-            q = qfcal.tflite.quantize(m2, rep, method="optimal", per_channel=False)
-            add(
-                "per-tensor+eq" if bc else "per-tensor+eq-nobc",
-                bits,
-                q,
-                sim=sim,
-                float_drift=round(drift, 6),
-            )
+                m2 = eq.fake_quant_weights(m2, bits)
+            add("per-tensor+bc", bits, qfcal.tflite.quantize(m2, rep, method="optimal",
+                per_channel=False), sim=sim)  # fmt: skip
+        for objective in args.objectives:
+            equalized, report = eq.equalize(model, rep, objective=objective, weight_bits=bits)
+            drift = float_drift(equalized) / flow.reference.shape[1]
+            print(report.summary(), flush=True)
+            print(f"  equalized float model: mean |dprob| {drift:.6f} to the original, held-apart")
+            tag = "per-tensor+eq" + ("" if objective == "cle" else f"-{objective}")
+            for bc in (True, False):
+                m2 = eq.flatten(equalized)
+                if bc:
+                    m2 = eq.correct_bias(m2, rep, bits=bits, per_channel=False)
+                if bits != 8:
+                    m2 = eq.fake_quant_weights(m2, bits)
+                q = qfcal.tflite.quantize(m2, rep, method="optimal", per_channel=False)
+                add(tag if bc else f"{tag}-nobc", bits, q, sim=sim, float_drift=round(drift, 6))
     print(f"  {key}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
@@ -138,6 +120,8 @@ ORDER = (
     "per-tensor+bc",
     "per-tensor+eq",
     "per-tensor+eq-nobc",
+    "per-tensor+eq-noise",
+    "per-tensor+eq-noise-nobc",
     "per-tensor+aimet-cle",
 )
 
@@ -175,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=200)
     p.add_argument("--cache", type=Path, default=CACHE)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--objectives", default="cle", help="equalization objectives: cle, noise or cle,noise"
+    )
+    p.add_argument(
+        "--rows", default="baselines", help="'baselines' adds per-channel/per-tensor/+bc rows"
+    )
     p.add_argument("--out", type=Path)
     p.add_argument("--report", type=Path, nargs="+", help="print the table of result files")
     args = p.parse_args(argv)
@@ -183,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report(rows))
         return 0
     args.bits = [int(b) for b in args.bits.split(",")]
+    args.objectives = args.objectives.split(",")
     rows: list[dict[str, Any]] = []
     for key in args.models.split(","):
         for flow in args.flows.split(","):
@@ -283,26 +274,40 @@ def run_ort(key: str, args: argparse.Namespace, out: list[dict[str, Any]]) -> No
         )
 
     for bits in args.bits:
-        add("per-channel", bits, pre, True)
-        add("per-tensor", bits, pre, False)
-        bc = work / f"qfcal_eq_bc{bits}.onnx"
-        onnx.save(
-            equalize_onnx(original, calib_feeds, bias_correction_bits=bits, per_channel=False)[0],
-            str(bc),
-        )
-        bc_only = work / f"qfcal_bc{bits}.onnx"
-        onnx.save(
-            equalize_onnx(original, calib_feeds, equalize=False, bias_correction_bits=bits,
-                          per_channel=False)[0],
-            str(bc_only),
-        )  # fmt: skip
-        add("per-tensor+bc", bits, bc_only, False)
-        add("per-tensor+eq", bits, bc, False, float_drift=round(drift["qfcal"], 6))
-        add("per-tensor+eq-nobc", bits, eq_path, False, float_drift=round(drift["qfcal"], 6))
-        if aimet_s is not None:
-            assert drift["aimet"] is not None
-            add("per-tensor+aimet-cle", bits, aimet_path, False,
-                float_drift=round(drift["aimet"], 6))  # fmt: skip
+        if "baselines" in args.rows:
+            add("per-channel", bits, pre, True)
+            add("per-tensor", bits, pre, False)
+            bc_only = work / f"qfcal_bc{bits}.onnx"
+            onnx.save(
+                equalize_onnx(original, calib_feeds, equalize=False, bias_correction_bits=bits,
+                              per_channel=False)[0],
+                str(bc_only),
+            )  # fmt: skip
+            add("per-tensor+bc", bits, bc_only, False)
+            if aimet_s is not None:
+                assert drift["aimet"] is not None
+                add("per-tensor+aimet-cle", bits, aimet_path, False,
+                    float_drift=round(drift["aimet"], 6))  # fmt: skip
+        for objective in args.objectives:
+            tag = "per-tensor+eq" + ("" if objective == "cle" else f"-{objective}")
+            model, rep = equalize_onnx(
+                original, calib_feeds, bias_correction_bits=bits, per_channel=False,
+                objective=objective, weight_bits=bits,
+            )  # fmt: skip
+            d = drift["qfcal"]
+            if objective != "cle":
+                print(rep.summary(), flush=True)
+                plain = work / f"qfcal_eq_{objective}{bits}.onnx"
+                onnx.save(
+                    equalize_onnx(original, calib_feeds, objective=objective, weight_bits=bits)[0],
+                    str(plain),
+                )
+                d = flow.score(flow.run(plain, reference=True))["dprob"] / classes
+            path = work / f"qfcal_eq_{objective}_bc{bits}.onnx"
+            onnx.save(model, str(path))
+            add(tag, bits, path, False, float_drift=round(d, 6))
+            if objective == "cle":
+                add(f"{tag}-nobc", bits, eq_path, False, float_drift=round(drift["qfcal"], 6))
     print(f"  {key}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 

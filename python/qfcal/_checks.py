@@ -27,6 +27,30 @@ WEIGHT_METHODS = ("minmax", "optimal")
 LOSS_TARGETS = ("fisher", "projection")
 
 
+# What equalize=True means: the objective of qfcal.equalize.OBJECTIVES it chooses.
+EQUALIZE_DEFAULT = "cle"
+
+
+def equalize_objective(equalize: object) -> str | None:
+    """The equalization objective `equalize` asks for (``equalize=True``: the default one;
+    ``"cle"``/``"noise"``: that one; False: none).
+
+    Raises:
+        TypeError: not a bool or a str.
+        ValueError: a str that is not an objective.
+    """
+    from qfcal.equalize import OBJECTIVES
+
+    if isinstance(equalize, bool):
+        return EQUALIZE_DEFAULT if equalize else None
+    if not isinstance(equalize, str):
+        raise TypeError(
+            f"equalize must be True, False or one of {', '.join(OBJECTIVES)}, got {equalize!r}"
+        )
+    check_choice(equalize, "equalize", OBJECTIVES)
+    return equalize
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
     """ValueError naming the argument, its choices and the value, unless `value` is one."""
     if value not in choices:

@@ -192,10 +192,12 @@ def _stats(
         opts = onnxruntime.SessionOptions()
         opts.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = onnxruntime.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        stats = [ChannelStats(axis=1) for _ in tensors]
+        unique = list(dict.fromkeys(tensors))
+        by_name = {t: ChannelStats(axis=1) for t in unique}
         for feed in batches:
-            for st, y in zip(stats, sess.run(list(tensors), dict(feed)), strict=True):
-                st.update(y)
+            for t, y in zip(unique, sess.run(unique, dict(feed)), strict=True):
+                by_name[t].update(y)
+        stats = [by_name[t] for t in tensors]
     if not stats or stats[0].count == 0:
         raise ValueError("data_reader gave no batches: equalization needs calibration data")
     return stats
@@ -223,6 +225,8 @@ def equalize_onnx(
     per_channel: bool = True,
     max_iterations: int = 20,
     check: bool = True,
+    objective: str = "cle",
+    weight_bits: int = 8,
 ) -> tuple[Any, EqualizeReport]:
     """The equalized copy of `model` (an onnx.ModelProto) and the report; see
     :func:`qfcal.onnxruntime.equalize`."""
@@ -231,8 +235,12 @@ def equalize_onnx(
     gr = _Graph(out)
     found, skipped = _links(gr) if equalize else ([], [])
     need = found
-    stats = _stats(out, [f[3] for f in need], batches) if need else []
-    by_first = {id(f[0]): s for f, s in zip(need, stats, strict=True)}
+    tensors = [f[3] for f in need]
+    if objective == "noise":  # the first layers' inputs too, for the noise model
+        tensors += [f[0].input[0] for f in need]
+    stats = _stats(out, tensors, batches) if need else []
+    by_first = {id(f[0]): s for f, s in zip(need, stats, strict=False)}
+    power = {id(f[0]): s.mean**2 + s.std**2 for f, s in zip(need, stats[len(need) :], strict=False)}
     core: dict[str, Layer] = {}
     nodes: dict[str, Any] = {}
     links = []
@@ -252,10 +260,18 @@ def equalize_onnx(
                 absorb=one,
                 data_mean=None if st is None else st.mean,
                 data_std=None if st is None else st.std,
+                input_power=power.get(id(first)),
+                data_active=None if st is None else st.active,
             )
         )
     new, report = equalize_links(
-        core, links, max_iterations=max_iterations, absorb=absorb, headroom=headroom
+        core,
+        links,
+        max_iterations=max_iterations,
+        absorb=absorb,
+        headroom=headroom,
+        objective=objective,
+        weight_bits=weight_bits,
     )
     report.skipped = skipped
     for name, la in new.items():

@@ -45,7 +45,13 @@ from onnxruntime.quantization import quantize_static as _ort_quantize_static
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
-from qfcal._checks import WEIGHT_METHODS, check_bins, check_choice, check_flags
+from qfcal._checks import (
+    WEIGHT_METHODS,
+    check_bins,
+    check_choice,
+    check_flags,
+    equalize_objective,
+)
 from qfcal._progress import Progress
 from qfcal.equalize import EqualizeReport
 from qfcal.selection import (
@@ -767,7 +773,7 @@ def quantize_static(
     folds: int = DEFAULT_FOLDS,
     z: float | None = None,
     metric: Any = "auto",
-    equalize: bool = False,
+    equalize: bool | str = False,
     bias_correction: bool | None = None,
     **ort_kwargs: Any,
 ) -> Calibration:
@@ -801,7 +807,9 @@ def quantize_static(
         equalize: first equalize the model's consecutive convolutions (:func:`equalize`:
             ReLU6 kept exact on the calibration batches, biases absorbed), which makes
             per-tensor weights (``per_channel=False``) lose far less; the batches are kept in
-            memory. :attr:`Calibration.equalization` reports what changed.
+            memory. :attr:`Calibration.equalization` reports what changed. True: equal
+            weight ranges (``"cle"``); ``"noise"``: the scales of least predicted output
+            noise, activations included (:func:`equalize`'s `objective`).
         bias_correction: subtract from each convolution's bias the mean shift its int8
             weights (per channel or per tensor, as `per_channel` says) cause on the
             calibration batches; default: with `equalize`.
@@ -884,19 +892,21 @@ def quantize_static(
         raise ValueError(f"candidates= is for method='auto', got method={method!r}")
     per_channel = bool(ort_kwargs.get("per_channel", False))
     op_types = ort_kwargs.get("op_types_to_quantize") or None
+    objective = equalize_objective(equalize)
     if bias_correction is None:
-        bias_correction = equalize
+        bias_correction = objective is not None
     with tempfile.TemporaryDirectory(prefix="qfcal-eq-") as eq_tmp:
         eq_report = None
-        if equalize or bias_correction:
-            check_flags(equalize=equalize, bias_correction=bias_correction)
+        if objective is not None or bias_correction:
+            check_flags(bias_correction=bias_correction)
             from qfcal._onnx_equalize import as_list, equalize_onnx
 
             calibration_data_reader = as_list(calibration_data_reader)
             eq_model, eq_report = equalize_onnx(
                 _load(model_input, "model_input"),
                 calibration_data_reader,
-                equalize=equalize,
+                equalize=objective is not None,
+                objective=objective or "cle",
                 bias_correction_bits=8 if bias_correction else None,
                 per_channel=per_channel,
             )
@@ -993,6 +1003,7 @@ def equalize(
     bias_correction: bool = False,
     per_channel: bool = False,
     max_iterations: int = 20,
+    objective: str = "cle",
 ) -> tuple[Any, EqualizeReport]:
     """Cross-layer equalization of an ONNX model on calibration data, without retraining.
 
@@ -1006,6 +1017,10 @@ def equalize(
     next convolution's bias (`absorb`). With `bias_correction`, each convolution's bias then
     cancels the mean shift its int8 weights (per tensor, or per channel with `per_channel`)
     cause on the batches; that one changes the float model on purpose.
+
+    `objective`: ``cle`` gives both convolutions of a pair equal per-channel weight ranges;
+    ``noise`` chooses the scales of least predicted output noise of both layers' per-tensor
+    weights and the per-tensor activations between them (:data:`qfcal.equalize.OBJECTIVES`).
 
     Returns the new ``onnx.ModelProto`` and the :class:`qfcal.equalize.EqualizeReport` (links,
     scaled and held channels, ``float_drift``: the largest |output difference| to `model` on
@@ -1026,6 +1041,7 @@ def equalize(
         bias_correction_bits=8 if bias_correction else None,
         per_channel=per_channel,
         max_iterations=max_iterations,
+        objective=objective,
     )
 
 

@@ -28,7 +28,14 @@ import tensorflow as tf
 
 import qfcal
 from qfcal import _tf_private
-from qfcal._checks import LOSS_TARGETS, WEIGHT_METHODS, check_bins, check_choice, check_flags
+from qfcal._checks import (
+    LOSS_TARGETS,
+    WEIGHT_METHODS,
+    check_bins,
+    check_choice,
+    check_flags,
+    equalize_objective,
+)
 from qfcal._progress import Progress
 from qfcal._tf_private import TFPrivateAPIError
 from qfcal.distributed import merge_bytes
@@ -364,7 +371,7 @@ def quantize(
     metric: Any = "auto",
     loss_aware: str | None = None,
     loss_floor: float = 0.0,
-    equalize: bool = False,
+    equalize: bool | str = False,
     bias_correction: bool | None = None,
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
@@ -433,6 +440,9 @@ def quantize(
     the converter's weight mode (per channel or, with ``per_channel=False``, per tensor),
     measured on the samples. Equalization pays with per-tensor weights (BENCHMARKS.md, issue
     13); with per-channel weights it changes little. Cost: two Keras passes over the samples.
+    ``equalize="noise"`` chooses each pair's scales by the least predicted output noise of
+    both layers' per-tensor weights and the activations between them instead of equal weight
+    ranges (``"cle"``, what True means); see :data:`qfcal.equalize.OBJECTIVES`.
 
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
@@ -458,11 +468,12 @@ def quantize(
             raise ValueError(f"candidates= is for method='auto', got method={method!r}")
         qfcal.check_search_options(method=method, gamma=gamma, percentile=percentile)
     eq_report = None
+    objective = equalize_objective(equalize)
     if bias_correction is None:
-        bias_correction = equalize
-    if equalize or bias_correction:
+        bias_correction = objective is not None
+    if objective is not None or bias_correction:
         model_or_converter, representative_dataset, eq_report = _equalize(
-            model_or_converter, representative_dataset, equalize, bias_correction, per_channel
+            model_or_converter, representative_dataset, objective, bias_correction, per_channel
         )
     keras_model = _check_loss_aware(loss_aware, loss_floor, auto, model_or_converter)
     check_choice(weight_method, "weight_method", WEIGHT_METHODS)
@@ -628,25 +639,26 @@ def quantize(
 def _equalize(
     model: Any,
     representative_dataset: Any,
-    equalize: bool,
+    objective: str | None,
     bias_correction: bool,
     per_channel: bool | None,
 ) -> tuple[Any, Callable[[], Iterable[Any]], EqualizeReport]:
-    """``equalize=`` / ``bias_correction=``: the equalized (and bias-corrected) Keras model,
-    the dataset as a callable that can be read again, and the report."""
+    """``equalize=`` / ``bias_correction=``: the equalized (with `objective`; None: not) and
+    bias-corrected Keras model, the dataset as a callable that can be read again, and the
+    report."""
     import keras
 
-    check_flags(equalize=equalize, bias_correction=bias_correction)
+    check_flags(bias_correction=bias_correction)
     if not isinstance(model, keras.Model):
         raise ValueError(
-            "equalize=True / bias_correction=True rewrite a Keras model's weights: pass the "
+            "equalize / bias_correction=True rewrite a Keras model's weights: pass the "
             f"keras.Model itself, got {type(model).__name__}"
         )
     from qfcal.pipeline import equalize as eq
 
     data = eq.representative(representative_dataset)
-    if equalize:
-        model, report = eq.equalize(model, data)
+    if objective is not None:
+        model, report = eq.equalize(model, data, objective=objective)
     else:
         report = EqualizeReport()
     if bias_correction:

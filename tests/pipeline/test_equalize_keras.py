@@ -119,3 +119,29 @@ def test_tflite_quantize_equalize_brings_per_tensor_weights_closer_to_float() ->
         qfcal.tflite.quantize("/no/such/saved_model", rep, equalize=True)
     with pytest.raises(ValueError, match="no samples"):
         eq.equalize(model, [])
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quant_weights_puts_every_kernel_on_the_grid(per_channel: bool) -> None:
+    model = planted()
+    flat = eq.fold_batch_norm(eq.flatten(model))
+    out = eq.fake_quant_weights(model, 4, per_channel=per_channel)
+    for la in out.layers:
+        if not isinstance(la, (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)):
+            continue
+        k, b = (np.asarray(w, np.float64) for w in la.get_weights())
+        k0, b0 = (np.asarray(w, np.float64) for w in flat.get_layer(la.name).get_weights())
+        np.testing.assert_array_equal(b, np.float32(b0))  # biases kept
+        out_axis = 2 if isinstance(la, layers.DepthwiseConv2D) else k.ndim - 1
+        kk, kk0 = np.moveaxis(k, out_axis, 0), np.moveaxis(k0, out_axis, 0)
+        if per_channel:
+            m = np.abs(kk0).reshape(len(kk0), -1).max(axis=1)
+            scale = (m / 7).reshape((-1,) + (1,) * (kk.ndim - 1))
+        else:
+            scale = np.abs(kk0).max() / 7
+        levels = kk / scale
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)  # 4 bits: 15 levels
+        assert np.abs(np.round(levels)).max() <= 7
+        assert np.abs(kk - kk0).max() <= np.max(scale) / 2 * (1 + 1e-5)
+    with pytest.raises(ValueError, match="bits must be an int in 2..16, got 1"):
+        eq.fake_quant_weights(model, 1)
