@@ -63,6 +63,21 @@ def test_the_stretched_depthwise_layer_is_the_one_hit(model):
     assert 9 < pw.sqnr_tensor[8] - pw.sqnr_tensor[6] < 15
 
 
+def test_a_dead_channel_alone_stretches_the_range_and_is_counted():
+    """The recipe the benchmark found (RMSprop, a channel that never activated): the only
+    stretched channel has a batch-norm variance of exactly 0, so it is dead, and its folded
+    weights (times 1 / sqrt(epsilon)) still set the per-tensor scale: the layer is hit."""
+    m = seed_model(plant=False)
+    bn = m.get_layer("dw_bn")
+    gamma, beta, mean, var = (np.asarray(v) for v in bn.get_weights())
+    var = np.ones(16, np.float32)
+    var[5] = 0.0
+    bn.set_weights([np.ones(16, np.float32), beta, mean, var])
+    dw = inspect_weights.weight_stats(m)[0]
+    assert dw.dead == 1 and dw.hit and dw.spread > 10
+    assert dw.sqnr_channel[8] - dw.sqnr_tensor[8] > 7
+
+
 def test_bad_bits(model):
     with pytest.raises(ValueError, match=r"bits must be ints in 2..16, got \(8, 1\)"):
         inspect_weights.weight_stats(model, bits=(8, 1))

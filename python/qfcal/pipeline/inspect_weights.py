@@ -54,7 +54,9 @@ class LayerWeights:
             ``outer/inner`` (e.g. ``mobilenetv2_1.00_160/block_1_depthwise``).
         kind: ``depthwise``, ``conv`` or ``dense``.
         channels: output channels (a depthwise layer: input channels times the multiplier).
-        spread: the largest channel's max |w| over the median channel's (live channels only).
+        spread: the largest channel's max |w| over the median live channel's. A dead channel
+            counts in the largest: folded with a zero batch-norm variance its weights are
+            huge, and they set the per-tensor range all the same (the seed's failure).
         dead: channels with a zero batch-norm variance or all-zero weights.
         sqnr_tensor: bits -> weight SQNR (dB) with one symmetric scale for the tensor.
         sqnr_channel: bits -> weight SQNR (dB) with one symmetric scale per channel.
@@ -187,7 +189,8 @@ def weight_stats(model: keras.Model, bits: tuple[int, ...] = BITS) -> list[Layer
             dead |= np.asarray(bn.moving_variance).reshape(-1) == 0
         live = per_channel[~dead]
         median = float(np.median(live)) if live.size else 0.0
-        spread = float(live.max() / median) if median > 0 else float("inf")
+        # the widest over every channel: a dead one's folded weights still set the tensor's scale
+        spread = float(per_channel.max() / median) if median > 0 else float("inf")
         kind = (
             "depthwise"
             if isinstance(layer, layers.DepthwiseConv2D)
@@ -271,8 +274,8 @@ def format_table(stats: list[LayerWeights]) -> str:
     lines.append("")
     lines.append(
         textwrap.fill(
-            "spread: largest over median channel max|w| (batch norms folded, dead channels "
-            "left out); t/c: weight SQNR with one scale per tensor / per channel; HIT: a "
+            "spread: largest channel max|w| over the median live channel's (batch norms folded; "
+            "a dead channel counts in the largest, as it does in one scale per tensor); t/c: weight SQNR with one scale per tensor / per channel; HIT: a "
             f"channel spread {HIT_SPREAD:g}x or more (the median channel keeps a quarter of its "
             "levels or less with one scale per tensor)",
             100,
