@@ -225,7 +225,7 @@ def equalize_onnx(
     per_channel: bool = True,
     max_iterations: int = 20,
     check: bool = True,
-    objective: str = "cle",
+    objective: str = "noise",
     weight_bits: int = 8,
 ) -> tuple[Any, EqualizeReport]:
     """The equalized copy of `model` (an onnx.ModelProto) and the report; see

@@ -86,7 +86,7 @@ DEMO = {
     "learning_rate": 4e-3,
     "augment": False,
     "method": "optimal",
-    "calib_per_class": 10,
+    "calib_per_class": 30,
     "latency_runs": 100,
 }
 

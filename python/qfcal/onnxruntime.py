@@ -807,9 +807,9 @@ def quantize_static(
         equalize: first equalize the model's consecutive convolutions (:func:`equalize`:
             ReLU6 kept exact on the calibration batches, biases absorbed), which makes
             per-tensor weights (``per_channel=False``) lose far less; the batches are kept in
-            memory. :attr:`Calibration.equalization` reports what changed. True: equal
-            weight ranges (``"cle"``); ``"noise"``: the scales of least predicted output
-            noise, activations included (:func:`equalize`'s `objective`).
+            memory. :attr:`Calibration.equalization` reports what changed. True or
+            ``"noise"``: the scales of least predicted output noise, activations included;
+            ``"cle"``: equal weight ranges (:func:`equalize`'s `objective`).
         bias_correction: subtract from each convolution's bias the mean shift its int8
             weights (per channel or per tensor, as `per_channel` says) cause on the
             calibration batches; default: with `equalize`.
@@ -1003,7 +1003,7 @@ def equalize(
     bias_correction: bool = False,
     per_channel: bool = False,
     max_iterations: int = 20,
-    objective: str = "cle",
+    objective: str = "noise",
 ) -> tuple[Any, EqualizeReport]:
     """Cross-layer equalization of an ONNX model on calibration data, without retraining.
 
@@ -1018,9 +1018,10 @@ def equalize(
     cancels the mean shift its int8 weights (per tensor, or per channel with `per_channel`)
     cause on the batches; that one changes the float model on purpose.
 
-    `objective`: ``cle`` gives both convolutions of a pair equal per-channel weight ranges;
-    ``noise`` chooses the scales of least predicted output noise of both layers' per-tensor
-    weights and the per-tensor activations between them (:data:`qfcal.equalize.OBJECTIVES`).
+    `objective`: ``noise`` (the default) chooses the scales of least predicted output noise of
+    both layers' per-tensor weights and the per-tensor activations between them; ``cle`` gives
+    both convolutions of a pair equal per-channel weight ranges (Nagel et al. 2019; see
+    :data:`qfcal.equalize.OBJECTIVES`).
 
     Returns the new ``onnx.ModelProto`` and the :class:`qfcal.equalize.EqualizeReport` (links,
     scaled and held channels, ``float_drift``: the largest |output difference| to `model` on

@@ -440,9 +440,9 @@ def quantize(
     the converter's weight mode (per channel or, with ``per_channel=False``, per tensor),
     measured on the samples. Equalization pays with per-tensor weights (BENCHMARKS.md, issue
     13); with per-channel weights it changes little. Cost: two Keras passes over the samples.
-    ``equalize="noise"`` chooses each pair's scales by the least predicted output noise of
-    both layers' per-tensor weights and the activations between them instead of equal weight
-    ranges (``"cle"``, what True means); see :data:`qfcal.equalize.OBJECTIVES`.
+    ``equalize=True`` (or ``"noise"``) chooses each pair's scales by the least predicted
+    output noise of both layers' per-tensor weights and the activations between them;
+    ``equalize="cle"`` makes the weight ranges equal instead (:data:`qfcal.equalize.OBJECTIVES`).
 
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 

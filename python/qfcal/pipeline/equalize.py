@@ -336,7 +336,7 @@ def equalize(
     absorb: bool = False,
     max_iterations: int = 20,
     check: bool = True,
-    objective: str = "cle",
+    objective: str = "noise",
     weight_bits: int = 8,
 ) -> tuple[keras.Model, EqualizeReport]:
     """Cross-layer equalization (and bias absorption) of `model` on calibration `data`.

@@ -275,7 +275,8 @@ def format_table(stats: list[LayerWeights]) -> str:
     lines.append(
         textwrap.fill(
             "spread: largest channel max|w| over the median live channel's (batch norms folded; "
-            "a dead channel counts in the largest, as it does in one scale per tensor); t/c: weight SQNR with one scale per tensor / per channel; HIT: a "
+            "a dead channel counts in the largest, as it does in one scale per tensor); t/c: "
+            "weight SQNR with one scale per tensor / per channel; HIT: a "
             f"channel spread {HIT_SPREAD:g}x or more (the median channel keeps a quarter of its "
             "levels or less with one scale per tensor)",
             100,

@@ -80,7 +80,8 @@ def weights_markdown(weights: dict[str, Any], per: str = "") -> list[str]:
         "## Weights per layer (batch norms folded)",
         "",
         "Spread: the largest channel's max |w| over the median live channel's (a dead "
-        "channel counts in the largest, as it does in one scale per tensor); dead: zero batch-norm variance or all-zero weights; weight SQNR with one "
+        "channel counts in the largest, as it does in one scale per tensor); dead: zero "
+        "batch-norm variance or all-zero weights; weight SQNR with one "
         "symmetric scale per tensor / one per channel; hit: a spread of "
         f"{weights.get('hit_spread', 4.0):g}x or more (the median channel keeps a quarter of "
         "its levels or less with one scale per tensor)."
