@@ -83,7 +83,7 @@ DEMO = {
     "stem_stride": 2,
     "epochs": 1,
     "batch_size": 64,
-    "learning_rate": 4e-3,
+    "learning_rate": 8e-3,
     "augment": False,
     "method": "optimal",
     "calib_per_class": 30,
