@@ -234,34 +234,29 @@ def equalize_onnx(
     out.CopyFrom(model)
     gr = _Graph(out)
     found, skipped = _links(gr) if equalize else ([], [])
-    need = found
-    tensors = [f[3] for f in need]
+    tensors = [f[3] for f in found]
     if objective == "noise":  # the first layers' inputs too, for the noise model
-        tensors += [f[0].input[0] for f in need]
-    stats = _stats(out, tensors, batches) if need else []
-    by_first = {id(f[0]): s for f, s in zip(need, stats, strict=False)}
-    power = {id(f[0]): s.mean**2 + s.std**2 for f, s in zip(need, stats[len(need) :], strict=False)}
+        tensors += [f[0].input[0] for f in found]
+    stats = _stats(out, tensors, batches) if found else []
+    inputs: list[ChannelStats | None] = [*stats[len(found) :]] or [None] * len(found)
     core: dict[str, Layer] = {}
     nodes: dict[str, Any] = {}
     links = []
-    for first, second, act, _t, one in found:
+    for (first, second, act, _t, one), between, inp in zip(
+        found, stats[: len(found)], inputs, strict=True
+    ):
         for n in (first, second):
             la = gr.layer(n)
             core[la.name] = la
             nodes[la.name] = n
-        st = by_first.get(id(first))
         links.append(
-            Link(
+            Link.measured(
                 first.name or first.output[0],
                 second.name or second.output[0],
                 act,
-                data_max=None if st is None else st.max,
-                data_min=None if st is None else st.min,
+                between,
+                inp,
                 absorb=one,
-                data_mean=None if st is None else st.mean,
-                data_std=None if st is None else st.std,
-                input_power=power.get(id(first)),
-                data_active=None if st is None else st.active,
             )
         )
     new, report = equalize_links(

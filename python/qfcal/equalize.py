@@ -166,6 +166,32 @@ class Link:
                 f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
             )
 
+    @classmethod
+    def measured(
+        cls,
+        first: str,
+        second: str,
+        activation: str,
+        between: ChannelStats,
+        inputs: ChannelStats | None = None,
+        *,
+        absorb: bool = False,
+    ) -> Link:
+        """The link with the calibration statistics of the tensor `between` the layers and,
+        for ``objective="noise"``, of `first`'s `inputs`."""
+        return cls(
+            first,
+            second,
+            activation,
+            data_max=between.max,
+            data_min=between.min,
+            absorb=absorb,
+            data_mean=between.mean,
+            data_std=between.std,
+            input_power=None if inputs is None else inputs.mean_square,
+            data_active=between.active,
+        )
+
 
 class ChannelStats:
     """Per-channel min, max, mean and standard deviation of a tensor over batches, channels on
@@ -203,6 +229,11 @@ class ChannelStats:
         return self._sum / max(self.count, 1)
 
     @property
+    def mean_square(self) -> Array:
+        assert self._sq is not None, "no batch seen"
+        return self._sq / max(self.count, 1)
+
+    @property
     def active(self) -> Array:
         """Per channel, the share of values that are not exactly 0 (after a ReLU: where the
         channel is on)."""
@@ -212,7 +243,7 @@ class ChannelStats:
     @property
     def std(self) -> Array:
         assert self._sq is not None, "no batch seen"
-        var = self._sq / max(self.count, 1) - self.mean**2
+        var = self.mean_square - self.mean**2
         return np.asarray(np.sqrt(np.maximum(var, 0.0)))
 
 
@@ -409,6 +440,20 @@ def _check_links(layers: Mapping[str, Layer], links: Sequence[Link]) -> None:
         seconds.add(k.second)
 
 
+def _cle_totals(
+    a: Layer, b: Layer, t: Array, bound: tuple[Array, npt.NDArray[np.bool_]] | None
+) -> Array:
+    """The total scales that make `a`'s and `b`'s current channel ranges equal (`t`: the
+    totals they hold now), at least `bound`'s lower bounds, its held channels at 1, within
+    ``[1 / MAX_SCALE, MAX_SCALE]``."""
+    total = t * equalizing_scales(a.out_ranges(), b.in_ranges())
+    if bound is not None:
+        lower, held = bound
+        total = np.maximum(total, lower)
+        total[held] = 1.0
+    return np.clip(total, 1.0 / MAX_SCALE, MAX_SCALE)
+
+
 def equalize_links(
     layers: Mapping[str, Layer],
     links: Sequence[Link],
@@ -471,17 +516,10 @@ def equalize_links(
                 n_in = a.kernel.shape[0] if a.depthwise else a.kernel.shape[1]
                 t_in = total[prev] if prev is not None else np.ones(n_in)
                 nm = _noise_model(a, b, k, t, t_in, weight_bits)
-                cle = np.maximum(t * equalizing_scales(a.out_ranges(), b.in_ranges()), lower)
-                cle = np.clip(cle, 1.0 / MAX_SCALE, MAX_SCALE)
-                cle[held] = 1.0
+                cle = _cle_totals(a, b, t, bounds[k.first])
                 s = nm.best([np.ones_like(t), t, cle], lower, held) / t
             else:
-                s = equalizing_scales(a.out_ranges(), b.in_ranges())
-                if k.first in bounds:
-                    lower, held = bounds[k.first]
-                    s = np.maximum(s, lower / t)
-                    s[held] = 1.0 / t[held]
-                s = np.clip(t * s, 1.0 / MAX_SCALE, MAX_SCALE) / t
+                s = _cle_totals(a, b, t, bounds.get(k.first)) / t
             _scale_out(a, s)
             _scale_in(b, s)
             total[k.first] = t * s
@@ -527,9 +565,8 @@ class _NoiseModel:
     and the activation noise reach `second`'s output multiplied by ``T``, and `second`'s
     weight noise meets the channels' signal divided by ``T``."""
 
-    k1: Array  # first's kernel rows before this link's scaling (out, ...)
-    k2: Array  # second's kernel columns before this link's scaling
-    depthwise2: bool
+    r1: Array  # per channel: first's weight range before this link's scaling
+    r2: Array  # per channel: second's weight range before this link's scaling
     fan_in_power: Array  # per channel: sum of first's input power over its fan-in, times the
     # share of the channel's values that are on (a ReLU's zeros carry no rounding error)
     active: Array
@@ -541,8 +578,8 @@ class _NoiseModel:
     qw: float
 
     def steps(self, total: Array) -> tuple[float, float, float]:
-        d1 = float(np.max(self.k1_ranges / total)) / self.qw
-        d2 = float(np.max(self.k2_ranges * total)) / self.qw
+        d1 = float(np.max(self.r1 / total)) / self.qw
+        d2 = float(np.max(self.r2 * total)) / self.qw
         hi = max(float(np.max(self.dmax / total)), 0.0)
         lo = min(float(np.min(self.dmin / total)), 0.0)
         return d1, (hi - lo) / 255.0, d2
@@ -558,14 +595,6 @@ class _NoiseModel:
         second = (da * d2) / (ea * e2)  # nor is second's output step
         return max(first, second) <= REQUANT_GROWTH
 
-    def __post_init__(self) -> None:
-        self.k1_ranges = np.abs(self.k1).reshape(self.k1.shape[0], -1).max(axis=1)
-        if self.depthwise2:
-            self.k2_ranges = np.abs(self.k2).reshape(self.k2.shape[0], -1).max(axis=1)
-        else:
-            k = np.abs(np.moveaxis(self.k2, 1, 0))
-            self.k2_ranges = k.reshape(k.shape[0], -1).max(axis=1)
-
     def noise(self, total: Array) -> float:
         d1, da, d2 = self.steps(total)
         up = (d1 * d1 * self.fan_in_power + da * da * self.active) * self.col_power * total**2
@@ -577,7 +606,7 @@ class _NoiseModel:
         iterates from each (every channel at its optimum with the three rounding steps held),
         within ``[lower, MAX_SCALE]``, held channels at 1, and :meth:`feasible` (the first
         candidate, no scaling, always is)."""
-        live = (self.col_power > 0) & (self.signal > 0) & ~held & _live(self.k1_ranges)
+        live = (self.col_power > 0) & (self.signal > 0) & ~held & _live(self.r1)
         best, best_e = candidates[0], self.noise(candidates[0])
         for start in candidates:
             if not self.feasible(start):
@@ -621,28 +650,20 @@ def _noise_model(a: Layer, b: Layer, k: Link, t: Array, t_in: Array, bits: int) 
     `a`'s input channels the scales `t_in` of the link before)."""
     assert k.data_max is not None and k.data_min is not None and k.input_power is not None
     assert k.data_mean is not None and k.data_std is not None
-    shape = [1] * a.kernel.ndim
-    shape[0] = -1
-    k1 = a.kernel * t.reshape(shape)
-    shape2 = [1] * b.kernel.ndim
-    shape2[0 if b.depthwise else 1] = -1
-    k2 = b.kernel / t.reshape(shape2)
     pin = np.asarray(k.input_power, dtype=np.float64) / t_in**2
     taps1 = int(np.prod(a.kernel.shape[2:])) if a.kernel.ndim > 2 else 1
     if a.depthwise:
         fan_in = taps1 * pin
     else:
         fan_in = np.full(a.kernel.shape[0], taps1 * float(np.sum(pin)))
-    if b.depthwise:
-        col = (k2 * k2).reshape(k2.shape[0], -1).sum(axis=1)
-        reads = float(np.prod(b.kernel.shape[2:])) if b.kernel.ndim > 2 else 1.0
-    else:
-        col = (np.moveaxis(k2, 1, 0) ** 2).reshape(k2.shape[1], -1).sum(axis=1)
-        reads = float(b.kernel.shape[0] * (np.prod(b.kernel.shape[2:]) if b.kernel.ndim > 2 else 1))
+    taps2 = float(np.prod(b.kernel.shape[2:])) if b.kernel.ndim > 2 else 1.0
+    k2 = b.kernel if b.depthwise else np.moveaxis(b.kernel, 1, 0)  # channel of the link first
+    col = (k2 * k2).reshape(k2.shape[0], -1).sum(axis=1) / t**2
+    reads = taps2 if b.depthwise else b.kernel.shape[0] * taps2
     mean, std = np.asarray(k.data_mean), np.asarray(k.data_std)
     on = np.ones_like(mean) if k.data_active is None else np.asarray(k.data_active, np.float64)
     return _NoiseModel(
-        k1=k1, k2=k2, depthwise2=b.depthwise, fan_in_power=fan_in * on, active=on,
+        r1=a.out_ranges() * t, r2=b.in_ranges() / t, fan_in_power=fan_in * on, active=on,
         col_power=col,
         signal=mean * mean + std * std, reads=reads,
         dmax=np.asarray(k.data_max, np.float64), dmin=np.asarray(k.data_min, np.float64),

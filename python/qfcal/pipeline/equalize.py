@@ -353,36 +353,18 @@ def equalize(
     """
     flat = fold_batch_norm(flatten(model))
     candidates, skipped = model_links(flat)
-    need = candidates
-    tensors = [c.between for c in need]
+    tensors = [c.between for c in candidates]
     if objective == "noise":  # the first layers' inputs too, for the noise model
-        tensors += [c.first.input for c in need]
-    stats = _collect(flat, tensors, data) if need else []
-    by_first = {c.first.name: st for c, st in zip(need, stats, strict=False)}
-    power = {
-        c.first.name: st.mean**2 + st.std**2
-        for c, st in zip(need, stats[len(need) :], strict=False)
-    }
+        tensors += [c.first.input for c in candidates]
+    stats = _collect(flat, tensors, data) if candidates else []
+    inputs: list[ChannelStats | None] = [*stats[len(candidates) :]] or [None] * len(candidates)
     core = {}
-    for c in candidates:
+    links = []
+    for c, between, inp in zip(candidates, stats[: len(candidates)], inputs, strict=True):
         core[c.first.name] = _core_layer(c.first)
         core[c.second.name] = _core_layer(c.second)
-    links = []
-    for c in candidates:
-        st = by_first.get(c.first.name)
         links.append(
-            Link(
-                c.first.name,
-                c.second.name,
-                c.activation,
-                data_max=None if st is None else st.max,
-                data_min=None if st is None else st.min,
-                absorb=c.absorb,
-                data_mean=None if st is None else st.mean,
-                data_std=None if st is None else st.std,
-                input_power=power.get(c.first.name),
-                data_active=None if st is None else st.active,
-            )
+            Link.measured(c.first.name, c.second.name, c.activation, between, inp, absorb=c.absorb)
         )
     new, report = equalize_links(
         core,
