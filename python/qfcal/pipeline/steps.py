@@ -402,11 +402,27 @@ def load_histograms(path: Path) -> dict[str, qfcal.Histogram]:
         return {n: qfcal.Histogram.from_bytes(z[n].tobytes()) for n in z.files}
 
 
+def _int8_tflite(
+    cfg: RunConfig, keras_model: Any, ranges: dict[str, tuple[float, float]], weights: str
+) -> bytes:
+    """The int8 ``.tflite`` of `keras_model` (batch norms folded here) with `ranges` and
+    `weights` (``per-tensor`` or ``per-channel``), as the run's options say."""
+    from qfcal.pipeline import export as qexp
+    from qfcal.pipeline.fold import fold_batch_norm
+
+    return qexp.to_int8_tflite(
+        fold_batch_norm(keras_model),
+        ranges,
+        weights=weights,
+        weight_method=cfg.weight_method,
+        int8_io=cfg.int8_io,
+    )
+
+
 def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tuple[Path, Path]:
     """The float ``.tflite`` and the int8 ``.tflite`` built from the FakeQuant graph with the
     ranges of ``ranges.json``."""
     from qfcal.pipeline import export as qexp
-    from qfcal.pipeline.fold import fold_batch_norm
     from qfcal.pipeline.train import load_model
 
     cfg.check()
@@ -416,14 +432,7 @@ def export(cfg: RunConfig, folder: Path, model_path: Path | None = None) -> tupl
     float_path, int8_path = folder / "model_float.tflite", folder / "model_int8.tflite"
     write_bytes_atomic(float_path, qexp.to_float_tflite(keras_model))
     log.info("converting the FakeQuant graph to the int8 .tflite (%s weights)", cfg.weights)
-    int8 = qexp.to_int8_tflite(
-        fold_batch_norm(keras_model),
-        ranges,
-        weights=cfg.weights,
-        weight_method=cfg.weight_method,
-        int8_io=cfg.int8_io,
-    )
-    write_bytes_atomic(int8_path, int8)
+    write_bytes_atomic(int8_path, _int8_tflite(cfg, keras_model, ranges, cfg.weights))
     _record(folder, "export", cfg)
     return float_path, int8_path
 
@@ -433,18 +442,10 @@ def _other_weights(cfg: RunConfig, folder: Path, keras_model: Any, data: Any) ->
     (per-channel for a per-tensor run and the reverse), built in memory: its top-1 beside the
     run's says what one weight scale per tensor costs this model (the seed's question)."""
     from qfcal.pipeline import evaluate as qeval
-    from qfcal.pipeline import export as qexp
-    from qfcal.pipeline.fold import fold_batch_norm
 
     other = "per-channel" if cfg.weights == "per-tensor" else "per-tensor"
     log.info("converting the int8 .tflite with %s weights, for comparison", other)
-    content = qexp.to_int8_tflite(
-        fold_batch_norm(keras_model),
-        load_ranges(folder / "ranges.json"),
-        weights=other,
-        weight_method=cfg.weight_method,
-        int8_io=cfg.int8_io,
-    )
+    content = _int8_tflite(cfg, keras_model, load_ranges(folder / "ranges.json"), other)
     pred = qeval.predict_tflite(
         qeval.TFLiteModel(content), data, label=f"the int8 .tflite with {other} weights"
     )
