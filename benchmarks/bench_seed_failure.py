@@ -16,7 +16,7 @@ weights are fake-quantized in float on the ``bits``-bit symmetric grid first and
 converter in its int8 container (``qfcal.pipeline.equalize.fake_quant_weights``). With
 ``--equalize``, the standard variant also gets per-tensor weights after qfcal's equalization
 and bias correction (``qfcal.tflite.quantize(..., equalize=True)``, ``--objective``: ``noise``
-by default): the fix without retraining.
+by default; ``--relu6``: ``per-channel`` by default): the fix without retraining.
 """
 
 from __future__ import annotations
@@ -149,7 +149,9 @@ def run_one(recipe: str, variant: str, args: argparse.Namespace, data: Any) -> d
             m = folded if bits == 8 else eq.fake_quant_weights(folded, bits, per_channel=pc)
             cell[name] = int8_top1(m, pc)
         if args.equalize and variant == "standard":
-            flat, _ = eq.equalize(model, rep, objective=args.objective, weight_bits=bits)
+            flat, _ = eq.equalize(
+                model, rep, objective=args.objective, weight_bits=bits, relu6=args.relu6
+            )
             m = eq.correct_bias(flat, rep, bits=bits, per_channel=False)
             if bits != 8:
                 m = eq.fake_quant_weights(m, bits, per_channel=False)
@@ -197,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--equalize", action="store_true", help="add the standard variant equalized")
     p.add_argument("--objective", default="noise", choices=("noise", "cle"))
+    p.add_argument(
+        "--relu6", default="per-channel", choices=("per-channel", "bound"),
+        help="how equalization keeps ReLU6 exact (qfcal.pipeline.equalize.equalize's relu6)",
+    )  # fmt: skip
     p.add_argument("--limit-train", type=int, default=None, help="train on this many images")
     p.add_argument("--work", default="runs/seed_failure", help="checkpoints (resumable)")
     p.add_argument("--out", help="write the rows as JSON here")

@@ -332,3 +332,55 @@ def test_a_channel_with_weights_near_zero_keeps_its_bias(objective: str) -> None
     assert new["l0"].bias[3] == pytest.approx(-2.0)
     t = layers["l0"].out_ranges() / new["l0"].out_ranges()
     assert np.all((t >= 1e-4 * (1 - 1e-9)) & (t <= 1e4 * (1 + 1e-9)))
+
+
+def clipped_chain(layers, clips: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """l0 -> ReLU6 with channel c clipped at clips[c] -> l1 (the per-channel mode's graph)."""
+    a, b = layers["l0"], layers["l1"]
+    h = np.minimum(np.maximum(x @ a.kernel.T + a.bias, 0), clips)
+    return h @ b.kernel.T + b.bias
+
+
+@pytest.mark.parametrize("objective", ["cle", "noise"])
+def test_per_channel_clips_scale_the_channels_that_reach_the_clip_exactly(objective: str) -> None:
+    """Where ReLU6 channels reach the clip, ``bound`` holds them at scale 1; ``per-channel``
+    scales them too and reports clips 6 / s with which the model equals the original on every
+    input, far outside the calibration data included."""
+    rng = np.random.default_rng(11)
+    layers = make(rng, [8, 12, 5], spread=60)
+    x = rng.normal(size=(500, 8)) * 4  # most channels reach 6
+    links = noise_links(layers, ["relu6"], x)
+    bound, rb = equalize_links(layers, links, absorb=False, objective=objective)
+    moved, rm = equalize_links(
+        layers, links, absorb=False, objective=objective, relu6="per-channel"
+    )
+    assert rb.links[0].held >= 6 and not rb.clips
+    assert f"relu6='per-channel' would scale the {rb.links[0].held} held channels" in rb.summary()
+    assert rm.links[0].held == 0 and rm.links[0].scaled > rb.links[0].scaled
+    assert moved["l0"].out_ranges().max() / np.median(moved["l0"].out_ranges()) < (
+        bound["l0"].out_ranges().max() / np.median(bound["l0"].out_ranges())
+    )
+    clips = rm.clips["l0"]
+    s = layers["l0"].bias / moved["l0"].bias
+    np.testing.assert_allclose(clips, 6.0 / s, rtol=1e-9)
+    wide = rng.normal(size=(500, 8)) * 40
+    for data in (x, wide):
+        _, y0 = chain(layers, ["l0", "l1"], ["relu6"], data)
+        y1 = clipped_chain(moved, clips, data)
+        np.testing.assert_allclose(y1, y0, rtol=1e-9, atol=1e-9 * np.abs(y0).max())
+    assert "ReLU6 clips moved per channel" in rm.summary()
+    assert json.loads(json.dumps(rm.to_dict()))["clips"]["l0"] == pytest.approx(list(clips))
+
+
+def test_per_channel_clips_scale_relu6_links_without_data_and_name_bad_modes() -> None:
+    rng = np.random.default_rng(12)
+    layers = make(rng, [3, 5, 2])
+    new, report = equalize_links(layers, [Link("l0", "l1", "relu6")], relu6="per-channel")
+    assert report.links[0].scaled > 0 and "l0" in report.clips
+    x = rng.normal(size=(50, 3)) * 30
+    _, y0 = chain(layers, ["l0", "l1"], ["relu6"], x)
+    np.testing.assert_allclose(clipped_chain(new, report.clips["l0"], x), y0, rtol=1e-9, atol=1e-9)
+    _, r2 = equalize_links(layers, [Link("l0", "l1", "relu")], relu6="per-channel")
+    assert not r2.clips  # only ReLU6 links have a clip to move
+    with pytest.raises(ValueError, match="relu6 must be one of bound, per-channel, got 'move'"):
+        equalize_links(layers, [Link("l0", "l1", "relu6")], relu6="move")

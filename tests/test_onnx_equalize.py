@@ -132,3 +132,43 @@ def test_bias_correction_alone_and_bad_input(tmp_path: Path) -> None:
         qort.quantize_static(model, tmp_path / "o.onnx", feeds(2, 0), equalize=1)
     with pytest.raises(ValueError, match="equalize must be one of cle, noise, got 'snr'"):
         qort.quantize_static(model, tmp_path / "o.onnx", feeds(2, 0), equalize="snr")
+
+
+def wide_feeds(n: int, seed: int, gain: float) -> list[dict[str, np.ndarray]]:
+    return [{"input": f["input"] * gain} for f in feeds(n, seed)]
+
+
+def test_per_channel_clips_equalize_saturated_relu6_and_keep_every_input(tmp_path: Path) -> None:
+    """Inputs that drive most channels into the ReLU6 clip: ``bound`` holds them; moving the
+    clips per channel scales them, adds one Min per moved clip and stays equal to the original
+    on inputs ten times wider than the calibration data."""
+    model = mobile_block()
+    calib = wide_feeds(8, 1, 4.0)
+    _, bound = qort.equalize(model, calib)
+    eq, moved = qort.equalize(model, calib, relu6="per-channel")
+    assert sum(c.held for c in bound.links) > 0 and not bound.clips
+    assert sum(c.held for c in moved.links) == 0 and set(moved.clips) == {"c1", "dw"}
+    mins = [n for n in eq.graph.node if n.op_type == "Min"]
+    assert [n.output[0] for n in mins] == ["a1", "a2"]
+    onnx.checker.check_model(eq)
+    for batches in (calib, wide_feeds(4, 9, 40.0)):
+        y0, y1 = run(model, batches), run(eq, batches)
+        np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    assert "2 ReLU6 clips moved per channel" in moved.summary()
+    src = tmp_path / "float.onnx"
+    onnx.save(model, src)
+    held = wide_feeds(16, 3, 4.0)
+    ref = run(str(src), held)
+    errs = {}
+    for mode in ("none", "bound", "per-channel"):
+        out = tmp_path / f"q_{mode}.onnx"
+        qort.quantize_static(
+            src, out, calib, method="optimal", per_channel=False, equalize=mode != "none",
+            equalize_relu6="bound" if mode == "none" else mode, progress=False,
+        )  # fmt: skip
+        errs[mode] = float(np.mean((run(str(out), held) - ref) ** 2))
+    assert errs["per-channel"] < min(errs["bound"], errs["none"] / 3), errs
+    with pytest.raises(ValueError, match="equalize_relu6 must be one of bound, per-channel"):
+        qort.quantize_static(model, tmp_path / "o.onnx", calib, equalize=True, equalize_relu6="x")
+    with pytest.raises(ValueError, match="relu6 must be one of bound, per-channel, got 'clip'"):
+        qort.equalize(model, calib, relu6="clip")

@@ -99,12 +99,14 @@ def run_tflite(key: str, args: argparse.Namespace, out: list[dict[str, Any]]) ->
                 m2 = eq.fake_quant_weights(m2, bits)
             add("per-tensor+bc", bits, qfcal.tflite.quantize(m2, rep, method="optimal",
                 per_channel=False), sim=sim)  # fmt: skip
-        for objective in args.objectives:
-            equalized, report = eq.equalize(model, rep, objective=objective, weight_bits=bits)
+        for objective, relu6 in _variants(args):
+            equalized, report = eq.equalize(
+                model, rep, objective=objective, weight_bits=bits, relu6=relu6
+            )
             drift = float_drift(equalized) / flow.reference.shape[1]
             print(report.summary(), flush=True)
             print(f"  equalized float model: mean |dprob| {drift:.6f} to the original, held-apart")
-            tag = "per-tensor+eq" + ("" if objective == "cle" else f"-{objective}")
+            tag = _tag(objective, relu6)
             for bc in (True, False):
                 m2 = eq.flatten(equalized)
                 if bc:
@@ -124,17 +126,38 @@ ORDER = (
     "per-tensor+eq-nobc",
     "per-tensor+eq-noise",
     "per-tensor+eq-noise-nobc",
+    "per-tensor+eq-noise-clip",
+    "per-tensor+eq-noise-clip-nobc",
     "per-tensor+aimet-cle",
 )
+
+
+def _variants(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(objective, relu6 mode) pairs: every objective with ``bound``; ``per-channel`` clips
+    (when asked) with the noise objective only."""
+    out = [(o, "bound") for o in args.objectives if "bound" in args.relu6]
+    if "per-channel" in args.relu6:
+        out += [(o, "per-channel") for o in args.objectives if o == "noise"]
+    return out
+
+
+def _tag(objective: str, relu6: str) -> str:
+    return (
+        "per-tensor+eq"
+        + ("" if objective == "cle" else f"-{objective}")
+        + ("-clip" if relu6 == "per-channel" else "")
+    )
 
 
 def report(rows: list[dict[str, Any]]) -> str:
     """The markdown table: mean sum|Δprob| (top-1 agreement) per weight mode, and the share of
     the per-tensor to per-channel gap that equalization with bias correction closes (``cle``
-    and ``noise`` objectives)."""
-    closers = ("per-tensor+eq", "per-tensor+eq-noise")
+    and ``noise`` objectives, ``noise`` with per-channel ReLU6 clips)."""
+    closers = ("per-tensor+eq", "per-tensor+eq-noise", "per-tensor+eq-noise-clip")
     lines = [
-        "| model | flow | weight bits | " + " | ".join(ORDER) + " | gap closed: cle | noise |",
+        "| model | flow | weight bits | "
+        + " | ".join(ORDER)
+        + " | gap closed: cle | noise | noise-clip |",
         "|---|---|---:|" + "---:|" * (len(ORDER) + 2),
     ]
     groups: dict[tuple[str, str, int], dict[str, dict[str, Any]]] = {}
@@ -169,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         "--objectives", default="cle,noise", help="equalization objectives: cle, noise or both"
     )
     p.add_argument(
+        "--relu6",
+        default="bound,per-channel",
+        help="ReLU6 modes: bound (every objective), per-channel (clips moved; noise only)",
+    )
+    p.add_argument(
         "--rows", default="baselines", help="'baselines' adds per-channel/per-tensor/+bc rows"
     )
     p.add_argument("--out", type=Path)
@@ -180,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.bits = [int(b) for b in args.bits.split(",")]
     args.objectives = args.objectives.split(",")
+    args.relu6 = args.relu6.split(",")
     rows: list[dict[str, Any]] = []
     for key in args.models.split(","):
         for flow in args.flows.split(","):
@@ -294,22 +323,24 @@ def run_ort(key: str, args: argparse.Namespace, out: list[dict[str, Any]]) -> No
                 assert drift["aimet"] is not None
                 add("per-tensor+aimet-cle", bits, aimet_path, False,
                     float_drift=round(drift["aimet"], 6))  # fmt: skip
-        for objective in args.objectives:
-            tag = "per-tensor+eq" + ("" if objective == "cle" else f"-{objective}")
+        for objective, relu6 in _variants(args):
+            tag = _tag(objective, relu6)
             model, rep = equalize_onnx(
                 original, calib_feeds, bias_correction_bits=bits, per_channel=False,
-                objective=objective, weight_bits=bits,
+                objective=objective, weight_bits=bits, relu6=relu6,
             )  # fmt: skip
             d = drift["qfcal"]
-            if objective != "cle":
+            stem = tag.replace("per-tensor+", "")
+            if objective != "cle" or relu6 != "bound":
                 print(rep.summary(), flush=True)
-                plain = work / f"qfcal_eq_{objective}{bits}.onnx"
+                plain = work / f"qfcal_{stem}{bits}.onnx"
                 onnx.save(
-                    equalize_onnx(original, calib_feeds, objective=objective, weight_bits=bits)[0],
+                    equalize_onnx(original, calib_feeds, objective=objective, weight_bits=bits,
+                                  relu6=relu6)[0],
                     str(plain),
-                )
+                )  # fmt: skip
                 d = flow.score(flow.run(plain, reference=True))["dprob"] / classes
-            path = work / f"qfcal_eq_{objective}_bc{bits}.onnx"
+            path = work / f"qfcal_{stem}_bc{bits}.onnx"
             onnx.save(model, str(path))
             add(tag, bits, path, False, float_drift=round(d, 6))
             if objective == "cle":

@@ -4,7 +4,9 @@ Exposed as :func:`qfcal.onnxruntime.equalize` and ``qfcal.onnxruntime.quantize_s
 equalize=True)``; the algebra and the ReLU6 bound are :mod:`qfcal.equalize`'s. Links are
 ``Conv -> [Relu | Clip(0, 6)] -> Conv`` (regular or depthwise convolutions, weights and biases
 as initializers used once, the tensor between read by the second convolution only and not a
-graph output); a convolution without a bias gets a zero one. Tensors are NCHW.
+graph output); a convolution without a bias gets a zero one. Tensors are NCHW. With
+``relu6="per-channel"`` each moved ReLU6 clip becomes ``Clip(0, max_c c) -> Min(c)`` with the
+per-channel clips ``c`` (shape ``(1, C, 1, ...)``), the ``Min`` taking the clip's output name.
 """
 
 from __future__ import annotations
@@ -227,6 +229,7 @@ def equalize_onnx(
     check: bool = True,
     objective: str = "noise",
     weight_bits: int = 8,
+    relu6: str = "bound",
 ) -> tuple[Any, EqualizeReport]:
     """The equalized copy of `model` (an onnx.ModelProto) and the report; see
     :func:`qfcal.onnxruntime.equalize`."""
@@ -267,10 +270,17 @@ def equalize_onnx(
         headroom=headroom,
         objective=objective,
         weight_bits=weight_bits,
+        relu6=relu6,
     )
     report.skipped = skipped
     for name, la in new.items():
         gr.set_layer(nodes[name], la)
+    if report.clips:
+        clip_at = {
+            k.first: (t, len(gr.inits[f.input[1]].dims))
+            for k, (f, _s, _a, t, _o) in zip(links, found, strict=True)
+        }
+        _move_clips(out, {clip_at[n][0]: (c, clip_at[n][1]) for n, c in report.clips.items()})
     if check and found:
         report.float_drift = max(
             float(np.max(np.abs(a - b)))
@@ -287,6 +297,34 @@ def equalize_onnx(
             gr.set_layer(n, la)
             report.bias_corrected[la.name] = shift
     return out, report
+
+
+def _move_clips(model: Any, clips: Mapping[str, tuple[np.ndarray, int]]) -> None:
+    """For each ReLU6 ``Clip`` whose output is a key of `clips` (per-channel clips, tensor
+    rank): clip at the largest of them, then ``Min`` with all of them (under the clip's output
+    name)."""
+    g = model.graph
+    nodes = []
+    for node in g.node:
+        if node.op_type != "Clip" or node.output[0] not in clips:
+            nodes.append(node)
+            continue
+        out = node.output[0]
+        c = np.asarray(clips[out][0], dtype=np.float32)
+        rank = clips[out][1]
+        hi_name, c_name = f"{out}_qfcal_clip_max", f"{out}_qfcal_clip"
+        if any(a.name == "max" for a in node.attribute):  # opset < 11
+            for a in node.attribute:
+                if a.name == "max":
+                    a.f = float(c.max())
+        else:
+            g.initializer.append(numpy_helper.from_array(np.array(c.max(), np.float32), hi_name))
+            node.input[2] = hi_name
+        g.initializer.append(numpy_helper.from_array(c.reshape(1, -1, *[1] * (rank - 2)), c_name))
+        node.output[0] = f"{out}_qfcal_preclip"
+        nodes += [node, helper.make_node("Min", [node.output[0], c_name], [out], name=c_name)]
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def as_list(data: Any) -> list[Mapping[str, Any]]:

@@ -145,3 +145,85 @@ def test_fake_quant_weights_puts_every_kernel_on_the_grid(per_channel: bool) -> 
         assert np.abs(kk - kk0).max() <= np.max(scale) / 2 * (1 + 1e-5)
     with pytest.raises(ValueError, match="bits must be an int in 2..16, got 1"):
         eq.fake_quant_weights(model, 1)
+
+
+def fused(seed: int = 0, spread: float = 30.0) -> keras.Model:
+    """ReLU6 fused into a convolution, then one as a layer of its own; channels spread up to
+    `spread` x."""
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((12, 12, 3))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu6", name="c1")(inp)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.ReLU(6.0, name="dw_relu6")(x)
+    x = layers.Conv2D(6, 1, name="pw")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, layers.Dense(4, name="fc")(x))
+    rng = np.random.default_rng(seed)
+    for name in ("c1", "dw"):
+        k, b = model.get_layer(name).get_weights()
+        gain = np.exp(rng.uniform(0, np.log(spread), size=k.shape[-2 if name == "dw" else -1]))
+        shape = (1, 1, -1, 1) if name == "dw" else (1, 1, 1, -1)
+        model.get_layer(name).set_weights([k * gain.reshape(shape), b + 0.5])
+    return model
+
+
+def test_per_channel_clips_replace_saturated_relu6_and_keep_every_input(tmp_path) -> None:
+    model = fused()
+    x = data(32, 6)[:, :12, :12] * 3  # most channels reach the clip
+    _, bound = eq.equalize(model, x, relu6="bound")
+    new, moved = eq.equalize(model, x)  # per-channel: the default
+    assert sum(c.held for c in bound.links) > 0 and not bound.clips
+    assert sum(c.held for c in moved.links) == 0 and set(moved.clips) == {"c1", "dw"}
+    clips = [la for la in new.layers if isinstance(la, eq.ChannelClip)]
+    assert [la.name for la in clips] == ["c1_clip", "dw_clip"]
+    assert new.get_layer("c1").get_config()["activation"] == "relu"
+    assert new.get_layer("dw_relu6").max_value is None
+    np.testing.assert_allclose(clips[0].clips, moved.clips["c1"], rtol=1e-6)
+    wide = data(8, 7)[:, :12, :12] * 30
+    for batch in (x, wide):
+        y0, y1 = np.asarray(model(batch)), np.asarray(new(batch))
+        np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4 * np.abs(y0).max())
+    path = tmp_path / "eq.keras"
+    new.save(path)
+    back = keras.models.load_model(path)
+    np.testing.assert_allclose(np.asarray(back(wide)), np.asarray(new(wide)), rtol=1e-6)
+    with pytest.raises(ValueError, match="relu6 must be one of bound, per-channel, got 'no'"):
+        eq.equalize(model, x, relu6="no")
+
+
+def test_tflite_quantize_with_per_channel_clips() -> None:
+    pytest.importorskip("tensorflow")
+    import qfcal.tflite
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = fused(spread=300.0)
+    calib, held = data(16, 8)[:, :12, :12] * 3, data(32, 9)[:, :12, :12] * 3
+
+    def rep():
+        for x in calib:
+            yield [x[None]]
+
+    def run(content: bytes) -> tuple[np.ndarray, list[str]]:
+        it = Interpreter(model_content=content)
+        it.allocate_tensors()
+        i, o = it.get_input_details()[0], it.get_output_details()[0]
+        ys = []
+        for x in held:
+            it.set_tensor(i["index"], x[None])
+            it.invoke()
+            ys.append(it.get_tensor(o["index"])[0].copy())
+        return np.stack(ys), [op["op_name"] for op in it._get_ops_details()]
+
+    ref = np.asarray(model(held))
+    errs = {}
+    for mode in ("none", "bound", "per-channel"):
+        q = qfcal.tflite.quantize(
+            model, rep, method="optimal", per_channel=False, equalize=mode != "none",
+            equalize_relu6="bound" if mode == "none" else mode,
+        )  # fmt: skip
+        y, ops = run(bytes(q))
+        errs[mode] = float(np.mean((y - ref) ** 2))
+        assert ops.count("MINIMUM") == (2 if mode == "per-channel" else 0), ops
+    assert errs["per-channel"] < min(errs["bound"] / 2, errs["none"] / 3), errs
+    with pytest.raises(ValueError, match="equalize_relu6 must be one of bound, per-channel"):
+        qfcal.tflite.quantize(model, rep, equalize=True, equalize_relu6="moved")

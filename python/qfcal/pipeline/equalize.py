@@ -2,14 +2,16 @@
 
 :func:`equalize` returns a float-equivalent copy of a Keras model whose consecutive weighted
 layers (depthwise -> pointwise first, any convolution or dense pair linked by identity, ReLU or
-ReLU6) have equalized channel ranges, with ReLU6 kept exact on the calibration data and the
-biases that equalization inflates absorbed (the algebra and the ReLU6 bound: :mod:`qfcal.equalize`).
+ReLU6) have equalized channel ranges, with ReLU6 kept exact (the algebra, the ReLU6 bound and
+the moved clips: :mod:`qfcal.equalize`).
 :func:`correct_bias` cancels the mean output shift that the quantized weights will cause.
 ``qfcal.tflite.quantize(..., equalize=True)`` runs both before the converter.
 
 Nested models (a pretrained base used as one layer) are inlined and batch norms folded first,
-as the TFLite converter folds them; the returned model is that flat, folded graph. Imports
-TensorFlow and Keras.
+as the TFLite converter folds them; the returned model is that flat, folded graph. With
+``relu6="per-channel"`` (the default) each moved ReLU6 becomes a ReLU followed by a
+:class:`ChannelClip` layer (a per-channel minimum: TFLite's RELU stays fused into the
+convolution, one MINIMUM follows). Imports TensorFlow and Keras.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -36,7 +38,7 @@ from qfcal.equalize import (
 from qfcal.pipeline.fold import fold_batch_norm
 from qfcal.pipeline.taps import layer_inputs
 
-__all__ = ["correct_bias", "equalize", "flatten", "model_links"]
+__all__ = ["ChannelClip", "correct_bias", "equalize", "flatten", "model_links"]
 
 #: Largest |output difference| over the output's largest |value| that still counts as equal.
 DRIFT_WARN = 1e-3
@@ -51,8 +53,34 @@ _WEIGHTED = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
 # -- the graph ---------------------------------------------------------------------------------
 
 
-def _clone(layer: Any, names: set[str]) -> Any:
-    config = layer.get_config()
+@keras.saving.register_keras_serializable(package="qfcal")
+class ChannelClip(layers.Layer):  # type: ignore[misc]
+    """``min(x, clips)``, channels last: the clip of a ReLU6 (now a ReLU before it) that moved
+    per channel (equalization with ``relu6="per-channel"``)."""
+
+    def __init__(self, clips: Iterable[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clips = [float(c) for c in clips]
+
+    def call(self, x: Any) -> Any:
+        c = keras.ops.convert_to_tensor(np.asarray(self.clips, np.float32), dtype=x.dtype)
+        return keras.ops.minimum(x, c)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "clips": list(self.clips)}
+
+
+@dataclass(frozen=True)
+class _Swap:
+    """How :func:`_inline` rebuilds one layer: `config` changes of its copy, then `then`
+    applied to the result."""
+
+    then: Any
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _clone(layer: Any, names: set[str], changes: dict[str, Any] | None = None) -> Any:
+    config = {**layer.get_config(), **(changes or {})}
     if isinstance(layer, _WEIGHTED):
         config["use_bias"] = True
     name = config.get("name", layer.name)
@@ -72,9 +100,11 @@ def _copy_weights(old: Any, new: Any) -> None:
     new.set_weights(weights)
 
 
-def _inline(model: Any, args: Sequence[Any], names: set[str]) -> list[Any]:
+def _inline(
+    model: Any, args: Sequence[Any], names: set[str], swaps: dict[str, _Swap] | None = None
+) -> list[Any]:
     """Call fresh copies of `model`'s layers on `args` (tensors for its inputs), nested models
-    inlined; returns the tensors for its outputs."""
+    inlined, layers named in `swaps` rebuilt as they say; returns the tensors for its outputs."""
     tmap: dict[int, Any] = {id(t): a for t, a in zip(model.inputs, args, strict=True)}
     by_depth = model._nodes_by_depth  # keras private: the graph's nodes, topologically
     for depth in sorted(by_depth, reverse=True):
@@ -83,22 +113,25 @@ def _inline(model: Any, args: Sequence[Any], names: set[str]) -> list[Any]:
             if isinstance(op, layers.InputLayer):
                 continue
             ins = [tmap[id(t)] for t in node.input_tensors]
+            swap = (swaps or {}).get(op.name)
             if isinstance(op, keras.Model) and hasattr(op, "_nodes_by_depth"):
-                outs = _inline(op, ins, names)
+                outs = _inline(op, ins, names, swaps)
             else:
-                new = _clone(op, names)
+                new = _clone(op, names, swap.config if swap else None)
                 call_args, call_kwargs = node.arguments.fill_in(
                     {id(t): a for t, a in zip(node.input_tensors, ins, strict=True)}
                 )
                 result = new(*call_args, **call_kwargs)
                 _copy_weights(op, new)
+                if swap is not None:
+                    result = swap.then(result)
                 outs = list(result) if isinstance(result, (list, tuple)) else [result]
             for t, o in zip(node.output_tensors, outs, strict=True):
                 tmap[id(t)] = o
     return [tmap[id(t)] for t in model.outputs]
 
 
-def flatten(model: keras.Model) -> keras.Model:
+def flatten(model: keras.Model, swaps: dict[str, _Swap] | None = None) -> keras.Model:
     """A copy of the functional or Sequential `model` with every nested model inlined (layer
     names kept, a suffix added on a clash) and a bias on every convolution and dense layer
     (zero where it had none). Computes the same function.
@@ -119,7 +152,7 @@ def flatten(model: keras.Model) -> keras.Model:
         for i, t in enumerate(model.inputs)
     ]
     names.update(t.name for t in inputs)
-    outs = _inline(model, inputs, names)
+    outs = _inline(model, inputs, names, swaps)
     return keras.Model(
         inputs if len(inputs) > 1 else inputs[0],
         outs if len(outs) > 1 else outs[0],
@@ -194,6 +227,7 @@ class _Candidate:
     activation: str
     between: Any  # the tensor `second` reads
     absorb: bool
+    act_layer: str | None = None  # the layer applying `activation` (None: `first` itself)
 
 
 def model_links(model: keras.Model) -> tuple[list[_Candidate], list[tuple[str, str]]]:
@@ -215,7 +249,7 @@ def model_links(model: keras.Model) -> tuple[list[_Candidate], list[tuple[str, s
         act = _activation_kind(first.activation)
         if why is None and act is None:
             why = f"activation {first.activation.__name__}"
-        t, padded, second = first.output, False, None
+        t, padded, second, act_layer = first.output, False, None, None
         while why is None:
             r = readers[id(t)]
             if id(t) in outputs or len(r) != 1:
@@ -227,7 +261,8 @@ def model_links(model: keras.Model) -> tuple[list[_Candidate], list[tuple[str, s
                 if act != "linear" and kind != "linear":
                     why = "two activations in a row"
                     break
-                act = kind if kind != "linear" else act
+                if kind != "linear":
+                    act, act_layer = kind, nxt.name
             elif isinstance(nxt, layers.ZeroPadding2D):
                 padded = True
             elif isinstance(nxt, layers.Dropout):
@@ -248,7 +283,9 @@ def model_links(model: keras.Model) -> tuple[list[_Candidate], list[tuple[str, s
             continue
         one_by_one = isinstance(second, layers.Dense) or tuple(second.kernel_size) == (1, 1)
         assert act is not None
-        links.append(_Candidate(first, second, act, t, absorb=one_by_one and not padded))
+        links.append(
+            _Candidate(first, second, act, t, absorb=one_by_one and not padded, act_layer=act_layer)
+        )
     return links, skipped
 
 
@@ -338,12 +375,15 @@ def equalize(
     check: bool = True,
     objective: str = "noise",
     weight_bits: int = 8,
+    relu6: str = "per-channel",
 ) -> tuple[keras.Model, EqualizeReport]:
     """Cross-layer equalization (and bias absorption) of `model` on calibration `data`.
 
     `data`: an array batch, an iterable of samples or a callable returning one (the TFLite
-    converter's representative dataset works as is). `objective` and `weight_bits`: see
-    :func:`qfcal.equalize.equalize_links` (``noise`` also measures each link's input). Returns
+    converter's representative dataset works as is). `objective`, `weight_bits` and `relu6`:
+    see :func:`qfcal.equalize.equalize_links` (``noise`` also measures each link's input;
+    ``relu6="per-channel"``, the default, makes each moved ReLU6 a ReLU followed by a
+    :class:`ChannelClip`, exact on every input; ``"bound"`` keeps the layers). Returns
     the flat, batch-norm-folded, equalized model and the report; with `check`, the report's
     ``float_drift`` is the largest |output difference| to `model` on `data`, and a warning
     says when it exceeds :data:`DRIFT_WARN` of the output's magnitude.
@@ -374,10 +414,13 @@ def equalize(
         headroom=headroom,
         objective=objective,
         weight_bits=weight_bits,
+        relu6=relu6,
     )
     report.skipped = skipped
     for name, layer in new.items():
         _set_core_layer(flat.get_layer(name), layer)
+    if report.clips:
+        flat = _place_clips(flat, candidates, report.clips)
     if check:
         report.float_drift = drift(model, flat, data)
         scale = max(float(np.max(np.abs(o))) for o in _outputs(model, data))
@@ -388,6 +431,27 @@ def equalize(
                 stacklevel=2,
             )
     return flat, report
+
+
+def _place_clips(
+    flat: keras.Model, candidates: Sequence[_Candidate], clips: dict[str, np.ndarray]
+) -> keras.Model:
+    """`flat` with each moved ReLU6 made a ReLU (the first layer's fused activation or the
+    activation layer) and followed by a :class:`ChannelClip`."""
+    swaps: dict[str, _Swap] = {}
+    for c in candidates:
+        if c.first.name not in clips:
+            continue
+        clip = ChannelClip(clips[c.first.name], name=f"{c.first.name}_clip")
+        if c.act_layer is None:
+            swaps[c.first.name] = _Swap(clip, config={"activation": "relu"})
+        elif isinstance(flat.get_layer(c.act_layer), layers.ReLU):
+            swaps[c.act_layer] = _Swap(clip, config={"max_value": None})
+        else:
+            swaps[c.act_layer] = _Swap(clip, config={"activation": "relu"})
+    out = flatten(flat, swaps)
+    out.name = flat.name
+    return out
 
 
 def correct_bias(
