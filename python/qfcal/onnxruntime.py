@@ -1037,7 +1037,7 @@ def equalize(
     largest of those and a ``Min`` with the per-channel values follows it, so the model is
     exact on every input. Where many channels reach the clip (pretrained EfficientNet-Lite0),
     only this mode equalizes much; the ``Min`` runs in float in ONNX Runtime's QDQ models
-    (measured 1.9x the latency of EfficientNet-Lite0 on ORT's CPU kernels), so it is for
+    (measured 1.5-1.9x the latency of EfficientNet-Lite0 on ORT's CPU kernels), so it is for
     targets that need per-tensor weights, where per-channel weights are not an option.
 
     Returns the new ``onnx.ModelProto`` and the :class:`qfcal.equalize.EqualizeReport` (links,
