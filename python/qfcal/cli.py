@@ -4,8 +4,10 @@
 evaluates them, all in one run folder; ``qfcal train|calibrate|export|evaluate`` run one step on
 a folder (and a saved model); ``qfcal demo`` is a small ``run`` that finishes in a few minutes on
 two cores; ``qfcal inspect MODEL`` shows, per layer of any Keras model, what one weight scale per
-tensor costs; ``qfcal methods`` compares every range method on synthetic or saved activations.
-Only ``methods`` works without the ``tf`` extra.
+tensor costs; ``qfcal methods`` compares every range method on synthetic or saved activations;
+``qfcal export-ranges`` writes a run's ranges in the formats deploy toolchains read (AIMET/QNN
+encodings, TensorRT calibration cache, ONNX Runtime tensor overrides, qfcal's JSON). Only
+``methods`` and ``export-ranges`` work without the ``tf`` extra.
 """
 
 from __future__ import annotations
@@ -368,6 +370,66 @@ def inspect_main(args: argparse.Namespace) -> int:
     return 0
 
 
+#: File name suffix per export format.
+_EXPORT_SUFFIX = {
+    "qfcal": ".qfcal.json",
+    "aimet": ".encodings",
+    "tensorrt": ".calib.cache",
+    "ort": ".ort_overrides.json",
+}
+
+
+def _symmetric_from_histograms(
+    folder: Path, ranges: dict[str, qfcal.SearchResult]
+) -> dict[str, qfcal.SearchResult]:
+    """The run's ranges searched again on its histograms, symmetric on TensorRT's [-127, 127]
+    with each tensor's method and gamma (and the run's percentile)."""
+    import json
+
+    cfg = {}
+    if (folder / "run.json").is_file():
+        cfg = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("config", {})
+    percentile = float(cfg.get("percentile", 99.99))
+    out = {}
+    with np.load(folder / "histograms.npz") as z:
+        for name, r in ranges.items():
+            if name not in z.files:
+                raise ValueError(f"{str(folder)!r}: histograms.npz has no histogram of {name!r}")
+            h = qfcal.Histogram.from_bytes(z[name].tobytes())
+            out[name] = qfcal.search(
+                h, bits=8, symmetric=True, narrow_range=True, method=r.method, gamma=r.gamma,
+                percentile=percentile,
+            )  # fmt: skip
+    return out
+
+
+def export_ranges_main(args: argparse.Namespace) -> int:
+    """``qfcal export-ranges``: the ranges of a run folder or ranges file in a deploy format."""
+    from qfcal import encodings as enc
+
+    src = Path(args.source)
+    ranges = enc.ranges_of(src)
+    options: dict[str, Any] = {}
+    note = ""
+    if args.format == "tensorrt":
+        options = {"header": args.header, "widen": args.widen}
+        asym = [n for n, r in ranges.items() if r.zero_point != 0]
+        if asym and not args.widen and src.is_dir() and (src / "histograms.npz").is_file():
+            ranges = _symmetric_from_histograms(src, ranges)
+            note = (
+                f" ({len(asym)} asymmetric ranges searched again, symmetric on [-127, 127], "
+                "from the run's histograms)"
+            )
+    elif args.widen or args.header != enc.TENSORRT_HEADER:
+        raise ValueError("--widen and --header are for --format tensorrt")
+    out = (
+        Path(args.out) if args.out else Path(f"{src.name or 'ranges'}{_EXPORT_SUFFIX[args.format]}")
+    )
+    enc.write(ranges, out, args.format, **options)
+    print(f"{len(ranges)} tensors -> {out} ({args.format}){note}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qfcal",
@@ -499,6 +561,36 @@ def parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
 
+    e = sub.add_parser(
+        "export-ranges",
+        help="a run's ranges as AIMET/QNN encodings, a TensorRT calibration cache, ONNX Runtime "
+        "tensor overrides or qfcal's JSON (numpy only)",
+        description="Read the ranges of a run folder (its ranges.json) or of a qfcal ranges file "
+        "and write them in a deploy toolchain's format: aimet (AIMET / Qualcomm QNN encodings "
+        "JSON, version 0.6.1, for load_encodings or the converters' --quantization_overrides), "
+        "tensorrt (the calibration cache IInt8Calibrator.readCalibrationCache returns; TensorRT "
+        "is symmetric, so a run folder's asymmetric ranges are searched again, symmetric, on its "
+        "histograms, or with --widen stretched to cover both ends), ort (ONNX Runtime's "
+        "TensorQuantOverrides as JSON; qfcal.encodings.read_ort makes the dict quantize_static "
+        "takes) or qfcal (qfcal's own versioned JSON, read back losslessly by "
+        "qfcal.encodings.read_qfcal).",
+    )
+    e.add_argument("source", metavar="RUN_OR_FILE", help="a run folder or a ranges JSON file")
+    e.add_argument("--format", required=True, choices=("aimet", "tensorrt", "ort", "qfcal"))
+    e.add_argument(
+        "--out", metavar="PATH", help="the file to write (default: ./<source name><suffix>)"
+    )
+    e.add_argument(
+        "--widen",
+        action="store_true",
+        help="tensorrt: cover an asymmetric range by the symmetric one max(-min, max)",
+    )
+    e.add_argument(
+        "--header",
+        default="TRT-8601-EntropyCalibration2",
+        help="tensorrt: the cache's first line (default %(default)s)",
+    )
+
     m = sub.add_parser(
         "methods",
         help="every range method side by side on synthetic or saved activations (numpy only)",
@@ -514,6 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "methods":
         return methods_main(args)
+    if args.command == "export-ranges":
+        try:
+            return export_ranges_main(args)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            print(f"qfcal export-ranges: error: {err}", file=sys.stderr)
+            return 2
     # TensorFlow's C++ start-up notices drown the progress bars; warnings and errors still show
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from qfcal._progress import show_info

@@ -36,12 +36,9 @@ import numpy as np
 import onnx
 import onnxruntime
 from onnx import numpy_helper
-from onnxruntime.quantization import (
-    CalibrationMethod,
-    QuantType,
-    TensorsData,
-)
+from onnxruntime.quantization import CalibrationMethod, QuantType
 from onnxruntime.quantization import quantize_static as _ort_quantize_static
+from onnxruntime.quantization.calibrate import TensorsData  # top level only in newer ORTs
 from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
 
 import qfcal
@@ -477,6 +474,9 @@ def calibrate(
     _grid(at, bool(symmetric))
     bins = check_bins(bins)
     proto = _load(model)
+    if proto is model:  # saved below as external data, which rewrites it: work on a copy
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
     batches = _batches(data_reader)
     keep_parts = method == CROSSVAL or keep is not None
     per_batch: dict[str, list[qfcal.Histogram]] | None = {} if keep_parts else None
@@ -844,9 +844,20 @@ def quantize_static(
         ValueError: options that would make ORT change qfcal's ranges
             (``ActivationRestrictedAsymmetric`` on uint8, ``SmoothQuant``), and what
             :func:`calibrate` raises.
-        RuntimeError: the installed ONNX Runtime has no calibration cache.
+    On an ONNX Runtime older than the calibration cache (before 1.32), the ranges reach ORT as
+    ``TensorQuantOverrides`` instead (a scale and zero point per activation, user overrides
+    kept), ORT's own calibrator runs on the first batch only (its ranges are replaced), and
+    ``method="auto"`` (which needs the cache) searches ``optimal`` with a warning.
     """
-    _require_cache("qfcal.onnxruntime.quantize_static")
+    legacy = not _ort_has_cache()
+    if legacy and method == AUTO:
+        warnings.warn(
+            f"method='auto' needs onnxruntime's calibration cache ({_CACHE_PR}, onnxruntime "
+            f"1.32); onnxruntime {onnxruntime.__version__} gets method 'optimal', as "
+            "TensorQuantOverrides",
+            stacklevel=2,
+        )
+        method = "optimal"
     accepted = set(inspect.signature(_ort_quantize_static).parameters)
     if "calibrate_method" in ort_kwargs:
         raise TypeError(
@@ -951,6 +962,10 @@ def _quantize_static(
     ort_kwargs: dict[str, Any],
 ) -> Calibration:
     kept: list[Mapping[str, Any]] | None = [] if auto else None
+    legacy = not _ort_has_cache()
+    first: list[Mapping[str, Any]] = []  # ORT < 1.32 calibrates too: on this batch only
+    if legacy:
+        calibration_data_reader = _keep_first(calibration_data_reader, first)
     cal = calibrate(
         model_input,
         calibration_data_reader,
@@ -995,10 +1010,54 @@ def _quantize_static(
         chosen.weight_ranges = cal.weight_ranges
         chosen.selection = sel
         cal = chosen
+    if legacy:
+        _ort_quantize_with_overrides(cal, model_input, model_output, first, kwargs)
+        return cal
     with tempfile.TemporaryDirectory(prefix="qfcal-ort-") as tmp:
         path = Path(cache) if cache is not None else Path(tmp) / "qfcal-calibration.json"
         _ort_quantize_with(cal, model_input, model_output, path, kwargs)
     return cal
+
+
+def _keep_first(reader: Any, first: list[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    """The batches of `reader`, the first one also appended to `first`."""
+    for batch in _batches(reader, "calibration_data_reader"):
+        if not first:
+            first.append(dict(batch))
+        yield batch
+
+
+def _ort_quantize_with_overrides(
+    cal: Calibration,
+    model_input: str | os.PathLike[str] | Any,
+    model_output: str | os.PathLike[str],
+    first: Sequence[Mapping[str, Any]],
+    kwargs: Mapping[str, Any],
+) -> None:
+    """ONNX Runtime before the calibration cache: `cal`'s ranges as ``TensorQuantOverrides``
+    (the user's own overrides of a tensor win), ORT's calibrator on the first batch."""
+    from qfcal.encodings import to_ort
+
+    extra = dict(kwargs.get("extra_options") or {})
+    overrides = {**to_ort(cal.ranges), **dict(extra.get("TensorQuantOverrides") or {})}
+    extra["TensorQuantOverrides"] = overrides
+
+    class _Reader:
+        def __init__(self) -> None:
+            self.batches = iter(first)
+
+        def get_next(self) -> Mapping[str, Any] | None:
+            return next(self.batches, None)
+
+    args = {k: v for k, v in kwargs.items() if k != "extra_options"}
+    _ort_quantize_static(
+        model_input if not isinstance(model_input, os.PathLike) else str(model_input),
+        str(model_output),
+        _Reader(),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options=extra,
+        **args,
+    )
 
 
 def equalize(

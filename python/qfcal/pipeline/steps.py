@@ -369,7 +369,8 @@ def _calibrate_auto(
 
 
 def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
-    """The ``ranges.json`` document: per tensor, method, scale, zero point, min, max, loss."""
+    """The ``ranges.json`` document: per tensor, method, scale, zero point, min, max, loss and
+    its parts, gamma, SQNR (``qfcal.encodings.ranges_of`` reads it back into equal results)."""
     return {
         name: {
             "method": r.method,
@@ -382,6 +383,7 @@ def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
             "loss": r.loss,
             "rounding_loss": r.rounding_loss,
             "clipping_loss": r.clipping_loss,
+            "gamma": r.gamma,
             "sqnr_db": r.sqnr_db if np.isfinite(r.sqnr_db) else None,
         }
         for name, r in results.items()
