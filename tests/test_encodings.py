@@ -267,3 +267,21 @@ def test_cli_export_ranges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "does not exist" in capsys.readouterr().err
     assert cli(["export-ranges", str(run), "--format", "aimet", "--widen"]) == 2
     assert "--widen and --header are for --format tensorrt" in capsys.readouterr().err
+
+
+def test_a_tflite_result_is_a_source(tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    import qfcal.tflite
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 2))
+    y = keras.layers.Conv2D(3, 3, activation="relu")(x)
+    model = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(y)))
+    rng = np.random.default_rng(0)
+    data = [[rng.normal(size=(1, 6, 6, 2)).astype(np.float32)] for _ in range(8)]
+    q = qfcal.tflite.quantize(model, lambda: iter(data), method="optimal")
+    ranges = enc.ranges_of(q)
+    assert ranges == {name: tr.result for name, tr in q.ranges.items()} and len(ranges) >= 3
+    doc = enc.to_aimet(ranges)
+    assert set(doc["activation_encodings"]) == set(q.ranges)

@@ -46,6 +46,7 @@ __all__ = [
     "read_ort",
     "read_qfcal",
     "read_tensorrt",
+    "result_fields",
     "to_aimet",
     "to_ort",
     "to_qfcal",
@@ -170,28 +171,32 @@ def _bad(source: Any) -> Ranges:
 # -- qfcal's own -------------------------------------------------------------------------------
 
 
+def result_fields(r: qfcal.SearchResult) -> dict[str, Any]:
+    """Every field of `r`, JSON-able (an infinite SQNR is ``null``): what qfcal's ranges file
+    and a run's ``ranges.json`` hold per tensor, and what :func:`ranges_of` reads back."""
+    return {
+        "method": r.method,
+        "scale": r.scale,
+        "zero_point": r.zero_point,
+        "qmin": r.qmin,
+        "qmax": r.qmax,
+        "min": r.min,
+        "max": r.max,
+        "loss": r.loss,
+        "rounding_loss": r.rounding_loss,
+        "clipping_loss": r.clipping_loss,
+        "gamma": r.gamma,
+        "sqnr_db": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
+    }
+
+
 def to_qfcal(ranges: Mapping[str, qfcal.SearchResult]) -> dict[str, Any]:
-    """qfcal's versioned ranges document (JSON-able: an infinite SQNR is ``null``)."""
+    """qfcal's versioned ranges document (JSON-able)."""
     return {
         "format": QFCAL_FORMAT,
         "version": QFCAL_VERSION,
         "qfcal": qfcal.__version__,
-        "tensors": {
-            name: {
-                "scale": r.scale,
-                "zero_point": r.zero_point,
-                "qmin": r.qmin,
-                "qmax": r.qmax,
-                "min": r.min,
-                "max": r.max,
-                "rounding_loss": r.rounding_loss,
-                "clipping_loss": r.clipping_loss,
-                "gamma": r.gamma,
-                "sqnr_db": r.sqnr_db if math.isfinite(r.sqnr_db) else None,
-                "method": r.method,
-            }
-            for name, r in ranges.items()
-        },
+        "tensors": {name: result_fields(r) for name, r in ranges.items()},
     }
 
 

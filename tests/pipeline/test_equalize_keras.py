@@ -43,6 +43,21 @@ def planted(seed: int = 0) -> keras.Model:
     return keras.Model(outer_in, y, name="outer")
 
 
+def run_tflite(content: bytes, inputs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """The .tflite's outputs, one input at a time, and its operators."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=content)
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    ys = []
+    for x in inputs:
+        it.set_tensor(i["index"], x[None])
+        it.invoke()
+        ys.append(it.get_tensor(o["index"])[0].copy())
+    return np.stack(ys), [op["op_name"] for op in it._get_ops_details()]
+
+
 def data(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, 16, 16, 3)).astype(np.float32)
 
@@ -88,7 +103,6 @@ def test_correct_bias_records_each_layer() -> None:
 def test_tflite_quantize_equalize_brings_per_tensor_weights_closer_to_float() -> None:
     pytest.importorskip("tensorflow")
     import qfcal.tflite
-    from ai_edge_litert.interpreter import Interpreter
 
     model = planted()
     calib, held = data(16, 4), data(32, 5)
@@ -97,22 +111,11 @@ def test_tflite_quantize_equalize_brings_per_tensor_weights_closer_to_float() ->
         for x in calib:
             yield [x[None]]
 
-    def run(content: bytes) -> np.ndarray:
-        it = Interpreter(model_content=content)
-        it.allocate_tensors()
-        i, o = it.get_input_details()[0], it.get_output_details()[0]
-        ys = []
-        for x in held:
-            it.set_tensor(i["index"], x[None])
-            it.invoke()
-            ys.append(it.get_tensor(o["index"])[0].copy())
-        return np.stack(ys)
-
     ref = np.asarray(model(held))
     errs = {}
     for flag in (False, True):
         q = qfcal.tflite.quantize(model, rep, method="optimal", per_channel=False, equalize=flag)
-        errs[flag] = float(np.mean((run(bytes(q)) - ref) ** 2))
+        errs[flag] = float(np.mean((run_tflite(bytes(q), held)[0] - ref) ** 2))
         assert (q.equalization is not None) == flag
     assert errs[True] < errs[False] / 3, errs
     with pytest.raises(ValueError, match="pass the keras.Model itself"):
@@ -194,7 +197,6 @@ def test_per_channel_clips_replace_saturated_relu6_and_keep_every_input(tmp_path
 def test_tflite_quantize_with_per_channel_clips() -> None:
     pytest.importorskip("tensorflow")
     import qfcal.tflite
-    from ai_edge_litert.interpreter import Interpreter
 
     model = fused(spread=300.0)
     calib, held = data(16, 8)[:, :12, :12] * 3, data(32, 9)[:, :12, :12] * 3
@@ -203,17 +205,6 @@ def test_tflite_quantize_with_per_channel_clips() -> None:
         for x in calib:
             yield [x[None]]
 
-    def run(content: bytes) -> tuple[np.ndarray, list[str]]:
-        it = Interpreter(model_content=content)
-        it.allocate_tensors()
-        i, o = it.get_input_details()[0], it.get_output_details()[0]
-        ys = []
-        for x in held:
-            it.set_tensor(i["index"], x[None])
-            it.invoke()
-            ys.append(it.get_tensor(o["index"])[0].copy())
-        return np.stack(ys), [op["op_name"] for op in it._get_ops_details()]
-
     ref = np.asarray(model(held))
     errs = {}
     for mode in ("none", "bound", "per-channel"):
@@ -221,7 +212,7 @@ def test_tflite_quantize_with_per_channel_clips() -> None:
             model, rep, method="optimal", per_channel=False, equalize=mode != "none",
             equalize_relu6="bound" if mode == "none" else mode,
         )  # fmt: skip
-        y, ops = run(bytes(q))
+        y, ops = run_tflite(bytes(q), held)
         errs[mode] = float(np.mean((y - ref) ** 2))
         assert ops.count("MINIMUM") == (2 if mode == "per-channel" else 0), ops
     assert errs["per-channel"] < min(errs["bound"] / 2, errs["none"] / 3), errs

@@ -369,25 +369,12 @@ def _calibrate_auto(
 
 
 def ranges_json(results: dict[str, qfcal.SearchResult]) -> dict[str, Any]:
-    """The ``ranges.json`` document: per tensor, method, scale, zero point, min, max, loss and
-    its parts, gamma, SQNR (``qfcal.encodings.ranges_of`` reads it back into equal results)."""
-    return {
-        name: {
-            "method": r.method,
-            "scale": r.scale,
-            "zero_point": r.zero_point,
-            "qmin": r.qmin,
-            "qmax": r.qmax,
-            "min": r.min,
-            "max": r.max,
-            "loss": r.loss,
-            "rounding_loss": r.rounding_loss,
-            "clipping_loss": r.clipping_loss,
-            "gamma": r.gamma,
-            "sqnr_db": r.sqnr_db if np.isfinite(r.sqnr_db) else None,
-        }
-        for name, r in results.items()
-    }
+    """The ``ranges.json`` document: per tensor, every field of its range
+    (:func:`qfcal.encodings.result_fields`; ``qfcal.encodings.ranges_of`` reads it back into
+    equal results)."""
+    from qfcal.encodings import result_fields
+
+    return {name: result_fields(r) for name, r in results.items()}
 
 
 def load_ranges(path: Path) -> dict[str, tuple[float, float]]:
