@@ -76,6 +76,10 @@ def test_ort_overrides_carry_16_bits_and_bad_input() -> None:
             want = QuantType.QInt16 if name in p.high else QuantType.QInt8
             assert e["quant_type"] == want
             assert float(e["scale"]) == p.tensors[name].result.scale
+    from qfcal.encodings import to_aimet
+
+    aimet = to_aimet(p.results)["activation_encodings"]
+    assert {n for n, (e,) in aimet.items() if e["bitwidth"] == 16} == set(p.high)
     with pytest.raises(ValueError, match="exactly one budget"):
         plan(h)
     with pytest.raises(ValueError, match="exactly one budget"):

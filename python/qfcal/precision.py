@@ -7,7 +7,8 @@ loss-weighted error for a :class:`qfcal.WeightedHistogram`, times an optional pe
 sensitivity), and gives the higher width to the best ones within a budget: a number of
 tensors, a share of the activation bytes, or a target error. The :class:`PrecisionPlan` says
 per tensor the bits and the predicted error, and hands ONNX Runtime its per-tensor overrides
-(:meth:`PrecisionPlan.ort_overrides`: 16-bit tensors as ``QInt16``).
+(:meth:`PrecisionPlan.ort_overrides`: 16-bit tensors as ``QInt16``) and AIMET / QNN their
+encodings with a bit width per tensor (``qfcal.encodings.write(plan.results, path, "aimet")``).
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ class PrecisionPlan:
         return [n for n in self.ranked if self.tensors[n].bits == self.high_bits]
 
     @property
+    def results(self) -> dict[str, qfcal.SearchResult]:
+        """tensor -> its range at the plan's bits: a source for :mod:`qfcal.encodings` (AIMET
+        and QNN encodings carry a bit width per tensor)."""
+        return {n: t.result for n, t in self.tensors.items()}
+
+    @property
     def predicted_error(self) -> float:
         """The sum of the tensors' predicted errors under the plan."""
         return math.fsum(t.error for t in self.tensors.values())
@@ -80,7 +87,7 @@ class PrecisionPlan:
         (:func:`qfcal.encodings.to_ort`)."""
         from qfcal.encodings import to_ort
 
-        return to_ort({n: t.result for n, t in self.tensors.items()})
+        return to_ort(self.results)
 
     def summary(self) -> str:
         """A line a user reads."""
