@@ -518,13 +518,34 @@ def test_bad_input_names_argument_and_value(call: Any, error: type, match: str) 
         call(tiny_model())
 
 
-def test_old_onnxruntime_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def old(model_input: Any, model_output: Any, calibration_data_reader: Any) -> None:
-        raise AssertionError("not to be called")
+def test_old_onnxruntime_gets_overrides_or_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An ONNX Runtime whose quantize_static takes no calibration cache (before 1.32) gets the
+    ranges as TensorQuantOverrides and its own calibrator one batch (tests/
+    test_onnxruntime_legacy.py runs the real 1.20); what needs the cache says so."""
+    seen: dict[str, Any] = {}
+
+    def old(
+        model_input: Any,
+        model_output: Any,
+        calibration_data_reader: Any,
+        calibrate_method: Any = None,
+        extra_options: Any = None,
+    ) -> None:
+        seen["batches"] = list(iter(calibration_data_reader.get_next, None))
+        seen["method"], seen["extra"] = calibrate_method, extra_options
 
     monkeypatch.setattr(qo, "_ort_quantize_static", old)
+    cal = qo.quantize_static(tiny_model(), "out.onnx", batches(), method="optimal")
+    assert len(seen["batches"]) == 1 and seen["method"] == CalibrationMethod.MinMax
+    overrides = seen["extra"]["TensorQuantOverrides"]
+    assert set(overrides) == set(cal.ranges)
+    for name, (e,) in overrides.items():
+        assert float(e["scale"]) == cal.ranges[name].scale
+        assert int(e["zero_point"]) == cal.ranges[name].zero_point
     with pytest.raises(RuntimeError, match="calibration_cache_path.*installed: onnxruntime"):
-        qo.quantize_static(tiny_model(), "out.onnx", batches())
+        cal.save_cache(tmp_path / "cache.json")
 
 
 def test_non_finite_values_are_reported_not_lost() -> None:
