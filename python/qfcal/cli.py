@@ -384,22 +384,19 @@ def _symmetric_from_histograms(
 ) -> dict[str, qfcal.SearchResult]:
     """The run's ranges searched again on its histograms, symmetric on TensorRT's [-127, 127]
     with each tensor's method and gamma (and the run's percentile)."""
-    import json
+    from qfcal.pipeline.steps import load_histograms, read_run
 
-    cfg = {}
-    if (folder / "run.json").is_file():
-        cfg = json.loads((folder / "run.json").read_text(encoding="utf-8")).get("config", {})
+    cfg = read_run(folder).get("config", {}) if (folder / "run.json").is_file() else {}
     percentile = float(cfg.get("percentile", 99.99))
+    hists = load_histograms(folder / "histograms.npz")
     out = {}
-    with np.load(folder / "histograms.npz") as z:
-        for name, r in ranges.items():
-            if name not in z.files:
-                raise ValueError(f"{str(folder)!r}: histograms.npz has no histogram of {name!r}")
-            h = qfcal.Histogram.from_bytes(z[name].tobytes())
-            out[name] = qfcal.search(
-                h, bits=8, symmetric=True, narrow_range=True, method=r.method, gamma=r.gamma,
-                percentile=percentile,
-            )  # fmt: skip
+    for name, r in ranges.items():
+        if name not in hists:
+            raise ValueError(f"{str(folder)!r}: histograms.npz has no histogram of {name!r}")
+        out[name] = qfcal.search(
+            hists[name], bits=8, symmetric=True, narrow_range=True, method=r.method,
+            gamma=r.gamma, percentile=percentile,
+        )  # fmt: skip
     return out
 
 

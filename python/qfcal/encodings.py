@@ -269,16 +269,16 @@ def read_aimet(doc: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, dic
     for name, e in items:
         if isinstance(e, list):
             e = e[0]
-        scale = e["scale"][0] if isinstance(e["scale"], list) else e["scale"]
-        offset = e["offset"][0] if isinstance(e["offset"], list) else e["offset"]
+        scale = _f32(float(e["scale"][0] if isinstance(e["scale"], list) else e["scale"]))
+        offset = int(e["offset"][0] if isinstance(e["offset"], list) else e["offset"])
         bits = int(e.get("bitwidth", e.get("bw", 8)))
         sym = e.get("is_symmetric", e.get("is_sym", False))
         out[name] = {
-            "scale": _f32(float(scale)),
-            "offset": int(offset),
+            "scale": scale,
+            "offset": offset,
             "bitwidth": bits,
-            "min": float(e.get("min", int(offset) * _f32(float(scale)))),
-            "max": float(e.get("max", (int(offset) + 2**bits - 1) * _f32(float(scale)))),
+            "min": float(e.get("min", offset * scale)),
+            "max": float(e.get("max", (offset + 2**bits - 1) * scale)),
             "is_symmetric": sym in (True, "True", "true"),
         }
     return out

@@ -101,9 +101,7 @@ class PrecisionPlan:
 
 def _relative(r: qfcal.SearchResult) -> float:
     """``mse / E[x^2]`` (0 for an exact tensor, 1 for one that is all noise)."""
-    if r.mse == 0:
-        return 0.0
-    if not math.isfinite(r.sqnr_db):
+    if r.mse == 0 or not math.isfinite(r.sqnr_db):
         return 0.0
     return float(10.0 ** (-r.sqnr_db / 10.0))
 
