@@ -616,6 +616,69 @@ def test_pt2e_with_torchao(fmnist, trained):
     assert acc >= trained[1] - ACCURACY_TOLERANCE
 
 
+def test_pt2e_mixed_precision_from_a_plan(fmnist, trained):
+    """observer_histograms -> qfcal.precision.plan -> apply_precision: the planned tensors come
+    out of convert_pt2e as int16 quantize ops, and the output comes closer to float."""
+    pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e", reason="PT2E needs torchao")
+    from dataclasses import replace
+
+    from qfcal.precision import plan
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    cls = qtorch.pt2e_observer("torchao")
+    config = xiq.get_default_x86_inductor_quantization_config()
+    act = replace(config.input_activation, observer_or_fake_quant_ctr=cls.with_args())
+    quantizer = xiq.X86InductorQuantizer().set_global(
+        replace(config, input_activation=act, output_activation=act)
+    )
+    x_test = fmnist["test"][0][:2000]
+    with torch.no_grad():
+        ref = trained[0](x_test)
+
+    def prepared():
+        batch = {"x": {0: torch.export.Dim("batch")}}
+        exported = torch.export.export(
+            copy.deepcopy(trained[0]), (x_test[:8],), dynamic_shapes=batch
+        ).module()
+        p = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for b in fmnist["calib"][:2]:
+                p(b[:8])
+        return p
+
+    quantize_op = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    errors, wide = {}, {}
+    for k in (0, 1, 100):
+        model = prepared()
+        hists = qtorch.observer_histograms(model)
+        assert len(hists) >= 3 and all(h.finite > 0 for h in hists.values())
+        p = plan(hists, tensors=k)
+        changed = qtorch.apply_precision(model, p)
+        assert changed == p.high and len(changed) == min(k, len(hists))
+        converted = convert_pt2e(model)
+        wide[k] = sum(
+            1 for n in converted.graph.nodes if n.target == quantize_op and n.args[5] == torch.int16
+        )
+        with torch.no_grad():
+            errors[k] = float(((converted(x_test) - ref) ** 2).mean())
+    assert wide[0] == 0 and wide[1] >= 1 and wide[100] > wide[1], wide
+    assert errors[100] < errors[1] < errors[0], errors
+    print(f"PT2E mixed precision, logits mse: {errors}")
+
+    model = prepared()
+    p = plan(qtorch.observer_histograms(model), tensors=1)
+    p.high_bits = 17
+    with pytest.raises(ValueError, match="plan.high_bits must be in 9..16 for torch's int16"):
+        qtorch.apply_precision(model, p)
+    p = plan({"not_an_observer": next(iter(qtorch.observer_histograms(model).values()))},
+             tensors=1)  # fmt: skip
+    with pytest.raises(ValueError, match="plan names 'not_an_observer'"):
+        qtorch.apply_precision(model, p)
+    with pytest.raises(ValueError, match="prepared has no qfcal observer"):
+        qtorch.observer_histograms(nn.Linear(2, 2))
+
+
 @pytest.mark.skipif(ENGINE is None, reason="no quantized engine in this torch build")
 def test_weight_observer_scales_reach_the_quantized_model(fmnist, trained):
     model, float_acc = trained

@@ -139,3 +139,37 @@ def quantize_calibrated(
     except TypeError as e:
         raise _fail("signature of tensorflow.lite.python.convert.mlir_quantize", e) from e
     return bytes(out)
+
+
+def quantize_calibrated_16x8(
+    calibrated: bytes,
+    *,
+    disable_per_channel: bool,
+    disable_per_channel_for_dense_layers: bool,
+    input_type: Any,
+    output_type: Any,
+) -> bytes:
+    """Quantize a calibrated float flatbuffer with 16-bit activations and 8-bit weights, the
+    way ``TFLiteConverter._quantize`` does for that mode (the older quantizer, which the MLIR
+    one does not replace there): its calibration wrapper's ``QuantizeModel``, given no samples,
+    keeps the min/max the flatbuffer's tensors already hold."""
+    import numpy as np
+
+    try:
+        from tensorflow.lite.python.optimize import calibrator
+    except ImportError as e:  # pragma: no cover - depends on the TensorFlow build
+        raise _fail("module tensorflow.lite.python.optimize.calibrator", e) from e
+    try:
+        wrapper = calibrator.Calibrator(calibrated)._calibrator
+        out = wrapper.QuantizeModel(
+            np.dtype(input_type.as_numpy_dtype()).num,
+            np.dtype(output_type.as_numpy_dtype()).num,
+            False,  # allow_float: every op 16x8 or an error
+            np.dtype(np.int16).num,
+            np.dtype(np.int64).num,  # the converter's bias type for 16-bit activations
+            disable_per_channel,
+            disable_per_channel_for_dense_layers,
+        )
+    except (AttributeError, TypeError) as e:
+        raise _fail("tensorflow.lite.python.optimize.calibrator.Calibrator.QuantizeModel", e) from e
+    return bytes(out)

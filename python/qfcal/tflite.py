@@ -55,6 +55,13 @@ from qfcal.selection import (
 
 # method="auto": the range method chosen by the int8 model's outputs (qfcal.selection)
 AUTO = "auto"
+# activations=: the converter's modes and the grid qfcal searches for each (16x8: symmetric
+# int16 activations, scale = max|x| / 32767, zero point 0)
+ACTIVATION_GRIDS: dict[str, dict[str, Any]] = {
+    "int8": {"bits": 8},
+    "int16": {"bits": 16, "symmetric": True, "narrow_range": True},
+}
+ACTIVATIONS = tuple(ACTIVATION_GRIDS)
 
 __all__ = ["WEIGHT_METHODS", "QuantizedModel", "TFPrivateAPIError", "TensorRange", "quantize"]
 
@@ -374,6 +381,7 @@ def quantize(
     equalize: bool | str = False,
     bias_correction: bool | None = None,
     equalize_relu6: str = "per-channel",
+    activations: str = "int8",
 ) -> QuantizedModel:
     """An int8 ``.tflite`` of `model_or_converter` (a Keras model, a SavedModel directory or a
     configured ``tf.lite.TFLiteConverter``) with qfcal's activation ranges.
@@ -451,6 +459,16 @@ def quantize(
     ``"bound"`` keeps the graph's operations and scales ReLU6 channels only as far as their
     calibration data stay below the clip, which leaves little to equalize where most reach it.
 
+    ``activations="int16"``: TFLite's 16x8 mode (16-bit activations, 8-bit weights, the
+    converter's ``EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8``) with qfcal's
+    ranges, searched on the grid that mode uses (symmetric, ``[-32767, 32767]``, zero point
+    0). The TFLite converter offers 16-bit activations only for the whole model, not per
+    tensor (for per-tensor precision use ONNX Runtime, PT2E or AIMET/QNN encodings:
+    :mod:`qfcal.precision`). ``method="auto"`` is then ``optimal`` (at 16 bits rounding noise
+    is 2^16 times smaller and the end-to-end choice would cost 24 searches); input and output
+    types: ``tf.float32`` (default) or ``tf.int16``. Kernels for 16x8 are TFLite's reference
+    ones (XNNPACK runs none), so the model is the accurate one, not the fast one.
+
     Returns a :class:`QuantizedModel`: the flatbuffer bytes, with the ranges used.
 
     Raises:
@@ -461,6 +479,9 @@ def quantize(
             knows.
     """
     # the search's own checks, before the conversion's minutes
+    check_choice(activations, "activations", ACTIVATIONS)
+    if activations == "int16" and method == AUTO:
+        method = "optimal"
     auto = method == AUTO
     if auto:
         check_auto_options(gamma, percentile)
@@ -496,6 +517,10 @@ def quantize(
     conv = _converter(model_or_converter)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative_dataset
+    if activations == "int16":
+        conv.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
     if per_channel is not None:
         conv._experimental_disable_per_channel = not per_channel
     if inference_input_type is not None:
@@ -591,7 +616,12 @@ def quantize(
             else:
                 t.quantization.min = [r.min]
                 t.quantization.max = [r.max]
-        return _tf_private.quantize_calibrated(
+        quantizer = (
+            _tf_private.quantize_calibrated_16x8
+            if activations == "int16"
+            else _tf_private.quantize_calibrated
+        )
+        return quantizer(
             _tf_private.write_model(graph),
             disable_per_channel=disable_pc,
             disable_per_channel_for_dense_layers=disable_dense_pc,
@@ -619,7 +649,12 @@ def quantize(
     results = _search_all(
         hists,
         groups,
-        {"method": method, "gamma": gamma, "percentile": percentile},
+        {
+            "method": method,
+            "gamma": gamma,
+            "percentile": percentile,
+            **ACTIVATION_GRIDS[activations],
+        },
         weighted,
     )
     ranges: dict[str, TensorRange] = {}
@@ -691,16 +726,17 @@ def _search_all(
     `weighted`: loss-weighted histograms searched instead, where a whole group has them."""
     joint: dict[tuple[int, ...], qfcal.SearchResult | None] = {}
     out: dict[int, qfcal.SearchResult | None] = {}
+    grid = {"bits": 8, **options}  # options may set the grid (bits, symmetric, narrow_range)
     for i in hists:
         group = tuple(groups.get(i, (i,)))
         if group not in joint and weighted and all(j in weighted for j in group):
             w = weighted[group[0]].copy()
             for j in group[1:]:
                 w.merge(weighted[j])
-            joint[group] = qfcal.search(w, bits=8, **options) if hists[i].finite else None
+            joint[group] = qfcal.search(w, **grid) if hists[i].finite else None
         if group not in joint:
             merged = merge_bytes([hists[j] for j in group])
-            joint[group] = qfcal.search(merged, bits=8, **options) if merged.finite else None
+            joint[group] = qfcal.search(merged, **grid) if merged.finite else None
         out[i] = joint[group]
     return out
 

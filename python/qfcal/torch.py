@@ -73,6 +73,8 @@ __all__ = [
     "loss_aware_histograms",
     "pt2e_weight_observer",
     "qconfig",
+    "observer_histograms",
+    "apply_precision",
 ]
 
 # dtype -> the integer range its quantized values can hold (what quant_min/quant_max must fit).
@@ -960,6 +962,78 @@ def calibrate_auto(
         o._load(full[n], sel.options)
     sel.metric = metric_name(metric, reference[0])
     return sel
+
+
+# -- precision ------------------------------------------------------------------------------
+
+
+def observer_histograms(prepared: torch.nn.Module) -> dict[str, qfcal.Histogram]:
+    """Observer name -> the histogram of the values it saw, for every qfcal activation observer
+    of a calibrated prepared model (PT2E, FX or eager): what :func:`qfcal.precision.plan`
+    ranks.
+
+    Raises:
+        ValueError: `prepared` has no qfcal observer, or one whose grid is mirrored (its
+            histogram holds ``-x``: ``per_tensor_symmetric`` with an unsigned custom range).
+    """
+    out: dict[str, qfcal.Histogram] = {}
+    for name, m in prepared.named_modules():
+        if isinstance(m, _QfcalObserverImpl):
+            if m.negated:
+                raise ValueError(
+                    f"observer {name!r} searches a mirrored grid (per_tensor_symmetric with "
+                    f"dtype {m.dtype}, quant_min={m.quant_min}, quant_max={m.quant_max}); "
+                    "give it torch.per_tensor_affine to plan its precision"
+                )
+            out[name] = m.histogram
+    if not out:
+        raise ValueError("prepared has no qfcal observer (prepare it with qfcal's observers)")
+    return out
+
+
+def apply_precision(prepared: torch.nn.Module, plan: Any) -> list[str]:
+    """Give the observers a :class:`qfcal.precision.PrecisionPlan` puts above 8 bits their
+    wider grid before ``convert_pt2e`` (or ``convert``): signed 16-bit (``torch.int16``,
+    ``-2**15..2**15-1``, the dtype PT2E's quantize/dequantize ops take) for ``high_bits`` 16,
+    or ``-2**(b-1)..2**(b-1)-1`` in int16 for 9..15 bits (``0..2**b-1`` for a tensor without
+    negative values). The qscheme stays: with ``per_tensor_affine`` (PT2E's usual activation
+    scheme) the search puts 0 at the lowest level of a non-negative tensor, as the plan does.
+    PT2E writes the observer's dtype into its quantize/dequantize ops, so the converted
+    model runs those tensors at the wider width (on the reference kernels: XNNPACK and x86
+    Inductor lower only 8-bit activations, so such a model is for accuracy, not speed).
+
+    Args:
+        prepared: the calibrated prepared model whose observer names the plan was made from
+            (:func:`observer_histograms`).
+        plan: the plan; its :attr:`~qfcal.precision.PrecisionPlan.high` tensors are changed.
+
+    Returns:
+        The names of the observers changed.
+
+    Raises:
+        ValueError: a planned tensor names no qfcal observer of `prepared`, or a width above 16.
+    """
+    observers = {n: m for n, m in prepared.named_modules() if isinstance(m, _QfcalObserverImpl)}
+    bits = int(plan.high_bits)
+    if not 9 <= bits <= 16:
+        raise ValueError(f"plan.high_bits must be in 9..16 for torch's int16, got {bits}")
+    missing = [n for n in plan.high if n not in observers]
+    if missing:
+        raise ValueError(
+            f"plan names {missing[0]!r}, which is not a qfcal observer of prepared "
+            f"({len(observers)} observers; plan from observer_histograms(prepared))"
+        )
+    for name in plan.high:
+        m = observers[name]
+        h = m.histogram
+        if bits < 16 and h.min is not None and h.min >= 0:
+            lo, hi = 0, 2**bits - 1
+        else:  # int16 holds no 0..65535: an affine search still puts 0 at the lowest level
+            lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        m.dtype = torch.int16
+        m.quant_min, m.quant_max = lo, hi
+        m.has_customized_qrange = True
+    return list(plan.high)
 
 
 def __getattr__(name: str) -> Any:
