@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qfcal
-from qfcal.precision import plan
+from qfcal.precision import bulk_power, plan
 
 
 def tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -30,10 +30,16 @@ def hists(data: dict[str, np.ndarray]) -> dict[str, qfcal.Histogram]:
     return out
 
 
+def bulk(x: np.ndarray, quantile: float = 0.99) -> float:
+    """E[min(x^2, c^2)], c the quantile of |x|, on the data itself."""
+    c = np.quantile(np.abs(x), quantile)
+    return float(np.mean(np.minimum(x * x, c * c)))
+
+
 def simulated(x: np.ndarray, r: qfcal.SearchResult) -> float:
-    """mse / E[x^2] of quantize-dequantize on r's grid, on the data itself."""
+    """mse / bulk power of quantize-dequantize on r's grid, on the data itself."""
     q = np.clip(np.round(x / r.scale) + r.zero_point, r.qmin, r.qmax)
-    return float(np.mean(((q - r.zero_point) * r.scale - x) ** 2) / np.mean(x**2))
+    return float(np.mean(((q - r.zero_point) * r.scale - x) ** 2) / bulk(x))
 
 
 def test_the_outlier_tensor_goes_up_first_and_the_prediction_holds() -> None:
@@ -47,6 +53,53 @@ def test_the_outlier_tensor_goes_up_first_and_the_prediction_holds() -> None:
         assert simulated(data[name], t.result) == pytest.approx(t.error, rel=0.15, abs=1e-9)
     assert p.predicted_error < plan(hists(data), tensors=0).predicted_error / 1.5
     assert "1 of 6 tensors at 16 bits" in p.summary()
+
+
+def test_bulk_power_clips_the_outliers_only() -> None:
+    data = tensors(3)
+    h = hists(data)
+    for name, x in data.items():  # the histogram's value against the data's
+        assert bulk_power(h[name]) == pytest.approx(bulk(x), rel=0.05), name
+    plain = data["plain2"]
+    assert bulk_power(h["plain2"]) == pytest.approx(np.mean(plain**2), rel=0.05)
+    # the outlier tensor: its E[x^2] is ~200x its bulk's
+    assert np.mean(data["outlier"] ** 2) > 50 * bulk_power(h["outlier"])
+    assert bulk_power(qfcal.Histogram()) == 0.0
+    w = qfcal.WeightedHistogram()
+    w.update(plain, np.ones_like(plain))
+    assert bulk_power(w) == bulk_power(h["plain2"])
+
+
+def test_an_outlier_hidden_by_its_own_power_is_still_found() -> None:
+    """0.2% of the values at 200 make E[x^2] 80x the bulk's: mse / E[x^2] would rank a plain
+    heavy-tailed tensor first; noise over the bulk's power ranks the outlier tensor first."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, size=50000)
+    x[rng.choice(x.size, 100, replace=False)] = 200.0
+    y = rng.standard_t(3, size=50000)  # heavy tails, no outlier cluster
+    h = hists({"hidden": x, "tails": y})
+    assert plan(h, tensors=1).high == ["hidden"]
+
+    def over_power(name: str, v: np.ndarray) -> float:
+        lo = qfcal.search(h[name], bits=8)
+        hi = qfcal.search(h[name], bits=16, symmetric=True, method="minmax")
+        return (lo.mse - hi.mse) / float(np.mean(v**2))
+
+    assert over_power("hidden", x) < over_power("tails", y) / 2  # the old ranking's view
+
+
+def test_free_tensors_get_no_quantizer() -> None:
+    h = hists(tensors(5))
+    p = plan(h, tensors=1, free=["outlier"])
+    assert p.free == ["outlier"] and p.bits["outlier"] is None
+    assert p.tensors["outlier"].error == 0.0 and "outlier" not in p.ranked
+    assert "outlier" not in p.results and len(p.high) == 1 and p.high[0] != "outlier"
+    assert p.predicted_error < plan(h, tensors=1).predicted_error
+    assert "1 without a quantizer" in p.summary()
+    with pytest.raises(ValueError, match="free names 'nope', which has no histogram"):
+        plan(h, tensors=1, free=["nope"])
+    with pytest.raises(TypeError, match="free must be a collection of tensor names"):
+        plan(h, tensors=1, free="outlier")
 
 
 def test_budgets_by_bytes_target_and_sensitivity() -> None:
@@ -144,3 +197,80 @@ def test_a_plan_applied_in_onnx_runtime(tmp_path: Path) -> None:
             }
             assert wide == set(p.high), (wide, p.high)
     assert errs["plan"] < errs["int8"], errs
+
+
+def test_readme_mixed_precision_on_a_transformer_like_encoder(tmp_path: Path, monkeypatch) -> None:
+    """The README's example on a small MiniLM-like encoder (tests/onnx_encoder.py): the
+    feed-forward outputs with an outlier channel are ranked first; 16 bits on them and no
+    quantizer on the MatMul outputs before their bias Add (what fused kernels keep internal)
+    each bring the embedding closer to float than all-int8."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import onnx_encoder
+    import qfcal.onnxruntime as qort
+    from readme_examples import run as run_example
+
+    monkeypatch.chdir(tmp_path)
+    onnx.save(onnx_encoder.build(onnx_encoder.weights(0)), "encoder.onnx")
+    calib = onnx_encoder.sentences(64, seed=1)
+    batches = [{"x": calib[i : i + 8]} for i in range(0, 64, 8)]
+    held = onnx_encoder.sentences(200, seed=2)  # inputs the calibration never saw
+
+    def cos_error(path: str) -> float:
+        s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return s.run(None, {"x": held})[0]
+
+    ref = cos_error("encoder.onnx")
+
+    def error(path: str) -> float:
+        out = cos_error(path)
+        cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+        return float(1.0 - cos.mean())
+
+    ns = run_example("precision", {"batches": batches})
+    p = ns["p"]
+    assert set(p.free) == {f"b{b}.mm{k}" for b in range(3) for k in "a12"}
+    assert len(p.high) == 2 and not set(p.high) & set(p.free)
+    assert "2 of 18 tensors at 16 bits, 9 without a quantizer" in p.summary()  # as README says
+    mixed = error("mixed.onnx")
+    q = onnx.load("mixed.onnx")
+    quantized = {n.input[0] for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert not quantized & set(p.free) and set(p.high) <= quantized
+
+    cal = ns["cal"]
+    only16 = plan(cal.histograms, tensors=2)
+    assert only16.high == ["b0.mm2", "b1.mm2"]  # the outlier tensors, largest first
+    errs = {}
+    for name, extra in (("int8", {}), ("16-bit", {"TensorQuantOverrides": only16.ort_overrides()})):
+        qort.quantize_static("encoder.onnx", f"{name}.onnx", batches, method="optimal",
+                             op_types_to_quantize=["MatMul"], per_channel=True, progress=False,
+                             extra_options=extra)  # fmt: skip
+        errs[name] = error(f"{name}.onnx")
+    errs["mixed"] = mixed
+    # the quantized models name the same fused outputs (weights behind DequantizeLinear, the
+    # MatMul output read through its quantizer)
+    assert qort.fused_outputs("int8.onnx") == qort.fused_outputs("mixed.onnx")
+    assert set(qort.fused_outputs("int8.onnx")) == set(p.free)
+    print(f"encoder, 1 - cos: {errs}")
+    assert errs["16-bit"] < errs["int8"] / 4, errs
+    assert errs["mixed"] < errs["16-bit"], errs
+
+    again = qort.remove_quantizers("mixed.onnx", p.free)  # already float: nothing changes
+    assert len(again.graph.node) == len(q.graph.node)
+    with pytest.raises(ValueError, match="tensors: 'b0.nope' is not a tensor of the model"):
+        qort.remove_quantizers("mixed.onnx", ["b0.nope"])
+
+
+def test_fused_outputs_of_a_cnn() -> None:
+    """Conv outputs before their Relu are fused; an output feeding a graph output or a
+    non-constant Add is not."""
+    pytest.importorskip("onnx")
+    import qfcal.onnxruntime as qort
+    from onnx_cnn import build_onnx, random_weights
+
+    m = build_onnx(random_weights(0))
+    found = qort.fused_outputs(m)
+    convs = [n.output[0] for n in m.graph.node if n.op_type == "Conv"]
+    assert found == convs, (found, convs)
+    with pytest.raises(FileNotFoundError, match="model must be an ONNX model file"):
+        qort.fused_outputs("missing.onnx")

@@ -49,6 +49,7 @@ from qfcal._checks import (
     check_flags,
     equalize_objective,
 )
+from qfcal._onnx_placement import fused_outputs, remove_quantizers
 from qfcal._progress import Progress
 from qfcal.equalize import RELU6_MODES, EqualizeReport
 from qfcal.selection import (
@@ -70,7 +71,9 @@ __all__ = [
     "Calibration",
     "calibrate",
     "equalize",
+    "fused_outputs",
     "quantize_static",
+    "remove_quantizers",
     "search_weight_ranges",
     "select_method",
     "weight_overrides",

@@ -2,25 +2,37 @@
 
 Each tensor's exact histogram gives its quantization error at every bit width without running
 the model: :func:`plan` searches each tensor at the base and the higher width, ranks the
-tensors by what the step up buys (the drop in noise-to-signal ratio, ``mse / E[x^2]``, or in
-loss-weighted error for a :class:`qfcal.WeightedHistogram`, times an optional per-tensor
-sensitivity), and gives the higher width to the best ones within a budget: a number of
-tensors, a share of the activation bytes, or a target error. The :class:`PrecisionPlan` says
-per tensor the bits and the predicted error, and hands ONNX Runtime its per-tensor overrides
-(:meth:`PrecisionPlan.ort_overrides`: 16-bit tensors as ``QInt16``) and AIMET / QNN their
-encodings with a bit width per tensor (``qfcal.encodings.write(plan.results, path, "aimet")``).
+tensors by what the step up buys (the drop in noise power relative to the power of the
+tensor's bulk, see :func:`bulk_power`; loss-weighted for a :class:`qfcal.WeightedHistogram`;
+times an optional per-tensor sensitivity), and gives the higher width to the best ones within
+a budget: a number of tensors, a share of the activation bytes, or a target error. Tensors a
+runtime's fused kernel keeps internal (``free=``, e.g. from
+:func:`qfcal.onnxruntime.fused_outputs`) get no quantizer at all. The :class:`PrecisionPlan`
+says per tensor the bits and the predicted error, and hands ONNX Runtime its per-tensor
+overrides (:meth:`PrecisionPlan.ort_overrides`: 16-bit tensors as ``QInt16``) and AIMET / QNN
+their encodings with a bit width per tensor (``qfcal.encodings.write(plan.results, path,
+"aimet")``).
+
+Why the bulk: on a transformer's residual stream a few channels reach 200 where the rest stay
+near 1. The outliers dominate ``E[x^2]``, so ``mse / E[x^2]`` calls the tensor fine, but the
+8-bit step they force (about 1.5) is noise on every other channel, which is where the
+information is once LayerNorm has scaled the outlier channels down. Measured on
+all-MiniLM-L6-v2 (``benchmarks/real_models/precision.py``): normalizing by the bulk puts the
+tensors the model itself finds most sensitive first, where ``mse / E[x^2]`` did not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 import qfcal
 
-__all__ = ["PrecisionPlan", "TensorPrecision", "plan"]
+__all__ = ["BULK_QUANTILE", "PrecisionPlan", "TensorPrecision", "bulk_power", "plan"]
 
 Hist = Any  # qfcal.Histogram | qfcal.WeightedHistogram
 
@@ -31,17 +43,19 @@ class TensorPrecision:
 
     Attributes:
         name: the tensor.
-        bits: the width the plan gives it.
-        error: predicted relative error at `bits` (``mse / E[x^2]``; loss-weighted for a
-            weighted histogram), times its sensitivity.
+        bits: the width the plan gives it; ``None``: no quantizer (a tensor the runtime's
+            fused kernel keeps internal, from ``free=``).
+        error: predicted error at `bits`: noise power over the bulk's power
+            (``mse / bulk_power``; loss-weighted for a weighted histogram), times its
+            sensitivity; 0 without a quantizer.
         base_error, high_error: the same at the base and at the higher width.
         gain: ``base_error - high_error``, what the step up buys.
         size: its bytes per sample at the base width (``sizes``; 1 when not given).
-        result: the range at `bits`.
+        result: the range at `bits` (at the base width for a tensor without a quantizer).
     """
 
     name: str
-    bits: int
+    bits: int | None
     error: float
     base_error: float
     high_error: float
@@ -61,9 +75,15 @@ class PrecisionPlan:
     ranked: list[str] = field(default_factory=list)
 
     @property
-    def bits(self) -> dict[str, int]:
-        """tensor -> bits."""
+    def bits(self) -> dict[str, int | None]:
+        """tensor -> bits (``None``: no quantizer)."""
         return {n: t.bits for n, t in self.tensors.items()}
+
+    @property
+    def free(self) -> list[str]:
+        """The tensors left without a quantizer (``free=``): take them off the quantized model
+        (:func:`qfcal.onnxruntime.remove_quantizers`)."""
+        return [n for n, t in self.tensors.items() if t.bits is None]
 
     @property
     def high(self) -> list[str]:
@@ -72,9 +92,9 @@ class PrecisionPlan:
 
     @property
     def results(self) -> dict[str, qfcal.SearchResult]:
-        """tensor -> its range at the plan's bits: a source for :mod:`qfcal.encodings` (AIMET
-        and QNN encodings carry a bit width per tensor)."""
-        return {n: t.result for n, t in self.tensors.items()}
+        """tensor -> its range at the plan's bits, for every quantized tensor: a source for
+        :mod:`qfcal.encodings` (AIMET and QNN encodings carry a bit width per tensor)."""
+        return {n: t.result for n, t in self.tensors.items() if t.bits is not None}
 
     @property
     def predicted_error(self) -> float:
@@ -82,8 +102,8 @@ class PrecisionPlan:
         return math.fsum(t.error for t in self.tensors.values())
 
     def ort_overrides(self) -> dict[str, list[dict[str, Any]]]:
-        """ONNX Runtime ``TensorQuantOverrides`` for every tensor of the plan (the higher
-        width's tensors as 16-bit types), with qfcal's scale and zero point
+        """ONNX Runtime ``TensorQuantOverrides`` for every quantized tensor of the plan (the
+        higher width's tensors as 16-bit types), with qfcal's scale and zero point
         (:func:`qfcal.encodings.to_ort`)."""
         from qfcal.encodings import to_ort
 
@@ -92,18 +112,34 @@ class PrecisionPlan:
     def summary(self) -> str:
         """A line a user reads."""
         base = math.fsum(t.base_error for t in self.tensors.values())
+        free = f", {len(self.free)} without a quantizer" if self.free else ""
         return (
-            f"{len(self.high)} of {len(self.tensors)} tensors at {self.high_bits} bits: "
+            f"{len(self.high)} of {len(self.tensors)} tensors at {self.high_bits} bits{free}: "
             f"predicted error {self.predicted_error:.4g} (all at {self.base_bits} bits: "
             f"{base:.4g})"
         )
 
 
-def _relative(r: qfcal.SearchResult) -> float:
-    """``mse / E[x^2]`` (0 for an exact tensor, 1 for one that is all noise)."""
-    if r.mse == 0 or not math.isfinite(r.sqnr_db):
+# The quantile of |x| above which values count as outliers in the bulk's power.
+BULK_QUANTILE = 0.99
+
+
+def bulk_power(h: Hist, quantile: float = BULK_QUANTILE) -> float:
+    """``E[min(x^2, c^2)]`` with ``c`` the `quantile` of ``|x|``: the power of the tensor's
+    bulk, with the rare outliers clipped (winsorized) so they do not set the scale against
+    which noise is judged. Equal to ``E[x^2]`` within a few percent for a tensor without
+    outliers; from the histogram's bin centres (the values' histogram for a weighted one).
+    0 for a tensor that is all zeros."""
+    counts, edges = (h.counts if isinstance(h, qfcal.WeightedHistogram) else h).to_numpy()
+    c = counts.astype(np.float64)
+    total = c.sum()
+    if total == 0:
         return 0.0
-    return float(10.0 ** (-r.sqnr_db / 10.0))
+    a = np.abs(0.5 * (edges[:-1] + edges[1:]))
+    order = np.argsort(a, kind="stable")
+    cum = np.cumsum(c[order])
+    cap = a[order][min(int(np.searchsorted(cum, quantile * total)), len(a) - 1)]
+    return float(np.dot(c, np.minimum(a, cap) ** 2) / total)
 
 
 def plan(
@@ -116,6 +152,7 @@ def plan(
     target: float | None = None,
     sizes: Mapping[str, int] | None = None,
     sensitivity: Mapping[str, float] | None = None,
+    free: Iterable[str] = (),
     signed: bool = True,
     symmetric_high: bool = True,
     method: str = "optimal",
@@ -126,7 +163,8 @@ def plan(
     Exactly one budget: `tensors` (at most that many at the higher width), `share` (at most
     that share of the activation bytes at the base width, with `sizes`: tensor -> elements per
     sample) or `target` (the fewest tensors that bring the summed predicted error to at most
-    `target`). Tensors go up in order of gain (per byte with `share`).
+    `target`). Tensors go up in order of gain (per byte with `share`). A tensor's error is its
+    quantization noise power (``mse``) over its bulk's power (:func:`bulk_power`).
 
     Args:
         histograms: tensor -> :class:`qfcal.Histogram` or :class:`qfcal.WeightedHistogram`.
@@ -134,6 +172,9 @@ def plan(
         sizes: tensor -> elements per sample (bytes at the base width; default 1 each).
         sensitivity: tensor -> a weight on its error (for instance from the model's own
             one-at-a-time measurement); default 1.
+        free: tensors that get no quantizer (bits ``None``, error 0, outside every budget):
+            those the runtime's fused kernels keep internal
+            (:func:`qfcal.onnxruntime.fused_outputs`: a MatMul's output before its bias Add).
         signed, method: the search's at the base width; `high_method` at the higher one
             (``minmax`` by default: at 16 bits rounding dominates and ``optimal`` gains
             almost nothing for a search about 5,000 times slower); `symmetric_high`: the
@@ -142,7 +183,8 @@ def plan(
 
     Raises:
         ValueError: not exactly one budget, a budget out of range, bad widths, a histogram
-            without finite values, or a size/sensitivity that is not positive.
+            without finite values, a size/sensitivity that is not positive, or a `free`
+            tensor without a histogram.
     """
     given = [b for b in (tensors, share, target) if b is not None]
     if len(given) != 1:
@@ -159,6 +201,14 @@ def plan(
         raise ValueError(f"share must be in [0, 1], got {share!r}")
     if target is not None and not (math.isfinite(target) and target >= 0):
         raise ValueError(f"target must be a finite number >= 0, got {target!r}")
+    if isinstance(free, str):
+        raise TypeError(f"free must be a collection of tensor names, got the string {free!r}")
+    free = set(free)
+    unknown = sorted(free - set(histograms))
+    if unknown:
+        raise ValueError(
+            f"free names {unknown[0]!r}, which has no histogram ({len(unknown)} such names)"
+        )
     out = PrecisionPlan(base_bits=base_bits, high_bits=high_bits)
     rows = []
     for name, h in histograms.items():
@@ -177,14 +227,18 @@ def plan(
             hi = qfcal.search(h, bits=high_bits, signed=signed, symmetric=sym, method=high_method)
         except qfcal.EmptyHistogramError as e:
             raise ValueError(f"tensor {name!r}: {e}") from e
-        base, high = weight * _relative(lo), weight * _relative(hi)
+        power = bulk_power(h)
+        scale = weight / power if power > 0 else 0.0  # an all-zero tensor: exact at any width
+        base, high = lo.mse * scale, hi.mse * scale
         rows.append((name, lo, hi, base, high, size))
     order = sorted(rows, key=lambda r: (-(r[3] - r[4]) / (r[5] if share is not None else 1), r[0]))
-    total_bytes = sum(r[5] for r in rows)
+    total_bytes = sum(r[5] for r in rows if r[0] not in free)
     up: set[str] = set()
-    error = math.fsum(r[3] for r in rows)
+    error = math.fsum(r[3] for r in rows if r[0] not in free)
     used = 0
     for name, _lo, _hi, base, high, size in order:
+        if name in free:
+            continue
         if base - high <= 0:
             break
         if tensors is not None and len(up) >= tensors:
@@ -197,16 +251,16 @@ def plan(
         used += size
         error += high - base
     for name, lo, hi, base, high, size in rows:
-        top = name in up
+        bits: int | None = None if name in free else high_bits if name in up else base_bits
         out.tensors[name] = TensorPrecision(
             name=name,
-            bits=high_bits if top else base_bits,
-            error=high if top else base,
+            bits=bits,
+            error=0.0 if bits is None else high if bits == high_bits else base,
             base_error=base,
             high_error=high,
             gain=base - high,
             size=size,
-            result=hi if top else lo,
+            result=hi if bits == high_bits else lo,
         )
-    out.ranked = [r[0] for r in order]
+    out.ranked = [r[0] for r in order if r[0] not in free]
     return out

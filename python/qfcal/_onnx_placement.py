@@ -1,0 +1,161 @@
+"""Where an ONNX model's activation quantizers go: the tensors a runtime's fused kernels keep
+internal (no quantizer needed), and taking the quantizers off such tensors in a QDQ model.
+
+Re-exported by :mod:`qfcal.onnxruntime` (``fused_outputs``, ``remove_quantizers``); needs
+``onnx`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+# Ops whose output a fused kernel can take through a bias Add without writing it out: the
+# MatMul + Add of a linear layer (a Gemm / FullyConnected with bias in every runtime, one
+# "supergroup" in AIMET and QNN) and a convolution followed by a bias Add.
+_LINEAR = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+# Activations fused into the producing kernel (ORT's QDQ quantizer already leaves the tensor
+# between a Conv and its Relu/Clip unquantized; other runtimes fuse them too).
+_FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid"}
+
+
+def _consumers(graph: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                out[name].append(node)
+    return out
+
+
+def fused_outputs(model: Any) -> list[str]:
+    """The activations a runtime's fused kernels keep internal, so they need no quantizer.
+
+    A tensor qualifies when it is the output of a MatMul/Gemm/Conv whose weight is a constant
+    (an initializer) and its only consumer is an ``Add`` of a constant (the bias: MatMul + Add
+    is one fully-connected kernel with an int32 accumulator), or a fused activation
+    (``Relu``, ``Clip``, ...) — and it is not a graph output. ONNX Runtime's quantizer puts a
+    quantizer on a MatMul's output before its bias Add (``MatMul`` in ``op_types_to_quantize``);
+    AIMET and QNN do not, and on a transformer those tensors carry the feed-forward outliers.
+
+    Args:
+        model: an ``onnx.ModelProto`` or a path (the float model, or its QDQ quantization).
+
+    Returns:
+        The tensor names, in graph order.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        p = Path(os.fspath(model))
+        if not p.is_file():
+            raise FileNotFoundError(f"model must be an ONNX model file, {str(p)!r} does not exist")
+        model = onnx.load(str(p), load_external_data=False)
+    graph = model.graph
+    consts = {i.name for i in graph.initializer}
+    consts |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    # a weight behind DequantizeLinear (a QDQ model) is still a constant
+    consts |= {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in consts}  # fmt: skip
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    found = []
+    for node in graph.node:
+        if node.op_type not in _LINEAR or len(node.input) < 2 or node.input[1] not in consts:
+            continue
+        t = node.output[0]
+        if t in outputs:
+            continue
+        nxt = _past_quantizer(users, t)
+        if len(nxt) != 1:
+            continue
+        (user,) = nxt
+        bias_add = user.op_type == "Add" and any(i in consts for i in user.input if i != t)
+        if bias_add or user.op_type in _FUSED_ACTIVATIONS:
+            found.append(t)
+    return found
+
+
+def _past_quantizer(users: dict[str, list[Any]], t: str) -> list[Any]:
+    """The consumers of `t`, looking through a QuantizeLinear -> DequantizeLinear pair."""
+    out = []
+    for u in users.get(t, []):
+        if u.op_type == "QuantizeLinear":
+            for dq in users.get(u.output[0], []):
+                out.extend(users.get(dq.output[0], []) if dq.op_type == "DequantizeLinear"
+                           else [dq])  # fmt: skip
+        else:
+            out.append(u)
+    return out
+
+
+def remove_quantizers(
+    model: Any, tensors: Iterable[str], output: str | os.PathLike[str] | None = None
+) -> Any:
+    """Take the activation quantizer off each of `tensors` in a QDQ model: the
+    ``QuantizeLinear`` -> ``DequantizeLinear`` pair(s) after the tensor go, and their consumers
+    read the float tensor. For the tensors a fused kernel keeps internal
+    (:func:`fused_outputs`) or a plan keeps in float (:attr:`qfcal.precision.PrecisionPlan.free`).
+
+    Args:
+        model: the quantized QDQ model (``onnx.ModelProto`` or path).
+        tensors: the float tensor names (as in the float model).
+        output: where to save the result (optional).
+
+    Returns:
+        The changed ``onnx.ModelProto``.
+
+    A tensor without a quantizer in `model` (ONNX Runtime leaves a Conv's output before its
+    fused Relu unquantized) is left as it is.
+
+    Raises:
+        ValueError: a name that is no tensor of `model`, a quantizer not followed by
+            DequantizeLinear, or a tensor read as a graph output through its quantizer.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        p = Path(os.fspath(model))
+        if not p.is_file():
+            raise FileNotFoundError(f"model must be an ONNX model file, {str(p)!r} does not exist")
+        model = onnx.load(str(p))
+    graph = model.graph
+    users = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    drop: list[Any] = []
+    rename: dict[str, str] = {}
+    known = {name for node in graph.node for name in (*node.input, *node.output)}
+    known |= {i.name for i in graph.input}
+    for t in dict.fromkeys(tensors):
+        if t not in known:
+            raise ValueError(f"tensors: {t!r} is not a tensor of the model")
+        qs = [u for u in users.get(t, []) if u.op_type == "QuantizeLinear"]
+        if not qs:
+            continue  # already float (e.g. a Conv output ONNX Runtime fused with its Relu)
+        dqs = [d for q in qs for d in users.get(q.output[0], [])]
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            raise ValueError(
+                f"tensors: {t!r} is quantized by a QuantizeLinear not followed by "
+                "DequantizeLinear only (not a QDQ model?)"
+            )
+        if any(d.output[0] in outputs for d in dqs) or any(q.output[0] in outputs for q in qs):
+            raise ValueError(f"tensors: {t!r} is read as a graph output through its quantizer")
+        drop.extend(qs + dqs)
+        rename.update({d.output[0]: t for d in dqs})
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    gone = {id(n) for n in drop}
+    params = {name for n in drop for name in n.input[1:]}  # their scales and zero points
+    kept = [n for n in graph.node if id(n) not in gone]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for n in graph.node for name in n.input}
+    inits = [i for i in graph.initializer if i.name in used or i.name not in params]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    if output is not None:
+        onnx.save(model, os.fspath(output))
+    return model
