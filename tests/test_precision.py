@@ -88,6 +88,29 @@ def test_an_outlier_hidden_by_its_own_power_is_still_found() -> None:
     assert over_power("hidden", x) < over_power("tails", y) / 2  # the old ranking's view
 
 
+def test_loss_weighted_histograms_are_planned_by_their_weights() -> None:
+    """With loss weights (qfcal.torch.calibrate_loss_aware's), a tensor whose values cost the
+    loss nothing is not worth 16 bits, however noisy."""
+    data = tensors(6)
+    weighted = {}
+    for name, x in data.items():
+        w = qfcal.WeightedHistogram()
+        w.update(x, np.full(x.shape, 1e-6 if name == "outlier" else 1.0))
+        weighted[name] = w
+    p = plan(weighted, tensors=1)
+    assert p.high and p.high[0] != "outlier" and p.ranked[-1] == "outlier"
+    assert plan(hists(data), tensors=1).high == ["outlier"]
+    assert p.tensors["relu"].result.min == 0.0  # no negatives: 0 stays the lowest level
+    # the predicted error is the loss increase sum(w e^2) / n, simulated on the data
+    r, x = p.tensors["plain1"].result, data["plain1"]
+    q = np.clip(np.round(x / r.scale) + r.zero_point, r.qmin, r.qmax)
+    assert p.tensors["plain1"].error == pytest.approx(
+        np.mean(((q - r.zero_point) * r.scale - x) ** 2), rel=0.15
+    )
+    with pytest.raises(ValueError, match="mixes loss-weighted and plain histograms"):
+        plan({**hists(data), "w": weighted["plain0"]}, tensors=1)
+
+
 def test_free_tensors_get_no_quantizer() -> None:
     h = hists(tensors(5))
     p = plan(h, tensors=1, free=["outlier"])

@@ -666,6 +666,16 @@ def test_pt2e_mixed_precision_from_a_plan(fmnist, trained):
     assert errors[100] < errors[1] < errors[0], errors
     print(f"PT2E mixed precision, logits mse: {errors}")
 
+    # loss-aware: the observers' loss-weighted histograms, ranked by the loss they cost
+    model = prepared()
+    qtorch.calibrate_loss_aware(model, fmnist["calib"][:2])
+    weighted = qtorch.observer_histograms(model)
+    assert all(isinstance(h, qfcal.WeightedHistogram) for h in weighted.values())
+    p = plan(weighted, tensors=1)
+    assert qtorch.apply_precision(model, p) == p.high and len(p.high) == 1
+    converted = convert_pt2e(model)
+    assert any(n.target == quantize_op and n.args[5] == torch.int16 for n in converted.graph.nodes)
+
     model = prepared()
     p = plan(qtorch.observer_histograms(model), tensors=1)
     p.high_bits = 17

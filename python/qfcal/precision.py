@@ -46,8 +46,8 @@ class TensorPrecision:
         bits: the width the plan gives it; ``None``: no quantizer (a tensor the runtime's
             fused kernel keeps internal, from ``free=``).
         error: predicted error at `bits`: noise power over the bulk's power
-            (``mse / bulk_power``; loss-weighted for a weighted histogram), times its
-            sensitivity; 0 without a quantizer.
+            (``mse / bulk_power``; for a weighted histogram the loss increase
+            ``sum(w * e^2) / n``), times its sensitivity; 0 without a quantizer.
         base_error, high_error: the same at the base and at the higher width.
         gain: ``base_error - high_error``, what the step up buys.
         size: its bytes per sample at the base width (``sizes``; 1 when not given).
@@ -164,7 +164,10 @@ def plan(
     that share of the activation bytes at the base width, with `sizes`: tensor -> elements per
     sample) or `target` (the fewest tensors that bring the summed predicted error to at most
     `target`). Tensors go up in order of gain (per byte with `share`). A tensor's error is its
-    quantization noise power (``mse``) over its bulk's power (:func:`bulk_power`).
+    quantization noise power (``mse``) over its bulk's power (:func:`bulk_power`); for
+    loss-weighted histograms (:func:`qfcal.torch.calibrate_loss_aware`, weights the squared
+    gradient of the loss), the predicted loss increase ``sum(w * e^2) / n``, which ranks the
+    tensors by what their noise costs the model's loss.
 
     Args:
         histograms: tensor -> :class:`qfcal.Histogram` or :class:`qfcal.WeightedHistogram`.
@@ -183,8 +186,8 @@ def plan(
 
     Raises:
         ValueError: not exactly one budget, a budget out of range, bad widths, a histogram
-            without finite values, a size/sensitivity that is not positive, or a `free`
-            tensor without a histogram.
+            without finite values, a size/sensitivity that is not positive, a `free`
+            tensor without a histogram, or plain and loss-weighted histograms mixed.
     """
     given = [b for b in (tensors, share, target) if b is not None]
     if len(given) != 1:
@@ -209,6 +212,12 @@ def plan(
         raise ValueError(
             f"free names {unknown[0]!r}, which has no histogram ({len(unknown)} such names)"
         )
+    kinds = {isinstance(h, qfcal.WeightedHistogram) for h in histograms.values()}
+    if len(kinds) > 1:
+        raise ValueError(
+            "histograms mixes loss-weighted and plain histograms: their errors are in "
+            "different units (loss increase, noise over signal); give all of one kind"
+        )
     out = PrecisionPlan(base_bits=base_bits, high_bits=high_bits)
     rows = []
     for name, h in histograms.items():
@@ -223,11 +232,19 @@ def plan(
             # a tensor with no negative value keeps 0 as its lowest level: ONNX Runtime drops
             # the ReLU before a quantizer whose range starts at 0, so a symmetric range would
             # let the negatives through (measured: a small CNN's output error x600)
-            sym = symmetric_high and h.min is not None and h.min < 0
+            low = (h.counts if isinstance(h, qfcal.WeightedHistogram) else h).min
+            sym = symmetric_high and low is not None and low < 0
             hi = qfcal.search(h, bits=high_bits, signed=signed, symmetric=sym, method=high_method)
         except qfcal.EmptyHistogramError as e:
             raise ValueError(f"tensor {name!r}: {e}") from e
-        power = bulk_power(h)
+        if isinstance(h, qfcal.WeightedHistogram):
+            # the search's mse is a weighted mean (only the weights' ratios matter to a
+            # range); times the mean weight it is the loss increase sum(w e^2) / n, which
+            # compares across tensors (w: the squared gradient of the loss)
+            n = h.counts.total
+            power = n / h.total_weight if h.total_weight > 0 else 0.0
+        else:
+            power = bulk_power(h)
         scale = weight / power if power > 0 else 0.0  # an all-zero tensor: exact at any width
         base, high = lo.mse * scale, hi.mse * scale
         rows.append((name, lo, hi, base, high, size))

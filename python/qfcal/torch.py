@@ -967,16 +967,20 @@ def calibrate_auto(
 # -- precision ------------------------------------------------------------------------------
 
 
-def observer_histograms(prepared: torch.nn.Module) -> dict[str, qfcal.Histogram]:
+def observer_histograms(
+    prepared: torch.nn.Module,
+) -> dict[str, qfcal.Histogram | qfcal.WeightedHistogram]:
     """Observer name -> the histogram of the values it saw, for every qfcal activation observer
     of a calibrated prepared model (PT2E, FX or eager): what :func:`qfcal.precision.plan`
-    ranks.
+    ranks. After :func:`calibrate_loss_aware`, an observer's loss-weighted histogram
+    (:attr:`QfcalObserver.loss_weights`), so the plan weighs each tensor's noise by what it
+    costs the loss.
 
     Raises:
         ValueError: `prepared` has no qfcal observer, or one whose grid is mirrored (its
             histogram holds ``-x``: ``per_tensor_symmetric`` with an unsigned custom range).
     """
-    out: dict[str, qfcal.Histogram] = {}
+    out: dict[str, qfcal.Histogram | qfcal.WeightedHistogram] = {}
     for name, m in prepared.named_modules():
         if isinstance(m, _QfcalObserverImpl):
             if m.negated:
@@ -985,7 +989,7 @@ def observer_histograms(prepared: torch.nn.Module) -> dict[str, qfcal.Histogram]
                     f"dtype {m.dtype}, quant_min={m.quant_min}, quant_max={m.quant_max}); "
                     "give it torch.per_tensor_affine to plan its precision"
                 )
-            out[name] = m.histogram
+            out[name] = m.loss_weights if m.loss_weights is not None else m.histogram
     if not out:
         raise ValueError("prepared has no qfcal observer (prepare it with qfcal's observers)")
     return out
