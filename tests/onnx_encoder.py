@@ -46,13 +46,48 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
     return w
 
 
-def build(w: dict[str, np.ndarray]) -> Any:
-    """The encoder (opset 17: LayerNormalization) with the given weights."""
+def build(w: dict[str, np.ndarray], decomposed: bool = False) -> Any:
+    """The encoder (opset 17: LayerNormalization) with the given weights. `decomposed`: each
+    LayerNorm as the elementwise ops PyTorch's opset-14 export writes (ReduceMean, Sub, Pow,
+    ReduceMean, Add, Sqrt, Div, Mul, Add) and the activation an erf GELU (Div, Erf, Add, Mul,
+    Mul) instead of Relu, as in all-MiniLM-L6-v2's ONNX export."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     n = helper.make_node
     nodes = []
+    consts = {"eps": 1e-5, "two": 2.0, "sqrt2": float(np.sqrt(2.0)), "one": 1.0, "half": 0.5}
+
+    def layernorm(x: str, g: str, b: str, out: str) -> None:
+        if not decomposed:
+            nodes.append(n("LayerNormalization", [x, g, b], [out], axis=-1))
+            return
+        p = out + "/"
+        nodes.extend([
+            n("ReduceMean", [x], [p + "mean"], axes=[-1]),
+            n("Sub", [x, p + "mean"], [p + "sub"]),
+            n("Pow", [p + "sub", "two"], [p + "pow"]),
+            n("ReduceMean", [p + "pow"], [p + "var"], axes=[-1]),
+            n("Add", [p + "var", "eps"], [p + "vareps"]),
+            n("Sqrt", [p + "vareps"], [p + "std"]),
+            n("Div", [p + "sub", p + "std"], [p + "norm"]),
+            n("Mul", [p + "norm", g], [p + "scaled"]),
+            n("Add", [p + "scaled", b], [out]),
+        ])  # fmt: skip
+
+    def activation(x: str, out: str) -> None:
+        if not decomposed:
+            nodes.append(n("Relu", [x], [out]))
+            return
+        p = out + "/"
+        nodes.extend([
+            n("Div", [x, "sqrt2"], [p + "div"]),
+            n("Erf", [p + "div"], [p + "erf"]),
+            n("Add", [p + "erf", "one"], [p + "erf1"]),
+            n("Mul", [x, p + "erf1"], [p + "mul"]),
+            n("Mul", [p + "mul", "half"], [out]),
+        ])  # fmt: skip
+
     h = "x"
     for b in range(BLOCKS):
         p = f"b{b}"
@@ -64,17 +99,17 @@ def build(w: dict[str, np.ndarray]) -> Any:
 
         a = linear(h, "a")
         nodes.append(n("Add", [h, a], [f"{p}.res1"]))
-        nodes.append(n("LayerNormalization", [f"{p}.res1", f"{p}.ln1.g", f"{p}.ln1.b"],
-                       [f"{p}.h1"], axis=-1))  # fmt: skip
+        layernorm(f"{p}.res1", f"{p}.ln1.g", f"{p}.ln1.b", f"{p}.h1")
         f = linear(f"{p}.h1", "1")
-        nodes.append(n("Relu", [f], [f"{p}.f"]))
+        activation(f, f"{p}.f")
         g = linear(f"{p}.f", "2")
         nodes.append(n("Add", [f"{p}.h1", g], [f"{p}.res2"]))
-        nodes.append(n("LayerNormalization", [f"{p}.res2", f"{p}.ln2.g", f"{p}.ln2.b"],
-                       [f"{p}.h"], axis=-1))  # fmt: skip
+        layernorm(f"{p}.res2", f"{p}.ln2.g", f"{p}.ln2.b", f"{p}.h")
         h = f"{p}.h"
     nodes.append(n("ReduceMean", [h], ["embedding"], axes=[1], keepdims=0))
     inits = [numpy_helper.from_array(v, k) for k, v in w.items()]
+    if decomposed:
+        inits += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items()]
     graph = helper.make_graph(
         nodes,
         "encoder",

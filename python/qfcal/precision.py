@@ -177,7 +177,9 @@ def plan(
             one-at-a-time measurement); default 1.
         free: tensors that get no quantizer (bits ``None``, error 0, outside every budget):
             those the runtime's fused kernels keep internal
-            (:func:`qfcal.onnxruntime.fused_outputs`: a MatMul's output before its bias Add).
+            (:func:`qfcal.onnxruntime.fused_outputs`: a MatMul's output before its bias Add,
+            the inside of a LayerNorm or GELU). Names without a histogram are not planned
+            (nothing quantizes them).
         signed, method: the search's at the base width; `high_method` at the higher one
             (``minmax`` by default: at 16 bits rounding dominates and ``optimal`` gains
             almost nothing for a search about 5,000 times slower); `symmetric_high`: the
@@ -186,8 +188,8 @@ def plan(
 
     Raises:
         ValueError: not exactly one budget, a budget out of range, bad widths, a histogram
-            without finite values, a size/sensitivity that is not positive, a `free`
-            tensor without a histogram, or plain and loss-weighted histograms mixed.
+            without finite values, a size/sensitivity that is not positive, or plain and
+            loss-weighted histograms mixed.
     """
     given = [b for b in (tensors, share, target) if b is not None]
     if len(given) != 1:
@@ -206,12 +208,7 @@ def plan(
         raise ValueError(f"target must be a finite number >= 0, got {target!r}")
     if isinstance(free, str):
         raise TypeError(f"free must be a collection of tensor names, got the string {free!r}")
-    free = set(free)
-    unknown = sorted(free - set(histograms))
-    if unknown:
-        raise ValueError(
-            f"free names {unknown[0]!r}, which has no histogram ({len(unknown)} such names)"
-        )
+    free = set(free) & set(histograms)  # a tensor without a histogram has no quantizer
     kinds = {isinstance(h, qfcal.WeightedHistogram) for h in histograms.values()}
     if len(kinds) > 1:
         raise ValueError(
