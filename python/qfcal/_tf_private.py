@@ -118,9 +118,15 @@ def quantize_calibrated(
     disable_per_channel_for_dense_layers: bool,
     input_type: Any,
     output_type: Any,
+    activations: str = "int8",
 ) -> bytes:
-    """Quantize a calibrated float flatbuffer the way ``TFLiteConverter._quantize`` does with
-    the MLIR quantizer (int8 activations)."""
+    """Quantize a calibrated float flatbuffer the way ``TFLiteConverter._quantize`` does: with
+    the MLIR quantizer for int8 activations, with the older one for ``"int16"`` (16x8)."""
+    if activations == "int16":
+        return _quantize_calibrated_16x8(
+            calibrated, disable_per_channel, disable_per_channel_for_dense_layers,
+            input_type, output_type,
+        )  # fmt: skip
     try:
         from tensorflow.lite.python import convert
     except ImportError as e:  # pragma: no cover - depends on the TensorFlow build
@@ -141,9 +147,8 @@ def quantize_calibrated(
     return bytes(out)
 
 
-def quantize_calibrated_16x8(
+def _quantize_calibrated_16x8(
     calibrated: bytes,
-    *,
     disable_per_channel: bool,
     disable_per_channel_for_dense_layers: bool,
     input_type: Any,

@@ -616,17 +616,13 @@ def quantize(
             else:
                 t.quantization.min = [r.min]
                 t.quantization.max = [r.max]
-        quantizer = (
-            _tf_private.quantize_calibrated_16x8
-            if activations == "int16"
-            else _tf_private.quantize_calibrated
-        )
-        return quantizer(
+        return _tf_private.quantize_calibrated(
             _tf_private.write_model(graph),
             disable_per_channel=disable_pc,
             disable_per_channel_for_dense_layers=disable_dense_pc,
             input_type=in_type,
             output_type=out_type,
+            activations=activations,
         )
 
     selection = None
