@@ -227,6 +227,31 @@ def test_aimet_loads_the_encodings(tmp_path: Path) -> None:
         assert e.bw == 8
 
 
+def test_aimet_loads_a_mixed_precision_plan(tmp_path: Path) -> None:
+    """A qfcal.precision plan's encodings: AIMET takes each tensor's bit width from them."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("aimet_onnx")
+    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
+    from onnx_cnn import build_onnx, random_weights
+    from qfcal.precision import plan
+
+    qort = pytest.importorskip("qfcal.onnxruntime")
+    model = build_onnx(random_weights(0))
+    rng = np.random.default_rng(0)
+    batches = [{"input": rng.random((4, 1, 28, 28), dtype=np.float32)} for _ in range(4)]
+    cal = qort.calibrate(model, batches, method="optimal", progress=False)
+    sim = QuantizationSimModel(onnx.load_from_string(model.SerializeToString()))
+    names = [n for n in cal.histograms if n in sim.qc_quantize_op_dict]
+    p = plan({n: cal.histograms[n] for n in names}, tensors=1)
+    path = enc.write(p.results, tmp_path / "mixed.encodings", "aimet")
+    load_encodings_to_sim(sim, str(path), strict=False)
+    for n, r in p.results.items():
+        e = sim.qc_quantize_op_dict[n].get_encodings()[0]
+        assert e.bw == p.tensors[n].bits, (n, e.bw)
+        assert f32_bits(float(e.delta)) == f32_bits(r.scale), n
+    assert [n for n in p.results if p.tensors[n].bits == 16] == p.high
+
+
 def write_run(folder: Path, hists: dict[str, qfcal.Histogram]) -> dict[str, qfcal.SearchResult]:
     """A run folder as the pipeline leaves it (ranges.json, histograms.npz); its ranges."""
     from qfcal.pipeline.steps import ranges_json
