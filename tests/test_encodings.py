@@ -202,8 +202,9 @@ def test_ort_overrides_are_what_onnx_runtime_applies(tmp_path: Path) -> None:
     assert seen >= {"input", "relu1", "relu3"}, seen
 
 
-def test_aimet_loads_the_encodings(tmp_path: Path) -> None:
-    """The real reader, where aimet-onnx installs (not in CI: see BENCHMARKS.md)."""
+def _aimet_sim() -> tuple[Any, Any, Any]:
+    """AIMET's QuantizationSimModel of the test CNN, qfcal's calibration of it, and AIMET's
+    encodings loader (skips where aimet-onnx does not install: CI, see BENCHMARKS.md)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("aimet_onnx")
     from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
@@ -215,6 +216,12 @@ def test_aimet_loads_the_encodings(tmp_path: Path) -> None:
     batches = [{"input": rng.random((4, 1, 28, 28), dtype=np.float32)} for _ in range(4)]
     cal = qort.calibrate(model, batches, method="optimal", progress=False)
     sim = QuantizationSimModel(onnx.load_from_string(model.SerializeToString()))
+    return sim, cal, load_encodings_to_sim
+
+
+def test_aimet_loads_the_encodings(tmp_path: Path) -> None:
+    """The real reader, where aimet-onnx installs (not in CI: see BENCHMARKS.md)."""
+    sim, cal, load_encodings_to_sim = _aimet_sim()
     names = [n for n in cal.ranges if n in sim.qc_quantize_op_dict]
     assert len(names) >= 3, (list(cal.ranges), list(sim.qc_quantize_op_dict))
     ranges = {n: cal.ranges[n] for n in names}
@@ -229,18 +236,9 @@ def test_aimet_loads_the_encodings(tmp_path: Path) -> None:
 
 def test_aimet_loads_a_mixed_precision_plan(tmp_path: Path) -> None:
     """A qfcal.precision plan's encodings: AIMET takes each tensor's bit width from them."""
-    onnx = pytest.importorskip("onnx")
-    pytest.importorskip("aimet_onnx")
-    from aimet_onnx.quantsim import QuantizationSimModel, load_encodings_to_sim
-    from onnx_cnn import build_onnx, random_weights
     from qfcal.precision import plan
 
-    qort = pytest.importorskip("qfcal.onnxruntime")
-    model = build_onnx(random_weights(0))
-    rng = np.random.default_rng(0)
-    batches = [{"input": rng.random((4, 1, 28, 28), dtype=np.float32)} for _ in range(4)]
-    cal = qort.calibrate(model, batches, method="optimal", progress=False)
-    sim = QuantizationSimModel(onnx.load_from_string(model.SerializeToString()))
+    sim, cal, load_encodings_to_sim = _aimet_sim()
     names = [n for n in cal.histograms if n in sim.qc_quantize_op_dict]
     p = plan({n: cal.histograms[n] for n in names}, tensors=1)
     path = enc.write(p.results, tmp_path / "mixed.encodings", "aimet")
