@@ -25,6 +25,19 @@ _LINEAR = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
 _FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid"}
 
 
+def load_model(model: Any, arg: str = "model", external_data: bool = True) -> Any:
+    """`model` itself if an ``onnx.ModelProto``, else the model at that path (`arg` names the
+    argument in errors; ``external_data=False`` leaves large weights on disk)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, str | os.PathLike):
+        p = Path(model)
+        if not p.is_file():
+            raise FileNotFoundError(f"{arg} must be an ONNX model file, {str(p)!r} does not exist")
+        return onnx.load(str(p), load_external_data=external_data)
+    raise TypeError(f"{arg} must be a path or an onnx.ModelProto, got {type(model).__name__}")
+
+
 def _consumers(graph: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = defaultdict(list)
     for node in graph.node:
@@ -132,12 +145,7 @@ def fused_outputs(model: Any) -> list[str]:
     Returns:
         The tensor names, in graph order.
     """
-    if not isinstance(model, onnx.ModelProto):
-        p = Path(os.fspath(model))
-        if not p.is_file():
-            raise FileNotFoundError(f"model must be an ONNX model file, {str(p)!r} does not exist")
-        model = onnx.load(str(p), load_external_data=False)
-    graph = model.graph
+    graph = load_model(model, external_data=False).graph
     consts = {i.name for i in graph.initializer}
     consts |= {n.output[0] for n in graph.node if n.op_type == "Constant"}
     # a weight behind DequantizeLinear (a QDQ model) is still a constant
@@ -154,8 +162,6 @@ def fused_outputs(model: Any) -> list[str]:
         if node.op_type not in _LINEAR or len(node.input) < 2 or node.input[1] not in consts:
             continue
         t = node.output[0]
-        if t in outputs:
-            continue
         nxt = _past_quantizer(users, t)
         if len(nxt) != 1:
             continue
@@ -205,11 +211,7 @@ def remove_quantizers(
         ValueError: a name that is no tensor of `model`, a quantizer not followed by
             DequantizeLinear, or a tensor read as a graph output through its quantizer.
     """
-    if not isinstance(model, onnx.ModelProto):
-        p = Path(os.fspath(model))
-        if not p.is_file():
-            raise FileNotFoundError(f"model must be an ONNX model file, {str(p)!r} does not exist")
-        model = onnx.load(str(p))
+    model = load_model(model)
     graph = model.graph
     users = _consumers(graph)
     outputs = {o.name for o in graph.output}

@@ -50,6 +50,7 @@ from qfcal._checks import (
     equalize_objective,
 )
 from qfcal._onnx_placement import fused_outputs, remove_quantizers
+from qfcal._onnx_placement import load_model as _load
 from qfcal._progress import Progress
 from qfcal.equalize import RELU6_MODES, EqualizeReport
 from qfcal.selection import (
@@ -367,17 +368,6 @@ class Calibration:
 
 # --------------------------------------------------------------------------------------------
 # Streaming calibration
-
-
-def _load(model: str | os.PathLike[str] | Any, arg: str = "model") -> Any:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, str | os.PathLike):
-        p = Path(model)
-        if not p.is_file():
-            raise FileNotFoundError(f"{arg} must be an ONNX model file, {str(p)!r} does not exist")
-        return onnx.load(str(p))
-    raise TypeError(f"{arg} must be a path or an onnx.ModelProto, got {type(model).__name__}")
 
 
 def _batches(data_reader: object, arg: str = "data_reader") -> Iterator[Mapping[str, Any]]:

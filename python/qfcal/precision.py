@@ -124,13 +124,18 @@ class PrecisionPlan:
 BULK_QUANTILE = 0.99
 
 
+def _values(h: Hist) -> qfcal.Histogram:
+    """The histogram of the values (a weighted histogram's counts)."""
+    return h.counts if isinstance(h, qfcal.WeightedHistogram) else h
+
+
 def bulk_power(h: Hist, quantile: float = BULK_QUANTILE) -> float:
     """``E[min(x^2, c^2)]`` with ``c`` the `quantile` of ``|x|``: the power of the tensor's
     bulk, with the rare outliers clipped (winsorized) so they do not set the scale against
     which noise is judged. Equal to ``E[x^2]`` within a few percent for a tensor without
     outliers; from the histogram's bin centres (the values' histogram for a weighted one).
     0 for a tensor that is all zeros."""
-    counts, edges = (h.counts if isinstance(h, qfcal.WeightedHistogram) else h).to_numpy()
+    counts, edges = _values(h).to_numpy()
     c = counts.astype(np.float64)
     total = c.sum()
     if total == 0:
@@ -229,7 +234,7 @@ def plan(
             # a tensor with no negative value keeps 0 as its lowest level: ONNX Runtime drops
             # the ReLU before a quantizer whose range starts at 0, so a symmetric range would
             # let the negatives through (measured: a small CNN's output error x600)
-            low = (h.counts if isinstance(h, qfcal.WeightedHistogram) else h).min
+            low = _values(h).min
             sym = symmetric_high and low is not None and low < 0
             hi = qfcal.search(h, bits=high_bits, signed=signed, symmetric=sym, method=high_method)
         except qfcal.EmptyHistogramError as e:
